@@ -1,0 +1,437 @@
+"""Typed configuration: dataclasses, YAML files, and `key=value` dotted overrides.
+
+One config object is loaded once and validated strictly: an unknown key, a value of
+the wrong type or a value out of range is a `ConfigError` that names the dotted key
+and what was expected. YAML only overrides the dataclass defaults.
+
+    cfg = load_config("configs/debug.yaml", ["train.num_workers=2", "data.paces=[1,2]"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config: names the key and what was expected."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class AugmentSettings:
+    """Spatial and colour augmentation of training clips (uint8, on CPU workers)."""
+
+    resize: list[int] = field(default_factory=lambda: [128, 171])
+    """(height, width) every frame is resized to before cropping; [] keeps native size."""
+    crop: list[int] = field(default_factory=lambda: [112, 112])
+    """(height, width) of the random crop (centre crop at evaluation)."""
+    flip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    brightness: float = 0.8
+    contrast: float = 0.8
+    saturation: float = 0.8
+    hue: float = 0.2
+    per_frame_jitter: bool = True
+    """The thesis jitters every frame independently; False draws once per clip."""
+    enabled: bool = True
+    """False turns crop, flip and jitter off (resize still applies if set)."""
+
+    def validate(self, prefix: str) -> None:
+        for name in ("resize", "crop"):
+            v = getattr(self, name)
+            if v and (len(v) != 2 or min(v) <= 0):
+                raise ConfigError(f"{prefix}.{name}: expected [height, width] > 0, got {v}")
+        if (
+            self.resize
+            and self.crop
+            and (self.crop[0] > self.resize[0] or self.crop[1] > self.resize[1])
+        ):
+            raise ConfigError(
+                f"{prefix}.crop: {self.crop} is larger than {prefix}.resize {self.resize}"
+            )
+        for name in ("flip_prob", "jitter_prob"):
+            _in_range(f"{prefix}.{name}", getattr(self, name), 0.0, 1.0)
+        for name in ("brightness", "contrast", "saturation"):
+            _in_range(f"{prefix}.{name}", getattr(self, name), 0.0, None)
+        _in_range(f"{prefix}.hue", self.hue, 0.0, 0.5)
+
+
+@dataclass
+class DataConfig:
+    """Where the videos are and how clips are sampled from them."""
+
+    manifest: str = ""
+    """Manifest URI (Parquet, one row per video): a local path or s3://bucket/key."""
+    split: str = "train"
+    """Manifest rows whose `split` equals this are used; '' uses every row."""
+    val_split: str = ""
+    """Optional held-out split evaluated after every epoch ('' = none)."""
+    fraction: float = 1.0
+    """Deterministic fraction of the videos to use (data-scale sweeps)."""
+    clips_per_video: int = 1
+    """Clips drawn per video per epoch (the reference code repeats its list 10x)."""
+    clip_len: int = 16
+    short_video: Literal["resample_pace", "skip"] = "resample_pace"
+    """Policy for a video too short for the drawn pace: draw again among the paces
+    that fit (counted), or skip the clip (counted). Never a temporal cut in a clip."""
+    decode_threads: int = 1
+    num_cpus_per_task: float = 1.0
+    """CPUs each Ray Data decode task reserves."""
+    rows_per_task: int = 4
+    """Clips decoded per Ray Data batch."""
+    prefetch_batches: int = 2
+    endpoint_url: str = ""
+    """S3 endpoint URL only (e.g. http://minio:9000); credentials come from the
+    standard AWS environment, never from configs."""
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+
+    def validate(self, prefix: str) -> None:
+        _in_range(f"{prefix}.fraction", self.fraction, 1e-9, 1.0)
+        _in_range(f"{prefix}.clips_per_video", self.clips_per_video, 1, None)
+        _in_range(f"{prefix}.clip_len", self.clip_len, 1, None)
+        _in_range(f"{prefix}.decode_threads", self.decode_threads, 1, None)
+        _in_range(f"{prefix}.num_cpus_per_task", self.num_cpus_per_task, 0.0, None)
+        _in_range(f"{prefix}.rows_per_task", self.rows_per_task, 1, None)
+        _in_range(f"{prefix}.prefetch_batches", self.prefetch_batches, 0, None)
+        if "@" in self.endpoint_url:
+            raise ConfigError(
+                f"{prefix}.endpoint_url: must hold only the URL; put credentials in the "
+                "standard AWS environment"
+            )
+        self.augment.validate(f"{prefix}.augment")
+
+
+@dataclass
+class PretextConfig:
+    """The self-supervised task and its settings."""
+
+    name: str = "pace"
+    paces: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0])
+    """Playback paces; label = index. Values < 1 are slow motion (1/2 repeats frames)."""
+
+    def validate(self, prefix: str) -> None:
+        from rayssl.pretext import PRETEXTS
+
+        if self.name not in PRETEXTS:
+            raise ConfigError(
+                f"{prefix}.name: unknown pretext {self.name!r}; one of {sorted(PRETEXTS)}"
+            )
+        if not self.paces:
+            raise ConfigError(f"{prefix}.paces: expected at least one pace")
+        if len(set(self.paces)) != len(self.paces):
+            raise ConfigError(f"{prefix}.paces: duplicate paces in {self.paces}")
+        for p in self.paces:
+            if p <= 0:
+                raise ConfigError(f"{prefix}.paces: expected paces > 0, got {p}")
+            if p < 1 and abs(1 / p - round(1 / p)) > 1e-6:
+                raise ConfigError(f"{prefix}.paces: slow pace {p} must be 1/k for integer k")
+            if p > 1 and abs(p - round(p)) > 1e-6:
+                raise ConfigError(f"{prefix}.paces: fast pace {p} must be an integer")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "r21d"
+    """One of rayssl.models.BACKBONES: c3d, r3d, r21d."""
+    width: float = 1.0
+    """Channel multiplier (tiny CPU configs use 0.125)."""
+    dropout: float = 0.0
+
+    def validate(self, prefix: str) -> None:
+        from rayssl.models import BACKBONES
+
+        if self.backbone not in BACKBONES:
+            raise ConfigError(
+                f"{prefix}.backbone: unknown backbone {self.backbone!r}; one of {sorted(BACKBONES)}"
+            )
+        _in_range(f"{prefix}.width", self.width, 1e-3, None)
+        _in_range(f"{prefix}.dropout", self.dropout, 0.0, 0.99)
+
+
+@dataclass
+class OptimConfig:
+    """SGD with the thesis's step schedule: lr /10 every `step_epochs` epochs."""
+
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-3
+    step_epochs: int = 6
+    gamma: float = 0.1
+    epochs: int = 18
+
+    def validate(self, prefix: str) -> None:
+        _in_range(f"{prefix}.lr", self.lr, 1e-12, None)
+        _in_range(f"{prefix}.momentum", self.momentum, 0.0, 1.0)
+        _in_range(f"{prefix}.weight_decay", self.weight_decay, 0.0, None)
+        _in_range(f"{prefix}.step_epochs", self.step_epochs, 1, None)
+        _in_range(f"{prefix}.gamma", self.gamma, 0.0, 1.0)
+        _in_range(f"{prefix}.epochs", self.epochs, 1, None)
+
+
+@dataclass
+class TrainConfig:
+    """Ray Train settings."""
+
+    batch_size: int = 30
+    """Global batch (split over workers), as in the thesis."""
+    num_workers: int = 1
+    """Ray Train workers (0 = Ray Train local mode: in-process, no DDP)."""
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    bf16: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    channels_last: bool = True
+    """channels_last_3d memory format on CUDA (ignored on CPU)."""
+    max_failures: int = 0
+    """Worker-group restarts allowed (resume from the latest checkpoint)."""
+    log_every_steps: int = 10
+    max_steps_per_epoch: int = 0
+    """Cap on steps per epoch (0 = no cap); for smoke tests."""
+    num_checkpoints_to_keep: int = 2
+
+    def validate(self, prefix: str) -> None:
+        _in_range(f"{prefix}.batch_size", self.batch_size, 1, None)
+        _in_range(f"{prefix}.num_workers", self.num_workers, 0, None)
+        _in_range(f"{prefix}.cpus_per_worker", self.cpus_per_worker, 0.0, None)
+        _in_range(f"{prefix}.gpus_per_worker", self.gpus_per_worker, 0.0, None)
+        _in_range(f"{prefix}.max_failures", self.max_failures, -1, None)
+        _in_range(f"{prefix}.log_every_steps", self.log_every_steps, 1, None)
+        _in_range(f"{prefix}.max_steps_per_epoch", self.max_steps_per_epoch, 0, None)
+        _in_range(f"{prefix}.num_checkpoints_to_keep", self.num_checkpoints_to_keep, 1, None)
+        if self.num_workers > 0 and self.batch_size < self.num_workers:
+            raise ConfigError(
+                f"{prefix}.batch_size: {self.batch_size} is smaller than "
+                f"train.num_workers {self.num_workers}"
+            )
+
+
+@dataclass
+class RunSettings:
+    """Identity of a run: name, where checkpoints go, seed, tracking."""
+
+    name: str = "rayssl"
+    """Running the same name again resumes from its latest checkpoint."""
+    storage_path: str = "runs"
+    """Local path or s3://bucket/prefix for checkpoints (RunConfig.storage_path)."""
+    seed: int = 0
+    tracking_uri: str = ""
+    """MLflow tracking URI; '' = $MLFLOW_TRACKING_URI or sqlite:///mlruns.db."""
+    experiment: str = "rayssl"
+    dataset_name: str = ""
+    """Tag for MLflow (e.g. ucf101, k400); '' = the manifest's file name."""
+
+    def validate(self, prefix: str) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"{prefix}.name: expected a non-empty name without '/'")
+        if not self.storage_path:
+            raise ConfigError(f"{prefix}.storage_path: expected a path or s3:// URI")
+
+
+@dataclass
+class Config:
+    """The whole job config. YAML sections map to these fields."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def validate(self) -> Config:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened dotted keys -> values (for MLflow params)."""
+        return flatten(self.to_dict())
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _in_range(key: str, value: float, lo: float | None, hi: float | None) -> None:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ConfigError(f"{key}: expected a value {bounds}, got {value!r}")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`, converting only lossless cases."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}: expected one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_) = get_args(tp) or (Any,)
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}"
+            )
+        return _build(tp, value, key + ".")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; valid keys here: {sorted(names)}")
+    obj = cls()
+    for k, v in values.items():
+        current = getattr(obj, k)
+        if dataclasses.is_dataclass(current) and isinstance(v, dict):
+            v = _merge_into(current, v, f"{prefix}{k}.")
+        else:
+            v = _coerce(f"{prefix}{k}", v, hints[k])
+        setattr(obj, k, v)
+    return obj
+
+
+def _merge_into(obj: Any, values: dict[str, Any], prefix: str) -> Any:
+    merged = dataclasses.asdict(obj)
+    _deep_update(merged, values)
+    return _build(type(obj), merged, prefix)
+
+
+def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `a.b.c=value`; the value is read as YAML (so 3, 1e-3, [1,2], true work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from e
+    return key.split("."), value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key set twice in one mapping."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"{key}: key set twice in one mapping (line {key_node.start_mark.line + 1})"
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def config_from_dict(values: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
+    values = dict(values or {})
+    for text in overrides:
+        path, value = parse_override(text)
+        node = values
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        node[path[-1]] = value
+    return _build(Config, values).validate()
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            values = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {str(p)!r}: expected a mapping at the top level")
+    return config_from_dict(values, overrides)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

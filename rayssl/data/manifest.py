@@ -1,0 +1,327 @@
+"""Manifests: one Parquet row per video, built by probing every video in parallel.
+
+Importers read datasets the way their public releases ship them:
+
+* ``folder``  — ``SRC/<class>/<video>``; labels are the sorted class folders. An
+  optional ``val_fraction`` puts a hash-chosen share of every class in split ``val``.
+* ``ucf101``  — ``SRC/**/<Class>/v_*.avi`` plus ``ucfTrainTestlist/`` (classInd.txt,
+  trainlist0N.txt, testlist0N.txt); split N chosen by ``split_id``.
+* ``hmdb51``  — ``SRC/**/<class>/*.avi`` plus the ``*_test_split<N>.txt`` files
+  (one line per video: ``name 1`` train, ``name 2`` test, ``name 0`` unused).
+* ``kinetics`` — the annotation CSVs (``label,youtube_id,time_start,time_end,split``)
+  and videos named ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` anywhere under SRC.
+
+Every video is decoded once (`rayssl.data.video.probe_video`) so the manifest holds
+the frames that really decode, and the keyframe positions the clip reader seeks to.
+A broken file becomes a row with an ``error`` reason, never a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import posixpath
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rayssl.data import storage
+from rayssl.data.sampling import stable_hash
+from rayssl.data.video import VideoError, probe_video
+
+VIDEO_EXTENSIONS = {
+    ".avi",
+    ".mp4",
+    ".mkv",
+    ".webm",
+    ".mov",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+    ".3gp",
+}
+FORMATS = ("folder", "ucf101", "hmdb51", "kinetics")
+
+SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("video_id", pa.string()),
+        ("num_frames", pa.int64()),
+        ("fps", pa.float64()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("codec", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("label", pa.int64()),
+        ("label_name", pa.string()),
+        ("split", pa.string()),
+        ("error", pa.string()),
+        ("error_detail", pa.string()),
+        ("keyframes", pa.list_(pa.int64())),
+        ("keyframe_pts", pa.list_(pa.int64())),
+        ("source", pa.string()),
+    ]
+)
+
+
+class ManifestError(ValueError):
+    """The source cannot be indexed (missing split files, unknown format...)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A video found by an importer, before probing."""
+
+    uri: str
+    video_id: str
+    size_bytes: int = -1
+    label: int = -1
+    label_name: str = ""
+    split: str = ""
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def _rel(uri: str, root: str) -> str:
+    root = root.rstrip("/")
+    return uri[len(root) + 1 :] if uri.startswith(root + "/") else posixpath.basename(uri)
+
+
+def _stem(path: str) -> str:
+    return posixpath.splitext(posixpath.basename(path))[0]
+
+
+def _videos(src: str, options: storage.StorageOptions | None) -> list[storage.FileInfo]:
+    return storage.list_files(src, extensions=VIDEO_EXTENSIONS, options=options)
+
+
+def _read_text(uri: str, options: storage.StorageOptions | None) -> str:
+    return storage.read_bytes(uri, options=options).decode("utf-8", errors="replace")
+
+
+def _find_one(src: str, name: str, options, hint: str) -> str:
+    hits = [f.uri for f in storage.list_files(src, options=options) if f.uri.endswith("/" + name)]
+    if not hits:
+        raise ManifestError(f"{name} not found under {src}: {hint}")
+    return sorted(hits, key=len)[0]
+
+
+def list_folder(src: str, options=None, val_fraction: float = 0.0, seed: int = 0) -> list[Entry]:
+    """Folder-per-class layout: SRC/<class>/<video>. Files directly in SRC get no label."""
+    files = _videos(src, options)
+    classes = sorted({_rel(f.uri, src).split("/")[0] for f in files if "/" in _rel(f.uri, src)})
+    index = {c: i for i, c in enumerate(classes)}
+    out = []
+    for f in files:
+        rel = _rel(f.uri, src)
+        cls = rel.split("/")[0] if "/" in rel else ""
+        vid = posixpath.splitext(rel)[0]
+        split = "train"
+        if val_fraction > 0 and (stable_hash(f"{seed}:{vid}") % 10_000) < val_fraction * 10_000:
+            split = "val"
+        out.append(Entry(f.uri, vid, f.size, index.get(cls, -1), cls, split))
+    return out
+
+
+def list_ucf101(src: str, options=None, split_id: int = 1, splits_dir: str = "") -> list[Entry]:
+    """UCF101 as released: the videos plus ucfTrainTestlist/{classInd,trainlist0N,testlist0N}."""
+    hint = "pass --splits DIR with classInd.txt, trainlist0N.txt, testlist0N.txt"
+    class_ind = (
+        storage.join(splits_dir, "classInd.txt")
+        if splits_dir
+        else _find_one(src, "classInd.txt", options, hint)
+    )
+    sdir = storage.parent(class_ind)
+    names = {}
+    for line in _read_text(class_ind, options).splitlines():
+        if line.strip():
+            num, name = line.split()
+            names[name] = int(num) - 1
+    by_name = {_rel(f.uri, src).split("/")[-1]: f for f in _videos(src, options)}
+    out = []
+    for split, fname in (
+        ("train", f"trainlist0{split_id}.txt"),
+        ("test", f"testlist0{split_id}.txt"),
+    ):
+        text = _read_text(storage.join(sdir, fname), options)
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            rel = line.split()[0].replace("\\", "/")
+            cls, base = rel.split("/")[0], rel.split("/")[-1]
+            f = by_name.get(base)
+            uri = f.uri if f else storage.join(src, rel)
+            out.append(Entry(uri, _stem(base), f.size if f else -1, names[cls], cls, split))
+    return out
+
+
+def list_hmdb51(src: str, options=None, split_id: int = 1, splits_dir: str = "") -> list[Entry]:
+    """HMDB51 as released: <class>/*.avi plus <class>_test_split<N>.txt files."""
+    suffix = f"_test_split{split_id}.txt"
+    root = splits_dir or src
+    split_files = [
+        f.uri for f in storage.list_files(root, options=options) if f.uri.endswith(suffix)
+    ]
+    if not split_files:
+        raise ManifestError(f"no *{suffix} files under {root}: pass --splits DIR")
+    classes = sorted(posixpath.basename(u)[: -len(suffix)] for u in split_files)
+    index = {c: i for i, c in enumerate(classes)}
+    by_name = {posixpath.basename(f.uri): f for f in _videos(src, options)}
+    out = []
+    for uri in sorted(split_files):
+        cls = posixpath.basename(uri)[: -len(suffix)]
+        for line in _read_text(uri, options).splitlines():
+            parts = line.split()
+            if len(parts) < 2 or parts[1] == "0":
+                continue
+            split = "train" if parts[1] == "1" else "test"
+            f = by_name.get(parts[0])
+            vuri = f.uri if f else storage.join(src, cls, parts[0])
+            out.append(Entry(vuri, _stem(parts[0]), f.size if f else -1, index[cls], cls, split))
+    return out
+
+
+def list_kinetics(src: str, options=None, annotations: Iterable[str] = ()) -> list[Entry]:
+    """Kinetics: CSVs with label,youtube_id,time_start,time_end,split (as released)."""
+    csvs = list(annotations) or [
+        f.uri for f in storage.list_files(src, extensions={".csv"}, options=options)
+    ]
+    if not csvs:
+        raise ManifestError(f"no annotation CSV under {src}: pass --annotations FILE.csv")
+    rows = []
+    for uri in csvs:
+        reader = csv.DictReader(io.StringIO(_read_text(uri, options)))
+        need = {"youtube_id", "time_start", "time_end"}
+        if not reader.fieldnames or not need <= set(reader.fieldnames):
+            raise ManifestError(
+                f"{uri}: expected columns label,youtube_id,time_start,time_end,split"
+            )
+        rows.extend(reader)
+    labels = sorted({r["label"] for r in rows if r.get("label")})
+    index = {c: i for i, c in enumerate(labels)}
+    by_stem = {_stem(f.uri): f for f in _videos(src, options)}
+    out = []
+    for r in rows:
+        stem = (
+            f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}"
+        )
+        f = by_stem.get(stem)
+        uri = f.uri if f else storage.join(src, stem + ".mp4")
+        label = r.get("label") or ""
+        split = {"validate": "val", "valid": "val"}.get(r.get("split", ""), r.get("split", ""))
+        out.append(Entry(uri, stem, f.size if f else -1, index.get(label, -1), label, split))
+    return out
+
+
+def list_entries(src: str, fmt: str = "folder", options=None, **kw: Any) -> list[Entry]:
+    """Find the videos of a dataset; `fmt` is one of FORMATS."""
+    listers = {
+        "folder": list_folder,
+        "ucf101": list_ucf101,
+        "hmdb51": list_hmdb51,
+        "kinetics": list_kinetics,
+    }
+    if fmt not in listers:
+        raise ManifestError(f"unknown format {fmt!r}; one of {list(FORMATS)}")
+    return listers[fmt](src, options=options, **{k: v for k, v in kw.items() if v is not None})
+
+
+# --------------------------------------------------------------------------- probing
+
+
+def probe_entry(entry: dict[str, Any], options: storage.StorageOptions | None = None) -> dict:
+    """Probe one video; never raises for a bad video (the row gets an `error`)."""
+    row: dict[str, Any] = {
+        "uri": entry["uri"],
+        "video_id": entry["video_id"],
+        "num_frames": 0,
+        "fps": 0.0,
+        "height": 0,
+        "width": 0,
+        "codec": "",
+        "size_bytes": int(entry.get("size_bytes", -1)),
+        "label": int(entry.get("label", -1)),
+        "label_name": entry.get("label_name", ""),
+        "split": entry.get("split", ""),
+        "error": None,
+        "error_detail": "",
+        "keyframes": [],
+        "keyframe_pts": [],
+        "source": entry.get("source", ""),
+    }
+    try:
+        data = storage.read_bytes(entry["uri"], options=options)
+        row["size_bytes"] = len(data)
+        probe = probe_video(data)
+        row.update(
+            num_frames=probe.num_frames,
+            fps=probe.fps,
+            height=probe.height,
+            width=probe.width,
+            codec=probe.codec,
+            keyframes=probe.keyframes,
+            keyframe_pts=probe.keyframe_pts,
+        )
+    except VideoError as e:
+        row["error"], row["error_detail"] = e.reason, e.detail
+    except storage.StorageNotFoundError as e:
+        row["error"], row["error_detail"] = "missing", storage.redact(str(e))
+    except storage.StorageError as e:
+        row["error"], row["error_detail"] = "storage_error", storage.redact(str(e))
+    return row
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    cols = {name: [r.get(name) for r in rows] for name in SCHEMA.names}
+    return pa.table(cols, schema=SCHEMA).sort_by("uri")
+
+
+def build_manifest(
+    entries: list[Entry],
+    options: storage.StorageOptions | None = None,
+    use_ray: bool = True,
+    num_cpus_per_task: float = 1.0,
+) -> pa.Table:
+    """Probe every entry (in parallel with Ray Data when `use_ray`) into a table."""
+    items = [e.__dict__ for e in entries]
+    if not items:
+        return rows_to_table([])
+    if not use_ray:
+        return rows_to_table([probe_entry(i, options) for i in items])
+    import ray
+
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 256))
+    ds = ds.map(lambda r: probe_entry(r, options), num_cpus=num_cpus_per_task)
+    return rows_to_table(ds.take_all())
+
+
+def summarize(table: pa.Table) -> dict[str, Any]:
+    errors = [e for e in table.column("error").to_pylist() if e]
+    return {
+        "ok": table.num_rows - len(errors),
+        "bad": len(errors),
+        "by_reason": dict(Counter(errors)),
+    }
+
+
+def write_manifest(table: pa.Table, uri: str, options=None) -> None:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    storage.write_bytes(uri, sink.getvalue(), options=options)
+
+
+def read_manifest(uri: str, options=None) -> pa.Table:
+    """Read a manifest written by `write_manifest` (local path or s3://)."""
+    data = storage.read_bytes(uri, options=options)
+    table = pq.read_table(io.BytesIO(data))
+    missing = {"uri", "video_id", "num_frames", "error"} - set(table.column_names)
+    if missing:
+        raise ManifestError(f"{uri}: not a rayssl manifest (missing columns {sorted(missing)})")
+    return table

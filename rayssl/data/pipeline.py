@@ -1,0 +1,220 @@
+"""The clip pipeline: manifest rows -> Ray Data -> uint8 clips + targets.
+
+Per epoch, the usable manifest rows (no error, in the split, in the data fraction) are
+expanded to `clips_per_video` draws per video, shuffled with a generator seeded by
+(seed, epoch), and sharded over the training workers (equal length, so every DDP
+worker takes the same number of steps). Each draw becomes exactly one output row:
+
+    sample_row(row) : plan (pretext) -> read bytes -> decode only the frames the plan
+                      names (one decode for all the clips of a sample) -> augment ->
+                      targets (pretext)
+
+A draw whose video cannot be read or is too short yields a masked placeholder row
+(`valid` = False, `skip_reason` says why): nothing is silently dropped, the skip is
+counted in the training metrics, and epoch boundaries stay exact. All random choices
+of a draw come from `clip_rng(seed, video_id, epoch, draw)`.
+
+`sample_row` is plain Python (unit-tested and benchmarked without Ray);
+`build_clip_dataset` wraps it in a Ray Data `map_batches`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rayssl.config import AugmentSettings, DataConfig
+from rayssl.data import storage
+from rayssl.data.sampling import clip_rng, fraction_mask
+from rayssl.data.transforms import AugmentConfig
+from rayssl.data.video import VideoError, read_frames
+from rayssl.pretext.base import Pretext
+
+#: Manifest columns a draw row carries into the sampler.
+ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts", "height", "width")
+
+
+def augment_config(settings: AugmentSettings) -> AugmentConfig | None:
+    """The transforms' config for the data settings (None = no crop/flip/jitter)."""
+    if not settings.enabled:
+        return None
+    return AugmentConfig(
+        resize=tuple(settings.resize) if settings.resize else None,
+        crop=tuple(settings.crop),
+        flip_prob=settings.flip_prob,
+        jitter_prob=settings.jitter_prob,
+        brightness=settings.brightness,
+        contrast=settings.contrast,
+        saturation=settings.saturation,
+        hue=settings.hue,
+        per_frame_jitter=settings.per_frame_jitter,
+    )
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """Everything `sample_row` needs besides the row (picklable, sent to workers)."""
+
+    pretext: Pretext
+    settings: AugmentSettings
+    seed: int
+    train: bool = True
+    decode_threads: int = 1
+    storage_options: storage.StorageOptions | None = None
+
+    @property
+    def decode_size(self) -> tuple[int, int] | None:
+        """Frames are resized while converting from YUV (one swscale pass)."""
+        return tuple(self.settings.resize) if self.settings.resize else None
+
+    def output_clip_shape(self, row: dict[str, Any]) -> tuple[int, int, int, int]:
+        t = self.pretext.clip_len
+        if self.settings.enabled:
+            h, w = self.settings.crop
+        elif self.settings.resize:
+            h, w = self.settings.resize
+        else:
+            h, w = int(row["height"]), int(row["width"])
+        return (t, h, w, 3)
+
+
+def _placeholder(spec: SamplerSpec, row: dict[str, Any], reason: str) -> dict[str, Any]:
+    out = {
+        name: np.zeros(shape, dtype=dtype)
+        for name, (shape, dtype) in spec.pretext.target_spec(spec.output_clip_shape(row)).items()
+    }
+    out["indices"] = np.full(spec.pretext.clip_len, -1, dtype=np.int64)
+    out.update(valid=False, skip_reason=reason, resampled=False)
+    return out
+
+
+def _source(uri: str, options: storage.StorageOptions | None) -> str | bytes:
+    if storage.is_s3(uri):
+        return storage.read_bytes(uri, options=options)
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def sample_row(row: dict[str, Any], spec: SamplerSpec) -> dict[str, Any]:
+    """Turn one draw row (manifest fields + `epoch`, `draw`) into one sample.
+
+    Returns a dict of arrays: the pretext's targets ("clip" (T, H, W, 3) uint8, ...),
+    "indices" (T,) source frame of every output frame of the first clip, "valid",
+    "skip_reason" and "resampled". Never raises for a bad video.
+    """
+    rng = clip_rng(spec.seed, str(row["video_id"]), int(row["epoch"]), int(row["draw"]))
+    plan = spec.pretext.plan(int(row["num_frames"]), rng)
+    if plan is None:
+        return _placeholder(spec, row, "too_short")
+    lengths = [len(c) for c in plan.clips]
+    wanted = np.concatenate(plan.clips)
+    try:
+        frames = read_frames(
+            _source(str(row["uri"]), spec.storage_options),
+            wanted,
+            size=spec.decode_size,
+            keyframes=_as_list(row.get("keyframes")),
+            keyframe_pts=_as_list(row.get("keyframe_pts")),
+            threads=spec.decode_threads,
+        )
+    except VideoError as e:
+        return _placeholder(spec, row, e.reason)
+    except storage.StorageNotFoundError:
+        return _placeholder(spec, row, "missing")
+    except storage.StorageError:
+        return _placeholder(spec, row, "storage_error")
+    clips = np.split(frames, np.cumsum(lengths)[:-1])
+    augment = augment_config(spec.settings)
+    sample = spec.pretext.make_sample(clips, plan, rng, augment, train=spec.train)
+    sample["indices"] = plan.clips[0].astype(np.int64)
+    sample.update(valid=True, skip_reason="", resampled=plan.resampled)
+    return sample
+
+
+def _as_list(v: Any) -> list[int] | None:
+    if v is None:
+        return None
+    return [int(x) for x in v]
+
+
+def _sample_batch(batch: dict[str, np.ndarray], spec: SamplerSpec) -> dict[str, np.ndarray]:
+    n = len(batch["video_id"])
+    rows = [{k: batch[k][i] for k in batch} for i in range(n)]
+    samples = [sample_row(r, spec) for r in rows]
+    out: dict[str, np.ndarray] = {}
+    for key in samples[0]:
+        out[key] = np.stack([np.asarray(s[key]) for s in samples])
+    for key in ("video_id", "class_label", "epoch", "draw"):
+        out[key] = np.asarray(batch[key])
+    return out
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def usable_videos(
+    table: pa.Table, split: str = "", fraction: float = 1.0, seed: int = 0
+) -> pa.Table:
+    """Manifest rows that decode, in `split` ('' = all), restricted to a nested fraction."""
+    mask = pc.and_(pc.is_null(table["error"]), pc.greater(table["num_frames"], 0))
+    if split:
+        mask = pc.and_(mask, pc.equal(table["split"], split))
+    table = table.filter(mask)
+    if fraction < 1.0 and table.num_rows:
+        table = table.filter(pa.array(fraction_mask(table["video_id"].to_pylist(), fraction, seed)))
+    return table
+
+
+def epoch_rows(
+    videos: pa.Table,
+    clips_per_video: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle: bool = True,
+) -> pa.Table:
+    """Draw rows of one epoch for worker `rank` of `world_size`.
+
+    Every worker gets ceil(N / world_size) rows (the short shards wrap around), so
+    DDP workers take the same number of steps. Order is a (seed, epoch) permutation.
+    """
+    n_videos = videos.num_rows
+    if n_videos == 0:
+        raise ValueError("no usable videos (check the manifest's errors, split and fraction)")
+    video_idx = np.repeat(np.arange(n_videos), clips_per_video)
+    draw = np.tile(np.arange(clips_per_video), n_videos)
+    order = (
+        np.random.default_rng([seed & 0xFFFFFFFF, epoch, 7]).permutation(len(video_idx))
+        if shuffle
+        else np.arange(len(video_idx))
+    )
+    per_worker = -(-len(order) // world_size)
+    take = order[(np.arange(per_worker) * world_size + rank) % len(order)]
+    rows = videos.select(list(ROW_COLUMNS)).take(pa.array(video_idx[take]))
+    label = videos["label"] if "label" in videos.column_names else pa.array([-1] * n_videos)
+    return (
+        rows.append_column("class_label", pa.array(np.asarray(label)[video_idx[take]]))
+        .append_column("epoch", pa.array(np.full(per_worker, epoch, dtype=np.int64)))
+        .append_column("draw", pa.array(draw[take].astype(np.int64)))
+    )
+
+
+def build_clip_dataset(rows: pa.Table, spec: SamplerSpec, data_cfg: DataConfig):
+    """A Ray Data dataset of samples for the draw rows (one output row per draw)."""
+    import ray
+
+    block_rows = max(data_cfg.rows_per_task, 1)
+    blocks = [rows.slice(i, block_rows) for i in range(0, rows.num_rows, block_rows)]
+    ds = ray.data.from_arrow(blocks)
+    return ds.map_batches(
+        _sample_batch,
+        fn_kwargs={"spec": spec},
+        batch_size=block_rows,
+        batch_format="numpy",
+        num_cpus=data_cfg.num_cpus_per_task,
+        zero_copy_batch=True,
+    )

@@ -1,0 +1,125 @@
+"""Pure functions that decide which frames a clip holds. No I/O, no Ray.
+
+Pace rule (thesis ch. 4): a clip of `clip_len` frames at pace p holds the frames
+`start + floor(i * p)` for i = 0..clip_len-1. Fast paces (p = 2, 3, 4) skip frames;
+slow paces (p = 1/2, 1/3, 1/4) repeat each frame 1/p times (the gap is filled with
+the preceding frame). The start is drawn so the whole clip fits in the video: unlike
+the reference code, a clip never wraps around to the first frame (no temporal cut).
+
+Short-video policy: a video shorter than a pace's span cannot hold that pace.
+  * "resample_pace": draw the pace again among the paces that fit (the label is
+    always the pace the frames really have); counted as `resampled`.
+  * "skip": the clip is skipped; counted.
+A video too short for every pace is skipped under both policies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+_EPS = 1e-9
+
+
+def pace_span(clip_len: int, pace: float) -> int:
+    """Number of source frames a clip at `pace` covers (first to last, inclusive)."""
+    return int(math.floor((clip_len - 1) * pace + _EPS)) + 1
+
+
+def pace_indices(start: int, clip_len: int, pace: float) -> np.ndarray:
+    """(clip_len,) int64 source-frame indices of a clip starting at `start`."""
+    offsets = np.floor(np.arange(clip_len, dtype=np.float64) * pace + _EPS).astype(np.int64)
+    return start + offsets
+
+
+def stable_hash(text: str) -> int:
+    """A 63-bit hash of a string that is the same in every process and run."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def clip_rng(seed: int, video_id: str, epoch: int, draw: int) -> np.random.Generator:
+    """The generator for clip `draw` of `video_id` in `epoch`: all of a clip's random
+    choices (start, pace, crop, flip, jitter) come from it, so they are reproducible."""
+    return np.random.default_rng([seed & 0xFFFFFFFF, stable_hash(video_id), epoch, draw])
+
+
+@dataclass(frozen=True)
+class PaceDraw:
+    """A sampled pace clip: its frame indices, the pace label and how it was drawn."""
+
+    indices: np.ndarray  # (clip_len,) int64
+    label: int  # index into the configured paces
+    pace: float
+    resampled: bool  # the first pace drawn did not fit the video
+
+
+def fitting_paces(num_frames: int, clip_len: int, paces: Sequence[float]) -> list[int]:
+    """Labels of the paces whose span fits in `num_frames`."""
+    return [i for i, p in enumerate(paces) if pace_span(clip_len, p) <= num_frames]
+
+
+def draw_pace_clip(
+    num_frames: int,
+    clip_len: int,
+    paces: Sequence[float],
+    rng: np.random.Generator,
+    short_video: str = "resample_pace",
+) -> PaceDraw | None:
+    """Draw a pace uniformly, then a start so the clip fits.
+
+    Returns None when the clip must be skipped (see the module's short-video policy).
+    """
+    if short_video not in ("resample_pace", "skip"):
+        raise ValueError(f"short_video: unknown policy {short_video!r}")
+    label = int(rng.integers(len(paces)))
+    resampled = False
+    if pace_span(clip_len, paces[label]) > num_frames:
+        if short_video == "skip":
+            return None
+        fits = fitting_paces(num_frames, clip_len, paces)
+        if not fits:
+            return None
+        label = int(fits[rng.integers(len(fits))])
+        resampled = True
+    pace = float(paces[label])
+    span = pace_span(clip_len, pace)
+    start = int(rng.integers(num_frames - span + 1))
+    return PaceDraw(pace_indices(start, clip_len, pace), label, pace, resampled)
+
+
+def eval_clip_starts(num_frames: int, clip_len: int, num_clips: int = 10) -> np.ndarray:
+    """Starts of `num_clips` uniformly spaced clips (evaluation protocol: 10 per video).
+
+    Clips of a video shorter than `clip_len` all start at 0 (the reader then pads by
+    repeating the last frame, see `eval_clip_indices`).
+    """
+    last_start = max(num_frames - clip_len, 0)
+    return np.round(np.linspace(0, last_start, num_clips)).astype(np.int64)
+
+
+def eval_clip_indices(num_frames: int, clip_len: int, num_clips: int = 10) -> np.ndarray:
+    """(num_clips, clip_len) indices of the evaluation clips, clamped to the video."""
+    starts = eval_clip_starts(num_frames, clip_len, num_clips)
+    idx = starts[:, None] + np.arange(clip_len)[None, :]
+    return np.minimum(idx, num_frames - 1)
+
+
+def fraction_mask(video_ids: Sequence[str], fraction: float, seed: int = 0) -> np.ndarray:
+    """Boolean mask choosing round(fraction * N) videos (at least 1).
+
+    Videos are ranked by a seeded hash of their id, so subsets are nested: the videos
+    of fraction 0.1 are inside those of 0.5 (what a data-scaling sweep needs), and the
+    choice does not depend on row order.
+    """
+    n = len(video_ids)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    keep = max(1, int(round(fraction * n))) if n else 0
+    ranks = np.argsort([stable_hash(f"{seed}:{v}") for v in video_ids], kind="stable")
+    mask = np.zeros(n, dtype=bool)
+    mask[ranks[:keep]] = True
+    return mask

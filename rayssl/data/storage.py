@@ -1,0 +1,1084 @@
+"""One way to address data and runs: a local path (or ``file://`` URI) or ``s3://bucket/prefix``.
+
+Everything that touches videos, manifests, checkpoints or run directories goes through this
+module, so that the same code works on a laptop and against S3-compatible object storage
+(AWS S3, MinIO, Ceph, ...).  It does not import Ray.
+
+Configuration
+    :class:`StorageOptions` holds the endpoint, region, retry and timeout settings.  The
+    endpoint falls back to ``AWS_ENDPOINT_URL_S3`` then ``AWS_ENDPOINT_URL``; the region to
+    ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` then ``us-east-1``.  Credentials are never part of
+    the configuration: boto3 and pyarrow resolve them from the standard AWS chain
+    (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, profiles,
+    instance metadata).  Settings are resolved in the calling process, so Ray workers need the
+    same environment variables (e.g. through ``runtime_env={"env_vars": ...}``).
+
+Errors
+    Every failure is raised as :class:`StorageError` (missing objects/files as its subclass
+    :class:`StorageNotFoundError`, which is also a ``FileNotFoundError``).  Messages name the
+    URI, the number of attempts and the last error code, and pass through :func:`redact` so
+    they never contain credentials.
+
+Retries
+    S3 calls made by this module go through :func:`retry_call`: transient errors (HTTP 5xx,
+    throttling, timeouts, dropped connections) are retried with exponential backoff and
+    jitter; permanent ones (missing key/bucket, access denied) are not.  botocore's own retries
+    are disabled for those calls so that ``StorageOptions.max_attempts`` is the real number of
+    requests and every retry is counted in :data:`RETRY_STATS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import hashlib
+import os
+import random
+import re
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+from urllib.request import url2pathname
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+__all__ = [
+    "RETRY_STATS",
+    "FileInfo",
+    "RetryStats",
+    "StorageError",
+    "StorageNotFoundError",
+    "StorageOptions",
+    "backoff_delay",
+    "basename",
+    "clear_caches",
+    "default_is_transient",
+    "error_code",
+    "exists",
+    "get_filesystem",
+    "is_s3",
+    "iter_files",
+    "join",
+    "list_files",
+    "open_input_file",
+    "parent",
+    "parse_s3",
+    "read_bytes",
+    "redact",
+    "resolve_endpoint",
+    "resolve_region",
+    "retry_call",
+    "s3_client",
+    "size",
+    "write_bytes",
+]
+
+T = TypeVar("T")
+PathLike = str | os.PathLike
+
+_S3_PREFIX = "s3://"
+_FILE_PREFIX = "file://"
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_DEFAULT_REGION = "us-east-1"
+_MAX_PAGE_SIZE = 1000  # S3 never returns more than 1000 keys per ListObjectsV2 page
+
+
+# --------------------------------------------------------------------------------------------
+# Redaction
+# --------------------------------------------------------------------------------------------
+
+_SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+_MIN_SECRET_LEN = 4
+# scheme://<userinfo>@ -- greedy up to the last '@' before whitespace, so a password
+# containing '/' or ':' is still covered (over-redacting an odd '@' in a path is harmless).
+_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^\s@]+@")
+# Presigned-URL query parameters carrying the key id / signature / session token.
+_PRESIGNED_RE = re.compile(
+    r"((?:X-Amz-(?:Credential|Signature|Security-Token)|AWSAccessKeyId|Signature)=)[^&\s\"'<]+",
+    re.IGNORECASE,
+)
+_REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """Remove credentials from ``text``.
+
+    Replaces with ``***``: any value of ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN`` /
+    ``AWS_ACCESS_KEY_ID`` currently in ``os.environ`` (non-empty, at least 4 characters; also
+    their URL-encoded forms), any ``user:secret@`` userinfo in URLs and the credential/signature
+    parameters of presigned URLs.
+    """
+    text = str(text)
+    values: set[str] = set()
+    for name in _SECRET_ENV_VARS:
+        value = os.environ.get(name, "")
+        if len(value) >= _MIN_SECRET_LEN:
+            values.add(value)
+            values.add(quote(value, safe=""))
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, _REDACTED)
+    text = _USERINFO_RE.sub(rf"\1{_REDACTED}@", text)
+    return _PRESIGNED_RE.sub(rf"\1{_REDACTED}", text)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+def _rebuild_error(cls: type[StorageError], message: str, state: dict) -> StorageError:
+    exc = cls.__new__(cls, message)
+    exc.args = (message,)
+    exc.__dict__.update(state)
+    return exc
+
+
+class StorageError(Exception):
+    """A storage operation failed.
+
+    Attributes: ``uri`` (the object or file), ``attempts`` (requests made, retries included),
+    ``code`` (the last error's code, e.g. ``SlowDown``, ``AccessDenied``, ``ENOENT``) and
+    ``transient`` (whether the last error was considered transient, i.e. retries ran out).
+    The message is redacted.  Picklable, so it survives being raised inside a Ray task.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        uri: str | None = None,
+        attempts: int | None = None,
+        code: str | None = None,
+        transient: bool = False,
+    ) -> None:
+        message = redact(message)
+        super().__init__(message)
+        self.uri = redact(uri) if uri is not None else None
+        self.attempts = attempts
+        self.code = code
+        self.transient = transient
+
+    def __reduce__(self):  # type: ignore[override]
+        message = self.args[0] if self.args else ""
+        return (_rebuild_error, (type(self), message, dict(self.__dict__)))
+
+
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """The object, bucket or file does not exist (never retried)."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        code: str | None = None,
+        attempts: int | None = None,
+        message: str | None = None,
+    ) -> None:
+        if message is None:
+            message = f"{uri}: not found" + (f" ({code})" if code else "")
+        super().__init__(message, uri=uri, attempts=attempts, code=code)
+
+
+# --------------------------------------------------------------------------------------------
+# Options and resolution
+# --------------------------------------------------------------------------------------------
+
+
+def _validate_endpoint(url: str) -> str:
+    """Return ``url`` normalised (no trailing slash) or raise ValueError (redacted)."""
+    if "@" in url:
+        # Checked on the raw string: a password containing '/' would make urlsplit put part of
+        # it into the path, and urlsplit's own errors could echo it.
+        raise ValueError(
+            "endpoint_url must not contain credentials (user:password@host); provide them "
+            "through the standard AWS credential chain (AWS_ACCESS_KEY_ID / "
+            f"AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or a profile), got {redact(url)!r}"
+        )
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 -- validates the port
+    except ValueError:
+        raise ValueError(f"endpoint_url has an invalid port: {redact(url)!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"endpoint_url must look like http(s)://host[:port], got {redact(url)!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"endpoint_url must not have a path or query, got {redact(url)!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """Where and how to reach S3.  Never holds credentials.
+
+    Attributes:
+        endpoint_url: ``http(s)://host[:port]`` of an S3-compatible service; ``None`` means the
+            ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` env vars, else AWS itself.
+        region: signing region; ``None`` means ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` /
+            ``us-east-1``.
+        max_attempts: total attempts per request (first try included), >= 1.
+        backoff_s: base delay of the exponential backoff.
+        backoff_max_s: cap of a single backoff delay.
+        timeout_s: connect and read/request timeout of a single request.
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    max_attempts: int = 5
+    backoff_s: float = 0.2
+    backoff_max_s: float = 5.0
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url:
+            _validate_endpoint(self.endpoint_url)
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.backoff_s < 0 or self.backoff_max_s < 0:
+            raise ValueError("backoff_s and backoff_max_s must be >= 0")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+
+
+_DEFAULT_OPTIONS = StorageOptions()
+
+
+def _opts(options: StorageOptions | None) -> StorageOptions:
+    return _DEFAULT_OPTIONS if options is None else options
+
+
+def resolve_endpoint(options: StorageOptions | None = None) -> str | None:
+    """The S3 endpoint URL in effect (options, then env), or ``None`` for AWS."""
+    opts = _opts(options)
+    url = (
+        opts.endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or None
+    )
+    return _validate_endpoint(url) if url else None
+
+
+def resolve_region(options: StorageOptions | None = None) -> str:
+    """The S3 region in effect (options, then env, then ``us-east-1``)."""
+    opts = _opts(options)
+    return (
+        opts.region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or _DEFAULT_REGION
+    )
+
+
+def _credential_fingerprint() -> str:
+    """Digest of the env-provided identity, so cached clients follow credential changes."""
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    raw = "\0".join(os.environ.get(name, "") for name in names)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _cache_key(opts: StorageOptions, *extra: Any) -> tuple:
+    return (
+        os.getpid(),  # clients / AWS SDK state must not cross a fork
+        resolve_endpoint(opts),
+        resolve_region(opts),
+        opts.max_attempts,
+        opts.timeout_s,
+        _credential_fingerprint(),
+        *extra,
+    )
+
+
+_CACHE_LOCK = threading.Lock()
+_CLIENTS: dict[tuple, Any] = {}
+_FILESYSTEMS: dict[tuple, pafs.FileSystem] = {}
+
+
+def clear_caches() -> None:
+    """Forget cached boto3 clients and pyarrow S3 filesystems (e.g. after changing env)."""
+    with _CACHE_LOCK:
+        _CLIENTS.clear()
+        _FILESYSTEMS.clear()
+
+
+def s3_client(options: StorageOptions | None = None, *, botocore_retries: bool = True) -> Any:
+    """A cached, thread-safe boto3 S3 client for ``options``.
+
+    The client uses the resolved endpoint/region, path-style addressing for custom endpoints,
+    connect/read timeouts of ``timeout_s`` and botocore ``standard`` retries with
+    ``total_max_attempts=max_attempts``.  ``botocore_retries=False`` returns a client that
+    makes exactly one request per call (what this module uses under :func:`retry_call`).
+    """
+    opts = _opts(options)
+    key = _cache_key(opts, "boto3", botocore_retries)
+    client = _CLIENTS.get(key)
+    if client is not None:
+        return client
+    with _CACHE_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            endpoint = resolve_endpoint(opts)
+            region = resolve_region(opts)
+            config = botocore.config.Config(
+                region_name=region,
+                retries={
+                    "total_max_attempts": opts.max_attempts if botocore_retries else 1,
+                    "mode": "standard",
+                },
+                connect_timeout=opts.timeout_s,
+                read_timeout=opts.timeout_s,
+                max_pool_connections=32,
+                s3={"addressing_style": "path"} if endpoint else None,
+            )
+            # Sessions are not thread-safe; one per client, created under the lock.
+            session = boto3.session.Session()
+            client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+            _CLIENTS[key] = client
+    return client
+
+
+_LOCAL_FS = pafs.LocalFileSystem()
+
+
+def get_filesystem(
+    uri: PathLike, options: StorageOptions | None = None
+) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path of ``uri`` inside it.
+
+    Local paths give ``(LocalFileSystem(), absolute_path)``; ``s3://bucket/key`` gives a cached
+    ``S3FileSystem`` (endpoint/scheme/region/retries/timeouts from ``options``, credentials from
+    the default chain) and ``"bucket/key"``.  Suitable for Ray Data and for
+    ``ray.train.RunConfig(storage_path=path, storage_filesystem=fs)``.  The S3 filesystem
+    pickles without credentials.
+    """
+    if not is_s3(uri):
+        return _LOCAL_FS, os.path.abspath(_local_path(uri))
+    bucket, key = parse_s3(uri)
+    path = f"{bucket}/{key}".rstrip("/")
+    opts = _opts(options)
+    cache_key = _cache_key(opts, "pyarrow")
+    fs = _FILESYSTEMS.get(cache_key)
+    if fs is None:
+        with _CACHE_LOCK:
+            fs = _FILESYSTEMS.get(cache_key)
+            if fs is None:
+                kwargs: dict[str, Any] = {
+                    "region": resolve_region(opts),
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(
+                        max_attempts=opts.max_attempts
+                    ),
+                    "connect_timeout": opts.timeout_s,
+                    "request_timeout": opts.timeout_s,
+                }
+                endpoint = resolve_endpoint(opts)
+                if endpoint:
+                    parts = urlsplit(endpoint)
+                    kwargs["endpoint_override"] = parts.netloc
+                    kwargs["scheme"] = parts.scheme
+                fs = pafs.S3FileSystem(**kwargs)
+                _FILESYSTEMS[cache_key] = fs
+    return fs, path
+
+
+# --------------------------------------------------------------------------------------------
+# URIs
+# --------------------------------------------------------------------------------------------
+
+
+def is_s3(uri: PathLike) -> bool:
+    """Whether ``uri`` is an ``s3://`` URI (anything else is treated as local)."""
+    return isinstance(uri, str) and uri[:5].lower() == _S3_PREFIX
+
+
+def parse_s3(uri: str) -> tuple[str, str]:
+    """``"s3://bucket/a/b"`` -> ``("bucket", "a/b")``; the key may be empty."""
+    if not is_s3(uri):
+        raise ValueError(f"not an s3:// URI: {redact(uri)!r}")
+    bucket, _, key = uri[len(_S3_PREFIX) :].partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URI without a bucket: {redact(uri)!r}")
+    return bucket, key
+
+
+def _local_path(uri: PathLike) -> str:
+    """Filesystem path of a local path or ``file://`` URI."""
+    text = os.fspath(uri)
+    if not isinstance(text, str):
+        text = os.fsdecode(text)
+    if text[:7].lower() == _FILE_PREFIX:
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file:// URI with a remote host is not supported: {redact(text)!r}")
+        return url2pathname(parts.path)
+    if _SCHEME_RE.match(text):
+        raise ValueError(f"unsupported URI scheme (use a local path or s3://): {redact(text)!r}")
+    return os.path.expanduser(text)
+
+
+def _split_scheme(uri: str) -> tuple[str, str]:
+    """``("s3://", "bucket/key")``, ``("file://", "/path")`` or ``("", "path")``."""
+    for prefix in (_S3_PREFIX, _FILE_PREFIX):
+        if uri[: len(prefix)].lower() == prefix:
+            return uri[: len(prefix)], uri[len(prefix) :]
+    return "", uri
+
+
+def join(uri: PathLike, *parts: PathLike) -> str:
+    """Append path components with ``/``; works for S3 URIs, ``file://`` URIs and paths.
+
+    Leading/trailing slashes of ``parts`` are stripped, so a part never resets the path to the
+    root (unlike ``os.path.join``); empty parts are skipped.
+    """
+    out = os.fspath(uri)
+    for part in parts:
+        piece = os.fspath(part).strip("/")
+        if not piece:
+            continue
+        if not out:
+            out = piece
+        elif out.endswith("/"):
+            out += piece
+        else:
+            out += "/" + piece
+    return out
+
+
+def parent(uri: PathLike) -> str:
+    """The containing "directory": ``s3://b/a/c`` -> ``s3://b/a``; ``s3://b/a`` -> ``s3://b``.
+
+    The bucket (``s3://b``) and the filesystem root are their own parent; a bare relative name
+    has parent ``""`` (as ``os.path.dirname``).
+    """
+    text = os.fspath(uri)
+    if is_s3(text):
+        bucket, key = parse_s3(text)
+        key = key.rstrip("/")
+        head = key.rpartition("/")[0]
+        return f"{_S3_PREFIX}{bucket}/{head}" if head else f"{_S3_PREFIX}{bucket}"
+    scheme, rest = _split_scheme(text)
+    stripped = rest.rstrip("/") or ("/" if rest.startswith("/") else "")
+    return scheme + os.path.dirname(stripped)
+
+
+def basename(uri: PathLike) -> str:
+    """Last component: ``s3://b/a/c.mp4`` -> ``c.mp4`` (``""`` for a bucket or the root)."""
+    text = os.fspath(uri)
+    if is_s3(text):
+        return parse_s3(text)[1].rstrip("/").rpartition("/")[2]
+    return os.path.basename(_split_scheme(text)[1].rstrip("/"))
+
+
+# --------------------------------------------------------------------------------------------
+# Retries
+# --------------------------------------------------------------------------------------------
+
+
+class RetryStats:
+    """Thread-safe counters of :func:`retry_call` activity in this process.
+
+    ``calls`` (retry_call invocations), ``attempts`` (function invocations), ``retries``
+    (attempts after the first), ``failures`` (calls that raised), ``exhausted`` (calls that
+    gave up on a transient error) and ``error_codes`` (code -> count of every failed attempt).
+    """
+
+    _FIELDS = ("calls", "attempts", "retries", "failures", "exhausted")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls = 0
+            self.attempts = 0
+            self.retries = 0
+            self.failures = 0
+            self.exhausted = 0
+            self.error_codes: dict[str, int] = {}
+
+    def _record(
+        self, *, attempts: int, failed: bool, exhausted: bool, codes: Iterable[str]
+    ) -> None:
+        with self._lock:
+            self.calls += 1
+            self.attempts += attempts
+            self.retries += attempts - 1
+            self.failures += int(failed)
+            self.exhausted += int(exhausted)
+            for code in codes:
+                self.error_codes[code] = self.error_codes.get(code, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """A consistent copy, e.g. to report as metrics or to diff around a block of work."""
+        with self._lock:
+            snap: dict[str, Any] = {name: getattr(self, name) for name in self._FIELDS}
+            snap["error_codes"] = dict(self.error_codes)
+            return snap
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.snapshot()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+        for name in self._FIELDS:
+            setattr(self, name, state.get(name, 0))
+        self.error_codes = dict(state.get("error_codes", {}))
+
+    def __repr__(self) -> str:
+        return f"RetryStats({self.snapshot()})"
+
+
+RETRY_STATS = RetryStats()
+"""Process-wide retry counters, updated by every :func:`retry_call`."""
+
+
+def _codes(names: str) -> frozenset[str]:
+    return frozenset(names.split())
+
+
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
+_PERMANENT_CODES = _NOT_FOUND_CODES | _codes(
+    "AccessDenied 403 Forbidden InvalidAccessKeyId SignatureDoesNotMatch AllAccessDisabled "
+    "InvalidBucketName InvalidRange InvalidArgument InvalidRequest PermanentRedirect "
+    "PreconditionFailed MethodNotAllowed 301 400 401 412 416"
+)
+_TRANSIENT_CODES = _codes(
+    "SlowDown Throttling ThrottlingException ThrottledException RequestThrottled "
+    "RequestThrottledException TooManyRequestsException RequestLimitExceeded "
+    "BandwidthLimitExceeded ProvisionedThroughputExceededException EC2ThrottledException "
+    "RequestTimeout RequestTimeoutException InternalError InternalFailure ServiceUnavailable "
+    "ServiceUnavailableException OperationAborted 429 500 502 503 504"
+)
+# pyarrow surfaces AWS SDK C++ errors as OSError with messages like
+# "AWS Error SLOW_DOWN during GetObject operation" or "curlCode: 28, Timeout was reached".
+_ARROW_TRANSIENT_RE = re.compile(
+    r"SLOW_DOWN|THROTTLING|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|REQUEST_TIMEOUT"
+    r"|NETWORK_CONNECTION|HTTP response code:?\s*(?:429|5\d\d)|curlCode:\s*(?:6|7|18|28|52|55|56)\b"
+    r"|timed out|Timeout was reached|Connection reset|Broken pipe",
+    re.IGNORECASE,
+)
+_ARROW_ERROR_RE = re.compile(r"AWS Error (?:\[code \d+\]: )?([A-Z][A-Z_]+)")
+_PERMANENT_OS_ERRORS = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+)
+
+
+def _client_error_info(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
+    response = getattr(exc, "response", None) or {}
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    code = str(response.get("Error", {}).get("Code") or status or "ClientError")
+    return code, status
+
+
+def error_code(exc: BaseException) -> str:
+    """A short code for ``exc``: the S3 error code (``SlowDown``, ``NoSuchKey``, ``503``...),
+    the AWS SDK error of a pyarrow error (``SLOW_DOWN``...), the errno name of an OS error
+    (``ENOENT``...), else the exception class name."""
+    if isinstance(exc, StorageError) and exc.code:
+        return exc.code
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return _client_error_info(exc)[0]
+    if isinstance(exc, OSError) and not isinstance(exc, botocore.exceptions.BotoCoreError):
+        if exc.errno is not None and exc.errno in errno.errorcode:
+            return errno.errorcode[exc.errno]
+        match = _ARROW_ERROR_RE.search(str(exc))
+        if match:
+            return match.group(1)
+    return type(exc).__name__
+
+
+def default_is_transient(exc: BaseException) -> bool:
+    """Whether retrying ``exc`` may help.
+
+    Transient: HTTP 5xx / 429 and throttling/timeout error codes, connection errors, read and
+    connect timeouts, truncated bodies, and pyarrow S3 errors naming such conditions.
+    Permanent: missing key/bucket (404), access denied (403), bad requests, missing
+    credentials, certificate failures, local filesystem errors, and anything unknown.
+    """
+    if isinstance(exc, StorageError):
+        return bool(exc.transient)
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code, status = _client_error_info(exc)
+        if code in _PERMANENT_CODES:
+            return False
+        return code in _TRANSIENT_CODES or status == 429 or status >= 500
+    if isinstance(exc, botocore.exceptions.SSLError):
+        return "CERTIFICATE_VERIFY_FAILED" not in str(exc).upper()
+    if isinstance(
+        exc,
+        (
+            botocore.exceptions.ConnectionError,  # endpoint/connect timeout/proxy errors
+            botocore.exceptions.HTTPClientError,  # read timeout, closed connection, streaming
+            botocore.exceptions.IncompleteReadError,
+        ),
+    ):
+        return True
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return False  # NoCredentialsError, ParamValidationError, ...
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, _PERMANENT_OS_ERRORS):
+        return False
+    if isinstance(exc, OSError):
+        return bool(_ARROW_TRANSIENT_RE.search(str(exc)))
+    return False
+
+
+def _error_detail(exc: BaseException, limit: int = 300) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code, _ = _client_error_info(exc)
+        message = (getattr(exc, "response", None) or {}).get("Error", {}).get("Message") or ""
+        detail = f"{code}: {message}" if message else code
+        operation = getattr(exc, "operation_name", None)
+        if operation:
+            detail += f" ({operation})"
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
+    detail = redact(" ".join(detail.split()))
+    return detail if len(detail) <= limit else detail[: limit - 3] + "..."
+
+
+def backoff_delay(attempt: int, options: StorageOptions | None = None) -> float:
+    """Sleep before retry number ``attempt`` (1-based): exponential, capped, "equal jitter"
+    (half fixed, half random) so concurrent workers spread out but still back off."""
+    opts = _opts(options)
+    cap = min(opts.backoff_max_s, opts.backoff_s * (2 ** (attempt - 1)))
+    return cap / 2 + random.uniform(0, cap / 2)
+
+
+def retry_call(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    options: StorageOptions | None = None,
+    is_transient: Callable[[BaseException], bool] = default_is_transient,
+    uri: str | None = None,
+    stats: RetryStats | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``fn()`` up to ``options.max_attempts`` times, backing off between transient errors.
+
+    Returns ``fn()``'s result.  Raises :class:`StorageError` (the original exception as
+    ``__cause__``) on a permanent error or when attempts run out; a ``StorageError`` raised by
+    ``fn`` itself (e.g. :class:`StorageNotFoundError`) is re-raised as is with ``attempts`` set.
+    ``what`` describes the operation for messages (e.g. ``"read s3://b/k"``).  Counts go to
+    :data:`RETRY_STATS` and, if given, to ``stats``.
+    """
+    opts = _opts(options)
+    codes: list[str] = []
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            result = fn()
+        except Exception as exc:
+            code = error_code(exc)
+            codes.append(code)
+            transient = is_transient(exc)
+            if transient and attempt < opts.max_attempts:
+                sleep(backoff_delay(attempt, opts))
+                continue
+            _record(stats, attempts=attempt, failed=True, exhausted=transient, codes=codes)
+            if isinstance(exc, StorageError):
+                exc.attempts = attempt
+                raise
+            plural = "attempt" if attempt == 1 else "attempts"
+            if transient:
+                message = f"{what}: gave up after {attempt} {plural}; last error: "
+            else:
+                message = f"{what}: failed after {attempt} {plural} (not retryable): "
+            raise StorageError(
+                message + _error_detail(exc),
+                uri=uri,
+                attempts=attempt,
+                code=code,
+                transient=transient,
+            ) from exc
+        _record(stats, attempts=attempt, failed=False, exhausted=False, codes=codes)
+        return result
+
+
+def _record(stats: RetryStats | None, **kwargs: Any) -> None:
+    RETRY_STATS._record(**kwargs)
+    if stats is not None and stats is not RETRY_STATS:
+        stats._record(**kwargs)
+
+
+def _s3_call(fn: Callable[[], T], *, what: str, uri: str, options: StorageOptions) -> T:
+    """retry_call that maps "not found" S3 errors to StorageNotFoundError."""
+
+    def call() -> T:
+        try:
+            return fn()
+        except botocore.exceptions.ClientError as exc:
+            code, _ = _client_error_info(exc)
+            if code in _NOT_FOUND_CODES:
+                raise StorageNotFoundError(uri, code=code) from exc
+            raise
+
+    return retry_call(call, what=what, options=options, uri=uri)
+
+
+# --------------------------------------------------------------------------------------------
+# Listing
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """A file or object: its URI (``s3://...`` or an absolute local path) and size in bytes."""
+
+    uri: str
+    size: int
+
+
+def _normalise_extensions(extensions: Iterable[str] | None) -> tuple[str, ...] | None:
+    if not extensions:
+        return None
+    if isinstance(extensions, str):
+        extensions = [extensions]
+    return tuple(sorted({"." + e.lower().lstrip(".") for e in extensions}))
+
+
+def _wanted(name: str, exts: tuple[str, ...] | None) -> bool:
+    return exts is None or name.lower().endswith(exts)
+
+
+_TMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # in-flight write_bytes temp files
+
+
+def iter_files(
+    uri: PathLike,
+    extensions: Iterable[str] | None = None,
+    recursive: bool = True,
+    options: StorageOptions | None = None,
+    *,
+    page_size: int = _MAX_PAGE_SIZE,
+) -> Iterator[FileInfo]:
+    """Like :func:`list_files` but streaming and unsorted (S3 yields in key order page by page).
+
+    S3: one ``ListObjectsV2`` request per ``page_size`` keys (each page retried on its own),
+    never a request per object.
+    """
+    exts = _normalise_extensions(extensions)
+    text = os.fspath(uri)
+    if is_s3(text):
+        yield from _iter_s3(text, exts, recursive, _opts(options), page_size)
+    else:
+        yield from _iter_local(text, exts, recursive)
+
+
+def list_files(
+    uri: PathLike,
+    extensions: Iterable[str] | None = None,
+    recursive: bool = True,
+    options: StorageOptions | None = None,
+    *,
+    page_size: int = _MAX_PAGE_SIZE,
+) -> list[FileInfo]:
+    """All files under ``uri`` (a directory/prefix, or a single file/object), sorted by URI.
+
+    ``extensions``: e.g. ``{".mp4", "avi"}``, case-insensitive, leading dot optional; empty or
+    ``None`` means all files.  ``recursive=False`` lists only direct children.  An S3 prefix is
+    treated as a directory (``s3://b/vid`` lists ``vid/...``, not ``videos/...``); directory
+    marker keys (ending in ``/``) are skipped.  Local results are absolute paths; directory
+    symlinks are followed (cycles are skipped).  A missing local path or S3 bucket raises
+    :class:`StorageNotFoundError`; an empty S3 prefix gives ``[]``.
+    """
+    return sorted(
+        iter_files(uri, extensions, recursive, options, page_size=page_size),
+        key=lambda info: info.uri,
+    )
+
+
+def _iter_s3(
+    uri: str,
+    exts: tuple[str, ...] | None,
+    recursive: bool,
+    opts: StorageOptions,
+    page_size: int,
+) -> Iterator[FileInfo]:
+    if not 1 <= page_size <= _MAX_PAGE_SIZE:
+        raise ValueError(f"page_size must be in [1, {_MAX_PAGE_SIZE}], got {page_size}")
+    bucket, key = parse_s3(uri)
+    prefix = key if not key or key.endswith("/") else key + "/"
+    client = s3_client(opts, botocore_retries=False)
+    request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+    if not recursive:
+        request["Delimiter"] = "/"
+    found = False
+    while True:
+        page = _s3_call(
+            functools.partial(client.list_objects_v2, **request),
+            what=f"list {uri}",
+            uri=uri,
+            options=opts,
+        )
+        for obj in page.get("Contents", ()):
+            name = obj["Key"]
+            found = True
+            if name.endswith("/") or not _wanted(name, exts):
+                continue
+            yield FileInfo(f"{_S3_PREFIX}{bucket}/{name}", int(obj.get("Size", 0)))
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            break
+        request["ContinuationToken"] = token
+    if not found and key and not key.endswith("/"):
+        # Not a prefix: maybe ``uri`` names a single object.
+        try:
+            n = size(uri, opts)
+        except StorageNotFoundError:
+            return
+        if _wanted(key, exts):
+            yield FileInfo(uri, n)
+
+
+def _iter_local(uri: str, exts: tuple[str, ...] | None, recursive: bool) -> Iterator[FileInfo]:
+    root = os.path.abspath(_local_path(uri))
+    try:
+        st = os.stat(root)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise StorageNotFoundError(uri, code="ENOENT", attempts=1) from exc
+    except OSError as exc:
+        raise _local_error("list", uri, exc) from exc
+    if not stat.S_ISDIR(st.st_mode):
+        if _wanted(root, exts):
+            yield FileInfo(root, st.st_size)
+        return
+    seen = {(st.st_dev, st.st_ino)}
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        if recursive:
+                            dst = entry.stat()
+                            ident = (dst.st_dev, dst.st_ino)
+                            if ident not in seen:
+                                seen.add(ident)
+                                stack.append(entry.path)
+                    elif (
+                        entry.is_file()
+                        and _wanted(entry.name, exts)
+                        and not _TMP_RE.match(entry.name)
+                    ):
+                        yield FileInfo(entry.path, entry.stat().st_size)
+        except OSError as exc:
+            raise _local_error("list", directory, exc) from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Objects / files
+# --------------------------------------------------------------------------------------------
+
+
+def _local_error(op: str, uri: str, exc: OSError) -> StorageError:
+    code = error_code(exc)
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return StorageNotFoundError(uri, code=code, attempts=1)
+    reason = exc.strerror or str(exc)
+    return StorageError(f"{op} {uri} failed: {code}: {reason}", uri=uri, attempts=1, code=code)
+
+
+def _check_range(byte_range: tuple[int, int] | None) -> tuple[int, int] | None:
+    if byte_range is None:
+        return None
+    start, end = (int(v) for v in byte_range)
+    if start < 0 or end < start:
+        raise ValueError(f"byte_range must satisfy 0 <= start <= end, got {byte_range}")
+    return start, end
+
+
+def read_bytes(
+    uri: PathLike,
+    options: StorageOptions | None = None,
+    byte_range: tuple[int, int] | None = None,
+) -> bytes:
+    """The content of a file/object, or of ``byte_range = (start, end)`` of it.
+
+    The range is half-open like a slice: ``read_bytes(u, byte_range=(a, b)) ==
+    read_bytes(u)[a:b]`` (also past the end of the object).  S3 reads are retried on transient
+    errors (:func:`retry_call`); missing objects raise :class:`StorageNotFoundError` at once.
+    """
+    rng = _check_range(byte_range)
+    text = os.fspath(uri)
+    if rng is not None and rng[0] == rng[1]:
+        if not exists(text, options):
+            raise StorageNotFoundError(text, attempts=1)
+        return b""
+    if not is_s3(text):
+        try:
+            with open(_local_path(text), "rb") as f:
+                if rng is None:
+                    return f.read()
+                f.seek(rng[0])
+                return f.read(rng[1] - rng[0])
+        except OSError as exc:
+            raise _local_error("read", text, exc) from exc
+
+    opts = _opts(options)
+    bucket, key = parse_s3(text)
+    client = s3_client(opts, botocore_retries=False)
+    request: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if rng is not None:
+        request["Range"] = f"bytes={rng[0]}-{rng[1] - 1}"
+
+    def get() -> bytes:
+        try:
+            response = client.get_object(**request)
+        except botocore.exceptions.ClientError as exc:
+            if rng is not None and _client_error_info(exc)[0] in ("InvalidRange", "416"):
+                return b""  # start at/after the end of the object, as a slice would
+            raise
+        body = response["Body"]
+        try:
+            return body.read()  # botocore checks the length: a cut-off body is retried
+        finally:
+            body.close()
+
+    return _s3_call(get, what=f"read {text}", uri=text, options=opts)
+
+
+def write_bytes(
+    uri: PathLike, data: bytes | bytearray | memoryview, options: StorageOptions | None = None
+) -> None:
+    """Store ``data`` at ``uri``, replacing it.
+
+    S3: ``PutObject`` with retries.  Local: parent directories are created and the data is
+    written to a temporary file in the same directory, fsynced and ``os.replace``-d into place,
+    so readers see either the old or the new content, never a partial file.
+    """
+    text = os.fspath(uri)
+    payload = bytes(data) if isinstance(data, memoryview) else data
+    if is_s3(text):
+        opts = _opts(options)
+        bucket, key = parse_s3(text)
+        if not key or key.endswith("/"):
+            raise ValueError(f"cannot write to a bucket or prefix: {redact(text)!r}")
+        client = s3_client(opts, botocore_retries=False)
+        _s3_call(
+            functools.partial(client.put_object, Bucket=bucket, Key=key, Body=payload),
+            what=f"write {text}",
+            uri=text,
+            options=opts,
+        )
+        return
+
+    path = os.path.abspath(_local_path(text))
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # honours the umask
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        code = error_code(exc)
+        reason = exc.strerror or str(exc)
+        raise StorageError(
+            f"write {text} failed: {code}: {reason}", uri=text, attempts=1, code=code
+        ) from exc
+
+
+def _head(uri: str, opts: StorageOptions) -> dict[str, Any]:
+    bucket, key = parse_s3(uri)
+    client = s3_client(opts, botocore_retries=False)
+    return _s3_call(
+        functools.partial(client.head_object, Bucket=bucket, Key=key),
+        what=f"stat {uri}",
+        uri=uri,
+        options=opts,
+    )
+
+
+def exists(uri: PathLike, options: StorageOptions | None = None) -> bool:
+    """Whether a file/directory (local) or an object, non-empty prefix or bucket (S3) exists.
+
+    Errors other than "not found" (e.g. AccessDenied) raise :class:`StorageError`.
+    """
+    text = os.fspath(uri)
+    if not is_s3(text):
+        return os.path.exists(_local_path(text))
+    opts = _opts(options)
+    bucket, key = parse_s3(text)
+    client = s3_client(opts, botocore_retries=False)
+    if key:
+        try:
+            _head(text, opts)
+            return True
+        except StorageNotFoundError:
+            pass
+        request = {"Bucket": bucket, "Prefix": key.rstrip("/") + "/", "MaxKeys": 1}
+    else:
+        request = {"Bucket": bucket, "MaxKeys": 1}
+    try:
+        page = _s3_call(
+            functools.partial(client.list_objects_v2, **request),
+            what=f"stat {text}",
+            uri=text,
+            options=opts,
+        )
+    except StorageNotFoundError:  # NoSuchBucket
+        return False
+    return not key or bool(page.get("KeyCount") or page.get("Contents"))
+
+
+def size(uri: PathLike, options: StorageOptions | None = None) -> int:
+    """Size in bytes of a file/object; :class:`StorageNotFoundError` if missing."""
+    text = os.fspath(uri)
+    if not is_s3(text):
+        try:
+            st = os.stat(_local_path(text))
+        except OSError as exc:
+            raise _local_error("stat", text, exc) from exc
+        if stat.S_ISDIR(st.st_mode):
+            raise StorageError(f"stat {text}: is a directory", uri=text, attempts=1, code="EISDIR")
+        return st.st_size
+    return int(_head(text, _opts(options))["ContentLength"])
+
+
+def open_input_file(uri: PathLike, options: StorageOptions | None = None) -> pa.NativeFile:
+    """A seekable, readable pyarrow file for streaming ``uri`` (use as a context manager).
+
+    Opening (one HEAD request on S3) is retried on transient errors; the reads themselves use
+    pyarrow's retry strategy (``AwsStandardS3RetryStrategy(max_attempts)``).
+    """
+    text = os.fspath(uri)
+    opts = _opts(options)
+    fs, path = get_filesystem(text, opts)
+
+    def do_open() -> pa.NativeFile:
+        try:
+            return fs.open_input_file(path)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise StorageNotFoundError(text, code="NotFound") from exc
+
+    if not is_s3(text):
+        try:
+            return do_open()
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise _local_error("open", text, exc) from exc
+    return retry_call(do_open, what=f"open {text}", options=opts, uri=text)

@@ -1,0 +1,113 @@
+"""Heads on top of pooled backbone features, and the pieces every backbone shares.
+
+Shared pieces: `scale_channels` (the `width` option), `init_weights` (the weight
+initialisation of every model here) and `VideoBackbone` (five stages, global average
+pooling, `forward` / `forward_features`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+POOL_LAYERS = ("pool1", "pool2", "pool3", "pool4", "pool5")
+"""Names of the intermediate outputs `VideoBackbone.forward_features` can return."""
+
+
+def scale_channels(num_channels: int, width: float) -> int:
+    """Channel count `num_channels` scaled by `width`, rounded, never below 4."""
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    return max(4, round(num_channels * width))
+
+
+def init_weights(module: nn.Module) -> None:
+    """Initialise `module` in place: Kaiming-normal convs (fan_out, ReLU), zero conv
+    biases, BatchNorm weight 1 / bias 0. Linear layers keep PyTorch's default."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class VideoBackbone(nn.Module):
+    """Base of the video backbones: five stages, then global average pooling.
+
+    Subclasses set `self.stages` (an `nn.ModuleList` of exactly five modules) and
+    `self.out_dim` (channels of the last stage). The output after stage i is
+    "pool{i}" for i = 1..4, a (B, C_i, T_i, H_i, W_i) tensor; "pool5" is the last
+    stage's output globally average-pooled to (B, out_dim), which is also what
+    `forward` returns.
+    """
+
+    stages: nn.ModuleList
+    out_dim: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.global_pool = nn.AdaptiveAvgPool3d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, out_dim) of clips x (B, 3, T, H, W)."""
+        for stage in self.stages:
+            x = stage(x)
+        return torch.flatten(self.global_pool(x), 1)
+
+    def forward_features(
+        self, x: torch.Tensor, layers: Sequence[str] = ("pool5",)
+    ) -> dict[str, torch.Tensor]:
+        """Intermediate outputs of clips x (B, 3, T, H, W), keyed by the names in
+        `layers` (a subset of `POOL_LAYERS`, in the order given). Stages after the
+        deepest requested layer are not run."""
+        unknown = [name for name in layers if name not in POOL_LAYERS]
+        if unknown:
+            raise ValueError(f"unknown layers {unknown}; valid: {list(POOL_LAYERS)}")
+        wanted = set(layers)
+        outputs: dict[str, torch.Tensor] = {}
+        for name, stage in zip(POOL_LAYERS, self.stages, strict=True):
+            if len(outputs) == len(wanted):
+                break
+            x = stage(x)
+            if name == "pool5":
+                x = torch.flatten(self.global_pool(x), 1)
+            if name in wanted:
+                outputs[name] = x
+        return {name: outputs[name] for name in layers}
+
+
+class ClassifierHead(nn.Module):
+    """Dropout then a linear layer: features (B, in_dim) -> logits (B, num_classes)."""
+
+    def __init__(self, in_dim: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_dim, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) of features (B, in_dim)."""
+        return self.fc(self.dropout(features))
+
+
+class ProjectionHead(nn.Module):
+    """Nonlinear projection for contrastive learning: linear -> BN -> ReLU -> linear,
+    features (B, in_dim) -> embeddings (B, out_dim)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )
+        init_weights(self)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, out_dim) of features (B, in_dim)."""
+        return self.net(features)

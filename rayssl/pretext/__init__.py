@@ -1,0 +1,18 @@
+"""Pretext tasks by name (a plain dict; the training loop never branches on names)."""
+
+from rayssl.pretext.base import ClipPlan, Pretext
+from rayssl.pretext.pace import PacePretext
+
+PRETEXTS: dict[str, type[Pretext]] = {"pace": PacePretext}
+
+
+def build_pretext(cfg, clip_len: int, short_video: str = "resample_pace") -> Pretext:
+    """Instantiate the pretext named by `cfg.name` (a PretextConfig)."""
+    try:
+        cls = PRETEXTS[cfg.name]
+    except KeyError:
+        raise ValueError(f"unknown pretext {cfg.name!r}; one of {sorted(PRETEXTS)}") from None
+    return cls(cfg, clip_len=clip_len, short_video=short_video)
+
+
+__all__ = ["PRETEXTS", "ClipPlan", "Pretext", "PacePretext", "build_pretext"]

@@ -1,0 +1,120 @@
+"""`rayssl preview`: run the training clip pipeline on a few clips and save them.
+
+Writes DIR/clips.npz (clips, indices, labels, paces, videos, class_labels) and
+DIR/preview.png, a contact sheet with one row per clip, so a user can check exactly
+what the model is fed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from rayssl.config import Config
+from rayssl.data import storage
+from rayssl.data.manifest import build_manifest, list_entries, read_manifest
+from rayssl.data.pipeline import SamplerSpec, build_clip_dataset, epoch_rows, usable_videos
+from rayssl.pretext import build_pretext
+
+
+def load_or_build_manifest(src: str, options: storage.StorageOptions | None, use_ray: bool = True):
+    """A manifest URI (*.parquet) is read; a folder is indexed on the fly."""
+    if src.endswith(".parquet"):
+        return read_manifest(src, options=options)
+    return build_manifest(list_entries(src, "folder", options=options), options, use_ray=use_ray)
+
+
+def run_preview(
+    cfg: Config,
+    src: str,
+    out_dir: str,
+    num_clips: int = 16,
+    epoch: int = 0,
+) -> dict[str, Any]:
+    """Sample `num_clips` clips with the training pipeline and write them to `out_dir`.
+
+    Returns a summary: clips written and skipped draws by reason.
+    """
+    options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
+    table = load_or_build_manifest(src, options)
+    videos = usable_videos(table, split="", fraction=cfg.data.fraction, seed=cfg.run.seed)
+    if videos.num_rows == 0:
+        raise ValueError(f"{src}: no usable video ({table.num_rows} rows, all with errors)")
+    per_video = max(1, math.ceil(num_clips / videos.num_rows))
+    rows = epoch_rows(videos, per_video, cfg.run.seed, epoch).slice(0, num_clips)
+    pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
+    spec = SamplerSpec(
+        pretext=pretext,
+        settings=cfg.data.augment,
+        seed=cfg.run.seed,
+        train=True,
+        decode_threads=cfg.data.decode_threads,
+        storage_options=options,
+    )
+    sizes_vary = not cfg.data.augment.enabled and not cfg.data.augment.resize
+    data_cfg = replace(cfg.data, rows_per_task=1) if sizes_vary else cfg.data
+    samples = build_clip_dataset(rows, spec, data_cfg).take_all()
+    valid = [s for s in samples if bool(s["valid"])]
+    skipped: dict[str, int] = {}
+    for s in samples:
+        if not bool(s["valid"]):
+            skipped[str(s["skip_reason"])] = skipped.get(str(s["skip_reason"]), 0) + 1
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    uri_of = dict(zip(videos["video_id"].to_pylist(), videos["uri"].to_pylist(), strict=True))
+    arrays = {
+        "clips": _stack([s["clip"] for s in valid]),
+        "indices": np.stack([s["indices"] for s in valid]) if valid else np.zeros((0, 0), int),
+        "labels": np.array([int(s.get("label", -1)) for s in valid], dtype=np.int64),
+        "paces": np.array([float(s.get("pace", np.nan)) for s in valid], dtype=np.float32),
+        "videos": np.array([uri_of[str(s["video_id"])] for s in valid]),
+        "class_labels": np.array([int(s["class_label"]) for s in valid], dtype=np.int64),
+    }
+    np.savez_compressed(out / "clips.npz", **arrays)
+    _contact_sheet(valid, out / "preview.png")
+    return {"written": len(valid), "skipped": skipped, "out": str(out)}
+
+
+def _stack(clips: list[np.ndarray]) -> np.ndarray:
+    if not clips:
+        return np.zeros((0,), np.uint8)
+    shapes = {c.shape for c in clips}
+    if len(shapes) == 1:
+        return np.stack(clips)
+    # Native sizes differ between videos: pad to the largest (bottom/right, black).
+    t = max(s[0] for s in shapes)
+    h = max(s[1] for s in shapes)
+    w = max(s[2] for s in shapes)
+    out = np.zeros((len(clips), t, h, w, 3), np.uint8)
+    for i, c in enumerate(clips):
+        out[i, : c.shape[0], : c.shape[1], : c.shape[2]] = c
+    return out
+
+
+def _contact_sheet(samples: list[dict[str, Any]], path: Path, max_frames: int = 16) -> None:
+    """One row per clip: its frames side by side, thumbnails 64 px high, a text label."""
+    if not samples:
+        cv2.imwrite(str(path), np.zeros((32, 32, 3), np.uint8))
+        return
+    thumb_h = 64
+    rows = []
+    for s in samples:
+        clip = s["clip"]
+        step = max(1, math.ceil(clip.shape[0] / max_frames))
+        frames = clip[::step]
+        scale = thumb_h / frames.shape[1]
+        thumb_w = max(1, int(round(frames.shape[2] * scale)))
+        strip = np.concatenate([cv2.resize(f, (thumb_w, thumb_h)) for f in frames], axis=1)
+        text = f"{s['video_id']}  pace={float(s.get('pace', 0)):g} label={int(s.get('label', -1))}"
+        bar = np.full((18, strip.shape[1], 3), 255, np.uint8)
+        cv2.putText(bar, text[:120], (2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+        rows.append(np.concatenate([bar, strip], axis=0))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    sheet = np.concatenate(rows, axis=0)
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))

@@ -1,0 +1,266 @@
+"""The per-worker training loop run by Ray Train (`TorchTrainer`).
+
+Each worker builds, per epoch, a Ray Data pipeline over its shard of the epoch's draw
+rows (`rayssl.data.pipeline`): every draw is a function of (seed, video, epoch, draw),
+every worker takes the same number of steps, and resuming at epoch e rebuilds exactly
+the stream of epoch e. Metrics are summed over workers with all-reduce, so epoch
+numbers are exact, not rank-0 samples.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from rayssl.config import Config, config_from_dict
+from rayssl.data import storage
+from rayssl.data.manifest import read_manifest
+from rayssl.data.pipeline import SamplerSpec, build_clip_dataset, epoch_rows, usable_videos
+from rayssl.pretext import build_pretext
+from rayssl.train.checkpoint import load_training_state, restore_training_state, save_training_state
+from rayssl.train.step import (
+    DeviceSettings,
+    batch_to_device,
+    build_model,
+    build_optimizer,
+    eval_step,
+    train_step,
+    unwrap,
+)
+from rayssl.train.tracking import Tracker
+
+#: Test hook: "<marker file>:<epoch>:<step>:<rank>" makes that worker SIGKILL itself
+#: once (the marker records it), to exercise worker-failure recovery for real.
+KILL_ENV = "RAYSSL_TEST_KILL_WORKER"
+
+
+def _maybe_die(epoch: int, step: int, rank: int) -> None:
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    marker, e, s, r = spec.rsplit(":", 3)
+    if (epoch, step, rank) == (int(e), int(s), int(r)) and not Path(marker).exists():
+        Path(marker).write_text(f"killed pid {os.getpid()} at epoch {epoch} step {step}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _all_reduce(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return dict(zip(keys, t.tolist(), strict=True))
+
+
+class _Sums:
+    """Per-epoch sums over this worker's batches (reduced over workers at the end)."""
+
+    def __init__(self) -> None:
+        self.values: Counter[str] = Counter()
+        self.skips: Counter[str] = Counter()
+
+    def add_batch(self, batch: dict[str, np.ndarray], metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            self.values[k] += float(v)
+        valid = np.asarray(batch["valid"], dtype=bool)
+        self.values["num_samples"] += len(valid)
+        self.values["num_skipped"] += int((~valid).sum())
+        self.values["num_resampled"] += int(np.asarray(batch["resampled"], dtype=bool).sum())
+        for reason in np.asarray(batch["skip_reason"])[~valid]:
+            self.skips[str(reason)] += 1
+
+
+def _epoch_metrics(prefix: str, sums: dict[str, float], acc_name: str) -> dict[str, float]:
+    n = max(sums.get("num_valid", 0.0), 1.0)
+    out = {
+        f"{prefix}/loss": sums.get("loss_sum", 0.0) / n,
+        f"{prefix}/{acc_name}": sums.get("correct", 0.0) / n,
+        f"{prefix}/clips": sums.get("num_samples", 0.0),
+        f"{prefix}/videos_skipped": sums.get("num_skipped", 0.0),
+        f"{prefix}/pace_resampled": sums.get("num_resampled", 0.0),
+    }
+    return out
+
+
+def _iterate(ds, batch_size: int, prefetch: int):
+    return ds.iter_batches(
+        batch_size=batch_size, batch_format="numpy", prefetch_batches=prefetch, drop_last=False
+    )
+
+
+def run_epoch(
+    model,
+    optimizer,
+    ds,
+    settings: DeviceSettings,
+    cfg: Config,
+    batch_size: int,
+    epoch: int,
+    rank: int,
+    world: int,
+    tracker: Tracker,
+    global_step: int,
+) -> tuple[_Sums, float, float, int]:
+    """Train over one epoch's dataset; returns sums, data-wait seconds, total seconds."""
+    sums = _Sums()
+    wait_s = 0.0
+    t_epoch = time.perf_counter()
+    t_last = t_epoch
+    window_clips, window_t0 = 0, t_epoch
+    for step, batch in enumerate(_iterate(ds, batch_size, cfg.data.prefetch_batches)):
+        if cfg.train.max_steps_per_epoch and step >= cfg.train.max_steps_per_epoch:
+            break
+        t_batch = time.perf_counter()
+        wait_s += t_batch - t_last
+        _maybe_die(epoch, step, rank)
+        metrics = train_step(model, batch_to_device(batch, settings), optimizer, settings)
+        if settings.device.type == "cuda":
+            torch.cuda.synchronize(settings.device)
+        sums.add_batch(batch, metrics)
+        t_last = time.perf_counter()
+        global_step += 1
+        window_clips += len(batch["valid"])
+        if rank == 0 and global_step % cfg.train.log_every_steps == 0:
+            n = max(float(metrics["num_valid"]), 1.0)
+            elapsed = t_last - window_t0
+            tracker.log_metrics(
+                {
+                    "step/loss": float(metrics["loss_sum"]) / n,
+                    "step/acc": float(metrics["correct"]) / n,
+                    # rank 0's rate times the worker count: an estimate of the global rate
+                    "step/clips_per_s": window_clips * world / max(elapsed, 1e-9),
+                    "step/data_wait_frac": wait_s / max(t_last - t_epoch, 1e-9),
+                    "step/lr": optimizer.param_groups[0]["lr"],
+                },
+                step=global_step,
+            )
+            window_clips, window_t0 = 0, t_last
+    return sums, wait_s, time.perf_counter() - t_epoch, global_step
+
+
+def evaluate(model, ds, settings: DeviceSettings, batch_size: int, prefetch: int) -> _Sums:
+    sums = _Sums()
+    for batch in _iterate(ds, batch_size, prefetch):
+        sums.add_batch(batch, eval_step(model, batch_to_device(batch, settings), settings))
+    return sums
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry: `loop_config` = {"config": Config as dict, "commit": str}."""
+    cfg = config_from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    settings = DeviceSettings.for_device(device, cfg)
+    torch.manual_seed(cfg.run.seed)
+
+    pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
+    model = build_model(cfg, pretext)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    start_epoch, mlflow_run_id, global_step = 0, None, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_training_state(d)
+        start_epoch = restore_training_state(state, model, optimizer, scheduler)
+        mlflow_run_id = state["extra"].get("mlflow_run_id")
+        global_step = int(state["extra"].get("global_step", 0))
+    model = model.to(device)
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    model = ray.train.torch.prepare_model(model, move_to_device=False)
+
+    tracker = Tracker(
+        cfg, enabled=rank == 0, run_id=mlflow_run_id, commit=loop_config.get("commit", "")
+    )
+    options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
+    table = read_manifest(cfg.data.manifest, options=options)
+    videos = usable_videos(table, cfg.data.split, cfg.data.fraction, cfg.run.seed)
+    val_videos = usable_videos(table, cfg.data.val_split) if cfg.data.val_split else None
+    spec = SamplerSpec(
+        pretext, cfg.data.augment, cfg.run.seed, True, cfg.data.decode_threads, options
+    )
+    val_spec = SamplerSpec(
+        pretext, cfg.data.augment, cfg.run.seed, False, cfg.data.decode_threads, options
+    )
+    batch_size = max(1, cfg.train.batch_size // world)
+    acc_name = getattr(pretext, "accuracy_name", "acc")
+    if rank == 0:
+        tracker.log_metrics(
+            {"data/videos": videos.num_rows, "data/start_epoch": start_epoch}, step=start_epoch
+        )
+
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        rows = epoch_rows(videos, cfg.data.clips_per_video, cfg.run.seed, epoch, rank, world)
+        ds = build_clip_dataset(rows, spec, cfg.data)
+        lr = optimizer.param_groups[0]["lr"]
+        sums, wait_s, total_s, global_step = run_epoch(
+            model,
+            optimizer,
+            ds,
+            settings,
+            cfg,
+            batch_size,
+            epoch,
+            rank,
+            world,
+            tracker,
+            global_step,
+        )
+        scheduler.step()
+        reduced = _all_reduce({**sums.values, "wait_s": wait_s, "total_s": total_s}, device)
+        metrics = _epoch_metrics("train", reduced, acc_name)
+        metrics.update(
+            {
+                "epoch": epoch,
+                "lr": lr,
+                "train/clips_per_s": reduced["num_samples"] / max(reduced["total_s"] / world, 1e-9),
+                "train/data_wait_frac": reduced["wait_s"] / max(reduced["total_s"], 1e-9),
+            }
+        )
+        if val_videos is not None and val_videos.num_rows:
+            val_rows = epoch_rows(val_videos, 1, cfg.run.seed, 0, rank, world, shuffle=False)
+            vsums = evaluate(
+                model,
+                build_clip_dataset(val_rows, val_spec, cfg.data),
+                settings,
+                batch_size,
+                cfg.data.prefetch_batches,
+            )
+            metrics.update(_epoch_metrics("val", _all_reduce(dict(vsums.values), device), acc_name))
+        if rank == 0:
+            tracker.log_metrics(metrics, step=epoch)
+            for reason, n in sums.skips.items():
+                tracker.log_metrics({f"train/skipped_{reason}": n}, step=epoch)
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if rank == 0:
+                save_training_state(
+                    d,
+                    model=unwrap(model),
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    epoch=epoch,
+                    sampler={"seed": cfg.run.seed, "next_epoch": epoch + 1},
+                    extra={"mlflow_run_id": tracker.run_id, "global_step": global_step},
+                )
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report({**metrics, "mlflow_run_id": tracker.run_id or ""}, checkpoint=ckpt)
+
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "backbone.pt"
+            torch.save(unwrap(model).backbone.state_dict(), path)
+            tracker.log_file(path, "weights")
+        tracker.finish()

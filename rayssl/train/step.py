@@ -1,0 +1,135 @@
+"""Plain-torch training pieces: model, optimiser, schedule, batch conversion, one step.
+
+No Ray here: the per-worker loop (`loop.py`) wires these to Ray Train, and tests use
+them directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rayssl.config import Config
+from rayssl.models import build_backbone
+from rayssl.pretext.base import Pretext
+
+#: Pixel normalisation applied on the device (Kinetics statistics, RGB order).
+MEAN = (0.45, 0.45, 0.45)
+STD = (0.225, 0.225, 0.225)
+
+
+class PretextModel(nn.Module):
+    """Backbone + the pretext's head; `forward` returns (loss, metric sums)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, pretext: Pretext) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.pretext = pretext
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        return self.pretext.compute(self.backbone, self.head, batch)
+
+
+def build_model(cfg: Config, pretext: Pretext) -> PretextModel:
+    backbone = build_backbone(cfg.model.backbone, width=cfg.model.width)
+    head = pretext.build_head(backbone.out_dim)
+    return PretextModel(backbone, head, pretext)
+
+
+def build_optimizer(model: nn.Module, cfg: Config):
+    """SGD (momentum, weight decay) and the thesis's step schedule (per epoch)."""
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    sched = torch.optim.lr_scheduler.StepLR(
+        opt, step_size=cfg.optim.step_epochs, gamma=cfg.optim.gamma
+    )
+    return opt, sched
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    device: torch.device
+    bf16: bool = False
+    channels_last: bool = False
+
+    @classmethod
+    def for_device(cls, device: torch.device, cfg: Config) -> DeviceSettings:
+        cuda = device.type == "cuda"
+        return cls(
+            device, bf16=cuda and cfg.train.bf16, channels_last=cuda and cfg.train.channels_last
+        )
+
+    def autocast(self):
+        if self.bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def clip_to_input(clip_BTHWC: torch.Tensor, settings: DeviceSettings) -> torch.Tensor:
+    """uint8 (B, T, H, W, C) on the device -> normalised float (B, C, T, H, W)."""
+    x = clip_BTHWC.permute(0, 4, 1, 2, 3).float().div_(255.0)
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1, 1)
+    x = (x - mean) / std
+    if settings.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
+#: Batch columns that are not tensors (kept on the host).
+_HOST_COLUMNS = {"video_id", "skip_reason", "uri"}
+
+
+def batch_to_device(batch: dict[str, np.ndarray], settings: DeviceSettings) -> dict[str, Any]:
+    """Move a numpy batch from the data pipeline to the device; clips become model input."""
+    out: dict[str, Any] = {}
+    non_blocking = settings.device.type == "cuda"
+    for k, v in batch.items():
+        if k in _HOST_COLUMNS or v.dtype.kind in "OUS":
+            out[k] = v
+            continue
+        t = torch.from_numpy(np.ascontiguousarray(v))
+        if non_blocking:
+            t = t.pin_memory()
+        t = t.to(settings.device, non_blocking=non_blocking)
+        out[k] = clip_to_input(t, settings) if k.startswith("clip") else t
+    return out
+
+
+def train_step(
+    model: nn.Module,
+    batch: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    settings: DeviceSettings,
+) -> dict[str, torch.Tensor]:
+    """One optimisation step; returns the detached metric sums of the batch."""
+    model.train()
+    with settings.autocast():
+        loss, metrics = model(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return metrics
+
+
+@torch.no_grad()
+def eval_step(model: nn.Module, batch: dict[str, Any], settings: DeviceSettings) -> dict:
+    model.eval()
+    with settings.autocast():
+        _, metrics = model(batch)
+    return metrics
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel (or the model itself)."""
+    return model.module if hasattr(model, "module") else model

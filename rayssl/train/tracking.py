@@ -1,0 +1,132 @@
+"""MLflow tracking: one MLflow run per pre-training job, logged from rank 0.
+
+* Tracking URI: `run.tracking_uri`, else $MLFLOW_TRACKING_URI, else
+  `sqlite:///<cwd>/mlruns.db` made absolute where the job is launched (MLflow 3
+  refuses the plain file store).
+* A resumed job continues the same MLflow run: its id travels in the checkpoint.
+* Params are the flattened config; tags name the commit, pretext, backbone,
+  dataset and data fraction; artifacts are the config file and the final backbone
+  weights.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rayssl.config import Config, dump_config
+
+RUN_KEY_TAG = "rayssl.run_key"
+
+
+def default_tracking_uri(cfg: Config) -> str:
+    if cfg.run.tracking_uri:
+        return cfg.run.tracking_uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd().resolve() / 'mlruns.db'}"
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """The commit of the code (env RAYSSL_GIT_COMMIT wins: `ray job submit` drops .git)."""
+    env = os.environ.get("RAYSSL_GIT_COMMIT")
+    if env:
+        return env
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd or Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def dataset_name(cfg: Config) -> str:
+    if cfg.run.dataset_name:
+        return cfg.run.dataset_name
+    base = cfg.data.manifest.rstrip("/").rsplit("/", 1)[-1]
+    return base.removesuffix(".parquet") or "unknown"
+
+
+def run_tags(cfg: Config, commit: str) -> dict[str, str]:
+    return {
+        "git_commit": commit,
+        "pretext": cfg.pretext.name,
+        "backbone": cfg.model.backbone,
+        "dataset": dataset_name(cfg),
+        "fraction": str(cfg.data.fraction),
+        "run_name": cfg.run.name,
+        RUN_KEY_TAG: f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}",
+    }
+
+
+class Tracker:
+    """Rank 0's MLflow logger; every method is a no-op when `enabled` is False."""
+
+    def __init__(
+        self, cfg: Config, enabled: bool, run_id: str | None = None, commit: str = ""
+    ) -> None:
+        self.enabled = enabled
+        self.run_id: str | None = None
+        if not enabled:
+            return
+        import mlflow
+
+        self._mlflow = mlflow
+        uri = default_tracking_uri(cfg)
+        mlflow.set_tracking_uri(uri)
+        self.client = mlflow.MlflowClient(uri)
+        if run_id:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return
+        exp = self.client.get_experiment_by_name(cfg.run.experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(cfg.run.experiment)
+        run = self.client.create_run(exp_id, run_name=cfg.run.name, tags=run_tags(cfg, commit))
+        self.run_id = run.info.run_id
+        params = {k: _param(v) for k, v in cfg.flat().items()}
+        items = list(params.items())
+        for i in range(0, len(items), 100):
+            self.client.log_batch(
+                self.run_id,
+                params=[mlflow.entities.Param(k, v) for k, v in items[i : i + 100]],
+            )
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "config.yaml"
+            path.write_text(dump_config(cfg))
+            self.client.log_artifact(self.run_id, str(path))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        import time
+
+        ts = int(time.time() * 1000)
+        batch = [
+            self._mlflow.entities.Metric(k, float(v), ts, step)
+            for k, v in metrics.items()
+            if v is not None
+        ]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.enabled and self.run_id:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def _param(v: Any) -> str:
+    text = str(v)
+    return text if len(text) <= 6000 else text[:5997] + "..."

@@ -1,0 +1,149 @@
+"""Backbones: parameter counts against the reference code, shapes, width, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rayssl.models import (
+    BACKBONES,
+    POOL_LAYERS,
+    ClassifierHead,
+    ProjectionHead,
+    build_backbone,
+    c3d_bn,
+    r2plus1d_vcop,
+    r3d_vcop,
+)
+
+NAMES = sorted(BACKBONES)
+TINY_WIDTH = 0.125
+
+
+def num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def clips() -> torch.Tensor:
+    return torch.randn(2, 3, 16, 32, 32)  # (B, C, T, H, W): the smallest C3D accepts
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [(c3d_bn, 27_661_440), (r3d_vcop, 14_361_792), (r2plus1d_vcop, 14_365_303)],
+)
+def test_parameter_counts_match_reference(preset, expected) -> None:
+    assert num_params(preset()) == expected
+
+
+def test_registry_names_presets() -> None:
+    expected = {"c3d": c3d_bn, "r3d": r3d_vcop, "r21d": r2plus1d_vcop}
+    assert expected == BACKBONES
+
+
+def test_unknown_name_raises_with_valid_names() -> None:
+    with pytest.raises(ValueError, match="c3d.*r21d.*r3d"):
+        build_backbone("resnet50")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_width_scales_parameters_down(name: str) -> None:
+    full, half, tiny = (num_params(build_backbone(name, width=w)) for w in (1.0, 0.5, TINY_WIDTH))
+    assert full > half > tiny
+    # Conv weights dominate and scale with width**2.
+    assert 0.2 < half / full < 0.3
+    assert build_backbone(name, width=TINY_WIDTH).out_dim == 64
+    assert build_backbone(name, width=0.001).out_dim == 4
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_shape(name: str, clips: torch.Tensor) -> None:
+    model = build_backbone(name, width=TINY_WIDTH)
+    out = model(clips)
+    assert out.shape == (2, model.out_dim)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # (C, T, H, W) for a (2, 3, 16, 32, 32) clip at width 0.125; pool5 is (C,).
+        ("c3d", [(8, 16, 16, 16), (16, 8, 8, 8), (32, 4, 4, 4), (64, 2, 2, 2), (64,)]),
+        ("r3d", [(8, 16, 16, 16), (8, 16, 16, 16), (16, 8, 8, 8), (32, 4, 4, 4), (64,)]),
+        ("r21d", [(8, 16, 16, 16), (8, 16, 16, 16), (16, 8, 8, 8), (32, 4, 4, 4), (64,)]),
+    ],
+)
+def test_forward_features_shapes(name: str, expected: list, clips: torch.Tensor) -> None:
+    model = build_backbone(name, width=TINY_WIDTH).eval()
+    with torch.no_grad():
+        feats = model.forward_features(clips, layers=POOL_LAYERS)
+        assert list(feats) == list(POOL_LAYERS)
+        assert [tuple(f.shape[1:]) for f in feats.values()] == expected
+        assert all(f.shape[0] == 2 for f in feats.values())
+        torch.testing.assert_close(feats["pool5"], model(clips))
+        # Only the requested layers, in the requested order.
+        assert list(model.forward_features(clips, layers=("pool4", "pool3"))) == ["pool4", "pool3"]
+        assert list(model.forward_features(clips)) == ["pool5"]
+
+
+def test_forward_features_rejects_unknown_layer(clips: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="fc6"):
+        build_backbone("r3d", width=TINY_WIDTH).forward_features(clips, layers=("fc6",))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradient_reaches_first_conv(name: str, clips: torch.Tensor) -> None:
+    model = build_backbone(name, width=TINY_WIDTH)
+    head = ClassifierHead(model.out_dim, num_classes=4, dropout=0.5)
+    loss = torch.nn.functional.cross_entropy(head(model(clips)), torch.tensor([0, 3]))
+    loss.backward()
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv3d))
+    assert first_conv.in_channels == 3
+    assert first_conv.weight.grad is not None
+    assert first_conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_channels_last_matches_contiguous(name: str, clips: torch.Tensor) -> None:
+    model = build_backbone(name, width=TINY_WIDTH).eval()
+    with torch.no_grad():
+        expected = model(clips)
+        model = model.to(memory_format=torch.channels_last_3d)
+        actual = model(clips.to(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_autocast_runs(name: str, clips: torch.Tensor) -> None:
+    model = build_backbone(name, width=TINY_WIDTH)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(clips)
+    assert out.shape == (2, model.out_dim)
+    assert torch.isfinite(out.float()).all()
+
+
+def test_init_weights() -> None:
+    model = r3d_vcop(width=TINY_WIDTH)
+    bn = model.stages[0][1]
+    assert torch.equal(bn.weight, torch.ones_like(bn.weight))
+    assert torch.equal(bn.bias, torch.zeros_like(bn.bias))
+    conv = model.stages[0][0]
+    # Kaiming normal, fan_out mode: std = sqrt(2 / (out_channels * kernel volume)).
+    expected_std = (2.0 / (conv.out_channels * 3 * 7 * 7)) ** 0.5
+    assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.1)
+    c3d_conv = c3d_bn(width=TINY_WIDTH).stages[0].conv1a[0]
+    assert torch.equal(c3d_conv.bias, torch.zeros_like(c3d_conv.bias))
+
+
+def test_heads_shapes() -> None:
+    features = torch.randn(5, 64)
+    assert ClassifierHead(64, 101, dropout=0.3)(features).shape == (5, 101)
+    projection = ProjectionHead(64, 32, 16)
+    assert projection(features).shape == (5, 16)
+    assert isinstance(projection.net[1], torch.nn.BatchNorm1d)
