@@ -21,9 +21,19 @@ decodes exactly the frames the other methods decode.
 
 Throughput is clips per CPU-second of this process (= per core when single-threaded;
 a library that used more threads would pay for them here) and clips per wall-second;
-cpu/wall near 1.0 confirms one thread. Methods run interleaved in rounds (the order
-rotating) so that background load hits all of them alike. Files are read from the page
-cache: the numbers are decode cost, not storage I/O.
+cpu/wall above 1.0 means a library used more than one thread, well below 1.0 that other
+processes competed for the cores. Methods run interleaved in rounds (the order rotating)
+so that background load hits all of them alike; --repeats N keeps the fastest of N runs
+of every round. Files are read from the page cache: the numbers are decode cost, not
+storage I/O.
+
+Memory: cv2 read-all allocates ~35 MB of frames per 150-frame clip. With glibc's default
+(dynamic) thresholds that memory goes back to the kernel after every clip and is faulted
+in again, which costs that baseline ~40% (the `sys` column, the kernel's share of CPU
+time) and varies with whatever the process allocated before. By default (--malloc reuse)
+the benchmark sets glibc's mmap and trim thresholds high so freed memory is reused: every
+method runs at its best and the numbers are stable. --malloc default keeps glibc's
+behaviour.
 
 Frame-exactness: for the first --check-clips clips, ours (size=None), decord and cv2 at
 native size are compared to a sequential decode (rayssl.data.video.read_all_frames). A
@@ -45,15 +55,19 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
+import ctypes  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import pstats  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from bisect import bisect_right  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -74,7 +88,7 @@ from rayssl.data.video import (  # noqa: E402
     read_all_frames,
     read_frames,
 )
-from rayssl.pretext import build_pretext  # noqa: E402
+from rayssl.pretext import Pretext, build_pretext  # noqa: E402
 
 CLIP_LEN = 16
 SIZE = (128, 171)  # (height, width) every method resizes to
@@ -91,6 +105,8 @@ TARGETS = (
 
 @dataclass
 class Video:
+    """A video file, its probe (as the manifest stores it) and its JPEG frame folder."""
+
     path: Path
     video_id: str
     probe: VideoProbe
@@ -102,6 +118,8 @@ class Video:
 
 @dataclass(frozen=True)
 class Clip:
+    """One clip to decode: draw `draw` of `video`."""
+
     video: Video
     indices: np.ndarray  # (CLIP_LEN,) int64
     draw: int
@@ -109,12 +127,15 @@ class Clip:
 
 @dataclass
 class Timing:
+    """Accumulated cost of one method."""
+
     clips: int = 0
     errors: int = 0
-    cpu_s: float = 0.0
+    cpu_s: float = 0.0  # user + system
+    sys_s: float = 0.0
     wall_s: float = 0.0
+    minor_faults: int = 0
     first_error: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def per_cpu_s(self) -> float:
@@ -130,6 +151,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clips", type=int, default=200, help="timed clips per method")
     parser.add_argument("--warmup", type=int, default=5, help="untimed clips per method first")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds of the clips")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="run each round N times, keep the fastest"
+    )
     parser.add_argument("--check-clips", type=int, default=40, help="clips checked for exactness")
     parser.add_argument("--videos", type=int, default=8, help="generated videos per codec")
     parser.add_argument("--frames", type=int, default=150, help="frames per generated video")
@@ -140,14 +164,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="where data and JPEGs go (kept)")
     parser.add_argument("--jpeg-quality", type=int, default=95)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--malloc",
+        choices=("reuse", "default"),
+        default="reuse",
+        help="reuse: keep freed memory in the process (glibc mallopt); default: glibc's own",
+    )
     parser.add_argument("--profile", type=int, default=0, help="cProfile N ours-decode clips")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
-    if args.clips < 1 or args.rounds < 1 or args.warmup < 0 or args.check_clips < 0:
-        parser.error("--clips and --rounds must be >= 1, --warmup and --check-clips >= 0")
+    if min(args.clips, args.rounds, args.repeats) < 1 or min(args.warmup, args.check_clips) < 0:
+        parser.error("--clips, --rounds, --repeats must be >= 1, --warmup, --check-clips >= 0")
     if args.codec_name and not args.data:
         parser.error("--codec-name needs --data")
     return args
+
+
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds so that freed buffers are reused instead of
+    returned to the kernel (no page faults when the next clip allocates them again)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok_mmap = libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum on 64-bit
+    ok_trim = libc.mallopt(m_trim_threshold, 1 << 30)
+    return bool(ok_mmap and ok_trim)
 
 
 # ----------------------------------------------------------------------------- data
@@ -195,7 +238,7 @@ def extract_jpegs(videos: list[Video], out_dir: Path, quality: int) -> None:
         video.jpeg_disk_bytes = sum(s.st_blocks * 512 for s in stats)
 
 
-def build_clips(videos: list[Video], n: int, pretext, seed: int) -> list[Clip]:
+def build_clips(videos: list[Video], n: int, pretext: Pretext, seed: int) -> list[Clip]:
     """n clips, each from a random video, indices as `sample_row` with draw k plans them."""
     rng = np.random.default_rng([seed, 1])
     clips = []
@@ -206,6 +249,20 @@ def build_clips(videos: list[Video], n: int, pretext, seed: int) -> list[Clip]:
             raise RuntimeError(f"no clip fits {video.path}")
         clips.append(Clip(video, plan.clips[0].astype(np.int64), k))
     return clips
+
+
+def frames_decoded(method: str, clip: Clip) -> float:
+    """Frames a method decodes for a clip (NaN where the library does not say)."""
+    probe = clip.video.probe
+    if method in ("ours-decode", "ours-full"):  # from the keyframe before the clip, as read_frames
+        first, last = int(clip.indices.min()), int(clip.indices.max())
+        k = bisect_right(probe.keyframes, first) - 1 if probe.keyframe_pts else -1
+        return last - (probe.keyframes[k] if k > 0 else 0) + 1
+    if method == "cv2-read-all":
+        return probe.num_frames
+    if method == "jpeg":
+        return len(np.unique(clip.indices))
+    return float("nan")
 
 
 # -------------------------------------------------------------------------- methods
@@ -238,7 +295,8 @@ def sample_row_input(clip: Clip) -> dict[str, Any]:
     }
 
 
-def make_ours_full(seed: int) -> tuple[Callable[[Clip], np.ndarray], Any]:
+def make_ours_full(seed: int) -> tuple[Callable[[Clip], np.ndarray], SamplerSpec]:
+    """`sample_row` as a clip method (the default pace pretext and augmentation)."""
     pretext = build_pretext(Config().pretext, clip_len=CLIP_LEN)
     spec = SamplerSpec(pretext=pretext, settings=AugmentSettings(), seed=seed)
 
@@ -301,41 +359,63 @@ def time_methods(
     clips: list[Clip],
     warmup: list[Clip],
     rounds: int,
+    repeats: int = 1,
 ) -> dict[str, Timing]:
-    """Time every method on all clips, in interleaved rounds with a rotating order."""
+    """Time every method on all clips, in interleaved rounds with a rotating order.
+
+    With repeats > 1 every (method, round) chunk runs that many times and the repeat with
+    the least CPU time counts (filters bursts of load from other processes).
+    """
     timings = {name: Timing() for name in methods}
     for fn in methods.values():
         for clip in warmup:
             fn(clip)
-    chunks = np.array_split(np.arange(len(clips)), rounds)
     names = list(methods)
-    for r, chunk in enumerate(chunks):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn, timing = methods[name], timings[name]
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            for k in chunk:
-                try:
-                    fn(clips[k])
-                except Exception as e:  # a baseline failing on a file is a result too
-                    timing.errors += 1
-                    timing.first_error = timing.first_error or f"{type(e).__name__}: {e}"[:200]
-            timing.cpu_s += time.process_time() - cpu0
-            timing.wall_s += time.perf_counter() - wall0
+    for r, chunk in enumerate(np.array_split(np.arange(len(clips)), rounds)):
+        best: dict[str, tuple[float, float, float, int]] = {}
+        for _ in range(repeats):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                fn, timing = methods[name], timings[name]
+                usage0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                for k in chunk:
+                    try:
+                        fn(clips[k])
+                    except Exception as e:  # a baseline failing on a file is a result too
+                        timing.errors += 1
+                        timing.first_error = timing.first_error or f"{type(e).__name__}: {e}"
+                wall = time.perf_counter() - wall0
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                sys_s = usage.ru_stime - usage0.ru_stime
+                cpu = usage.ru_utime - usage0.ru_utime + sys_s
+                run = (cpu, sys_s, wall, usage.ru_minflt - usage0.ru_minflt)
+                best[name] = min(best.get(name, run), run)
+        for name, (cpu, sys_s, wall, faults) in best.items():
+            timing = timings[name]
+            timing.cpu_s += cpu
+            timing.sys_s += sys_s
+            timing.wall_s += wall
+            timing.minor_faults += faults
             timing.clips += len(chunk)
+    for timing in timings.values():
+        timing.errors //= repeats
+        timing.first_error = timing.first_error[:200]
     return timings
 
 
-def frame_is_right(
+def match_frame(
     frame: np.ndarray, want: int, reference: np.ndarray, coarse: np.ndarray
-) -> tuple[bool, bool]:
-    """(closest reference frame is `want`, bit-exact) for one decoded native-size frame.
+) -> tuple[int, bool]:
+    """(index of the reference frame closest to `frame`, bit-exact to frame `want`).
 
-    `coarse` is the reference subsampled 2x as int16 (closeness = mean absolute difference).
+    A bit-exact frame or one tied for closest with frame `want` matches `want`; closeness is
+    the mean absolute difference on `coarse`, the reference subsampled 4x as int16.
     """
     if frame.shape != reference.shape[1:]:
-        return False, False
-    mad = np.abs(coarse - frame[::2, ::2]).mean(axis=(1, 2, 3))
-    return bool(mad[want] <= mad.min()), bool(np.array_equal(frame, reference[want]))
+        return -1, False
+    if np.array_equal(frame, reference[want]):
+        return want, True
+    mad = np.abs(coarse - frame[::4, ::4]).mean(axis=(1, 2, 3))
+    return (want if mad[want] <= mad.min() else int(mad.argmin())), False
 
 
 def check_exactness(
@@ -352,31 +432,33 @@ def check_exactness(
         by_video.setdefault(clip.video.path, []).append(clip)
     for path, video_clips in by_video.items():
         reference = read_all_frames(path)
-        coarse = reference[:, ::2, ::2].astype(np.int16)
+        coarse = reference[:, ::4, ::4].astype(np.int16)
         for clip in video_clips:
             if spec is not None:  # sample_row must plan the very frames the clip list holds
                 got = sample_row(sample_row_input(clip), spec)["indices"]
                 if not np.array_equal(got, clip.indices):
                     raise RuntimeError(f"sample_row planned {got}, clip list has {clip.indices}")
+            want = [int(i) for i in clip.indices]
             for name, fn in methods.items():
                 s = stats[name]
                 try:
                     frames = fn(clip, size=None)
                     results = [
-                        frame_is_right(f, int(i), reference, coarse)
-                        for f, i in zip(frames, clip.indices, strict=True)
+                        match_frame(f, i, reference, coarse)
+                        for f, i in zip(frames, want, strict=True)
                     ]
                 except Exception as e:
-                    results = [(False, False)] * CLIP_LEN
+                    results = [(-1, False)] * CLIP_LEN
                     example.setdefault(name, f"{type(e).__name__}: {e}"[:200])
-                wrong = sum(not right for right, _ in results)
+                got = [matched for matched, _ in results]
+                wrong = sum(g != w for g, w in zip(got, want, strict=True))
                 s["clips"] += 1
                 s["frames"] += CLIP_LEN
                 s["wrong_frames"] += wrong
                 s["wrong_clips"] += wrong > 0
                 s["exact"] += sum(exact for _, exact in results)
                 if wrong and name not in example:
-                    example[name] = f"{clip.video.video_id} frames {clip.indices.tolist()}"
+                    example[name] = f"{clip.video.video_id}: asked {want}, got {got}"
     for name, s in stats.items():
         s["wrong_clip_frac"] = s["wrong_clips"] / s["clips"] if s["clips"] else float("nan")
         s["wrong_frame_frac"] = s["wrong_frames"] / s["frames"] if s["frames"] else float("nan")
@@ -387,32 +469,21 @@ def check_exactness(
 
 
 def profile_ours(clips: list[Clip], n: int, top: int = 12) -> str:
-    profiler = cProfile.Profile()
+    """cProfile (CPU time) of ours-decode on the first n clips, by own and cumulative time."""
+    profiler = cProfile.Profile(time.process_time)
     profiler.enable()
     for clip in clips[:n]:
         ours_decode(clip)
     profiler.disable()
     out = []
     for key in ("tottime", "cumulative"):
-        stream = _StringSink()
+        stream = io.StringIO()
         pstats.Stats(profiler, stream=stream).strip_dirs().sort_stats(key).print_stats(top)
-        out.append(f"--- cProfile of ours-decode on {min(n, len(clips))} clips, by {key}\n")
-        out.append(stream.text())
-    return "".join(out)
-
-
-class _StringSink:
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-
-    def write(self, s: str) -> int:
-        self.parts.append(s)
-        return len(s)
-
-    def text(self) -> str:
-        text = "".join(self.parts)
-        start = text.find("   ncalls")  # drop the header lines pstats prints first
-        return (text[start:] if start >= 0 else text).rstrip() + "\n"
+        text = stream.getvalue()
+        text = text[max(text.find("   ncalls"), 0) :].rstrip()  # drop pstats' header lines
+        out.append(f"--- cProfile (CPU s) of ours-decode on {min(n, len(clips))} clips, by {key}")
+        out.append(text)
+    return "\n".join(out) + "\n"
 
 
 # ------------------------------------------------------------------------- reporting
@@ -431,6 +502,7 @@ def result_rows(
     timings: dict[str, Timing],
     exactness: dict[str, dict[str, Any]],
     videos: list[Video],
+    clips: list[Clip],
 ) -> list[dict[str, Any]]:
     base = {m: timings[m].per_cpu_s if m in timings else float("nan") for m in BASELINES}
     video_bytes = sum(v.video_bytes for v in videos)
@@ -446,6 +518,9 @@ def result_rows(
             "clips_per_cpu_s": t.per_cpu_s,
             "clips_per_wall_s": t.per_wall_s,
             "cpu_per_wall": _ratio(t.cpu_s, t.wall_s),
+            "sys_share": _ratio(t.sys_s, t.cpu_s),
+            "minor_faults_per_clip": _ratio(t.minor_faults, t.clips),
+            "frames_decoded_per_clip": float(np.mean([frames_decoded(method, c) for c in clips])),
         }
         for b, letter in BASELINES.items():
             row[f"vs_{letter}_{b}"] = _ratio(t.per_cpu_s, base[b])
@@ -465,8 +540,9 @@ def result_rows(
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (
         f"{'codec':<14} {'method':<13} {'clips/s/core':>12} {'wall clips/s':>12} {'cpu/wall':>8} "
-        f"{'vs decord':>9} {'vs cv2-all':>10} {'vs jpeg':>8} {'wrong clips':>15} "
-        f"{'bytes vs video':>14}"
+        f"{'sys':>4} "
+        f"{'vs decord':>9} {'vs cv2-all':>10} {'vs jpeg':>8} {'decoded/clip':>12} "
+        f"{'wrong clips':>15} {'bytes vs video':>14}"
     )
     print(header)
     print("-" * len(header))
@@ -481,10 +557,23 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(
             f"{r['codec']:<14} {r['method']:<13} {r['clips_per_cpu_s']:>12.1f} "
             f"{r['clips_per_wall_s']:>12.1f} {_fmt(r['cpu_per_wall']):>8} "
+            f"{_fmt(r['sys_share'] * 100, '.0f', '%'):>4} "
             f"{_fmt(r['vs_a_decord'], '.2f', 'x'):>9} "
             f"{_fmt(r['vs_b_cv2-read-all'], '.2f', 'x'):>10} "
-            f"{_fmt(r['vs_c_jpeg'], '.2f', 'x'):>8} {wrong:>15} {size:>14}{errors}"
+            f"{_fmt(r['vs_c_jpeg'], '.2f', 'x'):>8} "
+            f"{_fmt(r['frames_decoded_per_clip'], '.1f'):>12} {wrong:>15} {size:>14}{errors}"
         )
+
+
+def _no_nan(obj: Any) -> Any:
+    """NaN -> None, so the JSON file is strict JSON."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_no_nan(v) for v in obj]
+    return obj
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -561,6 +650,9 @@ def datasets(args: argparse.Namespace, workdir: Path) -> list[tuple[str, Path, l
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cv2.setNumThreads(1)
+    malloc = args.malloc
+    if malloc == "reuse" and not keep_freed_memory():
+        malloc = "default (not glibc)"
     started = time.perf_counter()
     env = environment()
     own_workdir = args.workdir is None
@@ -571,9 +663,11 @@ def main(argv: list[str] | None = None) -> int:
     print("Targets: " + "; ".join(TARGETS))
     print(
         f"{args.clips} timed clips/method (+{args.warmup} warmup) in {args.rounds} interleaved "
-        f"rounds, 1 thread everywhere, output {SIZE[1]}x{SIZE[0]} RGB; clips/s/core = clips "
-        f"per CPU-second of this process"
+        f"rounds (best of {args.repeats}), 1 thread everywhere, output {SIZE[1]}x{SIZE[0]} RGB; "
+        f"clips/s/core = clips per CPU-second (user + sys) of this process; sys = kernel share; "
+        f"decoded/clip = frames decoded (JPEGs read for jpeg)"
     )
+    env["malloc"] = malloc
     print(", ".join(f"{k} {v}" for k, v in env.items()))
 
     results: list[dict[str, Any]] = []
@@ -584,15 +678,16 @@ def main(argv: list[str] | None = None) -> int:
             if not videos:
                 print(f"{name}: no usable videos")
                 continue
-            t0 = time.perf_counter()
-            if "jpeg" in args.methods:
-                extract_jpegs(videos, workdir / "jpeg" / name, args.jpeg_quality)
+            codecs = "/".join(sorted({v.probe.codec for v in videos}))
+            sizes = "/".join(sorted({f"{v.probe.width}x{v.probe.height}" for v in videos}))
             print(
                 f"{name}: {len(videos)} videos, {sum(v.probe.num_frames for v in videos)} "
-                f"frames, codec {videos[0].probe.codec}, "
-                f"{videos[0].probe.width}x{videos[0].probe.height}; JPEGs extracted in "
-                f"{time.perf_counter() - t0:.1f}s"
+                f"frames, codec {codecs}, {sizes}"
             )
+            if "jpeg" in args.methods:
+                t0 = time.perf_counter()
+                extract_jpegs(videos, workdir / "jpeg" / name, args.jpeg_quality)
+                print(f"{name}: JPEG frames extracted in {time.perf_counter() - t0:.1f}s")
 
             ours_full, spec = make_ours_full(args.seed)
             all_methods: dict[str, Callable[..., np.ndarray]] = {
@@ -619,9 +714,9 @@ def main(argv: list[str] | None = None) -> int:
             )
 
             t0 = time.perf_counter()
-            timings = time_methods(methods, timed, warmup, args.rounds)
+            timings = time_methods(methods, timed, warmup, args.rounds, args.repeats)
             print(f"{name}: timed in {time.perf_counter() - t0:.1f}s")
-            results += result_rows(name, timings, exactness, videos)
+            results += result_rows(name, timings, exactness, videos, timed)
             if args.profile:
                 profiles[name] = profile_ours(timed, args.profile)
     finally:
@@ -643,7 +738,10 @@ def main(argv: list[str] | None = None) -> int:
     checks = verdicts(results)
     for v in checks:
         value = v["value"]
-        shown = f"{value:.2f}x" if isinstance(value, float) else f"{value} wrong clips"
+        if v["status"] == "not measured":
+            shown = "-"
+        else:
+            shown = f"{value:.2f}x" if isinstance(value, float) else f"{value} wrong clips"
         print(f"target {v['codec']:<14} ours-decode {v['target']:<19} {v['status']:<4} ({shown})")
     for name, text in profiles.items():
         print(f"\n[{name}]\n{text}")
@@ -666,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
             "profiles": profiles,
             "elapsed_s": elapsed,
         }
-        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        args.json.write_text(json.dumps(_no_nan(payload), indent=2, default=str) + "\n")
         print(f"wrote {args.json}")
     return 0
 

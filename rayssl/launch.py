@@ -42,11 +42,16 @@ def _init_ray() -> None:
 
     if ray.is_initialized():
         return
+    # Inside `ray job submit` (or with RAY_ADDRESS / a `ray start` cluster) ray.init()
+    # connects to that cluster. RAY_ADDRESS=local forces a fresh local one, whose
+    # logical CPU count RAYSSL_NUM_CPUS may raise (decode tasks and train workers
+    # share a small machine's cores).
+    address = os.environ.get("RAY_ADDRESS", "")
     num_cpus = os.environ.get("RAYSSL_NUM_CPUS")
-    if os.environ.get("RAY_ADDRESS") or not num_cpus:
-        ray.init(log_to_driver=True)
+    if num_cpus and address in ("", "local"):
+        ray.init(address="local", num_cpus=int(num_cpus), log_to_driver=True)
     else:
-        ray.init(num_cpus=int(num_cpus), log_to_driver=True)
+        ray.init(log_to_driver=True)
 
 
 def build_trainer(cfg: Config):

@@ -16,6 +16,7 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import os
 import selectors
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
+from xml.sax.saxutils import escape
 
 import boto3
 import botocore.config
@@ -124,6 +126,7 @@ def _stop_child(proc: subprocess.Popen) -> None:
     try:
         if proc.stdin is not None:
             proc.stdin.close()
+        proc.terminate()  # nothing to flush: moto keeps its state in memory
         proc.wait(timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         proc.kill()
@@ -212,7 +215,7 @@ class ProxyStats:
     failures_served: int = 0
     forwarded: int = 0
     log: list[tuple[str, str, int]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def fail_next(self, count: int, status: int | None = None) -> None:
         """Fail the next ``count`` matching requests (with ``status`` if given)."""
@@ -309,15 +312,19 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
 
     def _inject(self, status: int) -> None:
-        self.server.stats._log(self.command, self.path, status)
         if status == 0:  # drop the connection without answering
+            self.server.stats._log(self.command, self.path, status)
             self.close_connection = True
             return
+        self._error_response(status)
+
+    def _error_response(self, status: int) -> None:
+        self.server.stats._log(self.command, self.path, status)
         code = _ERROR_CODES.get(status, "InternalError")
         body = (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
             f"<Error><Code>{code}</Code><Message>Injected failure (HTTP {status})</Message>"
-            f"<Resource>{self.path.split('?', 1)[0]}</Resource>"
+            f"<Resource>{escape(self.path.split('?', 1)[0])}</Resource>"
             "<RequestId>flaky-proxy</RequestId></Error>"
         ).encode()
         self.send_response_only(status)
@@ -337,8 +344,12 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             headers["Content-Length"] = str(len(body))
         upstream = http.client.HTTPConnection(host, port, timeout=60)
         try:
-            upstream.request(self.command, self.path, body=body or None, headers=headers)
-            response = upstream.getresponse()
+            try:
+                upstream.request(self.command, self.path, body=body or None, headers=headers)
+                response = upstream.getresponse()
+            except (OSError, http.client.HTTPException):
+                self._error_response(502)  # upstream down: answer like a load balancer would
+                return
             self.send_response_only(response.status, response.reason)
             for name, value in response.getheaders():
                 if name.lower() not in _HOP_BY_HOP:
@@ -388,7 +399,9 @@ def flaky_s3_proxy(
         methods=frozenset(m.upper() for m in methods) if methods is not None else None,
     )
     server = _ProxyServer((parts.hostname, parts.port), stats)
-    thread = threading.Thread(target=server.serve_forever, name="flaky-s3-proxy", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.02,), name="flaky-s3-proxy", daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", stats
@@ -405,24 +418,25 @@ def flaky_s3_proxy(
 
 
 def boto3_client(endpoint: str) -> Any:
-    """A plain boto3 S3 client for ``endpoint`` (fake credentials unless the env has some)."""
-    have_env_creds = bool(
-        os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")
+    """A plain boto3 S3 client for ``endpoint`` (cached), with the env's credentials if it has
+    some, else the fake ones (moto accepts anything)."""
+    return _boto3_client(
+        endpoint,
+        os.environ.get("AWS_ACCESS_KEY_ID") or FAKE_ACCESS_KEY_ID,
+        os.environ.get("AWS_SECRET_ACCESS_KEY") or FAKE_SECRET_ACCESS_KEY,
+        os.environ.get("AWS_REGION") or FAKE_REGION,
     )
-    credentials = (
-        {}
-        if have_env_creds
-        else {
-            "aws_access_key_id": FAKE_ACCESS_KEY_ID,
-            "aws_secret_access_key": FAKE_SECRET_ACCESS_KEY,
-        }
-    )
+
+
+@functools.lru_cache(maxsize=16)
+def _boto3_client(endpoint: str, key_id: str, secret: str, region: str) -> Any:
     return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,
-        region_name=os.environ.get("AWS_REGION", FAKE_REGION),
+        region_name=region,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
         config=botocore.config.Config(s3={"addressing_style": "path"}, max_pool_connections=16),
-        **credentials,
     )
 
 

@@ -300,6 +300,7 @@ def _cache_key(opts: StorageOptions, *extra: Any) -> tuple:
 
 _CACHE_LOCK = threading.Lock()
 _CLIENTS: dict[tuple, Any] = {}
+_SESSIONS: dict[tuple, boto3.session.Session] = {}
 _FILESYSTEMS: dict[tuple, pafs.FileSystem] = {}
 
 
@@ -307,6 +308,7 @@ def clear_caches() -> None:
     """Forget cached boto3 clients and pyarrow S3 filesystems (e.g. after changing env)."""
     with _CACHE_LOCK:
         _CLIENTS.clear()
+        _SESSIONS.clear()
         _FILESYSTEMS.clear()
 
 
@@ -339,8 +341,13 @@ def s3_client(options: StorageOptions | None = None, *, botocore_retries: bool =
                 max_pool_connections=32,
                 s3={"addressing_style": "path"} if endpoint else None,
             )
-            # Sessions are not thread-safe; one per client, created under the lock.
-            session = boto3.session.Session()
+            # Sessions are not thread-safe: used only under the lock.  One per identity, since
+            # a session caches the credentials it resolved; sharing it avoids re-loading the
+            # S3 service model for every client.
+            session_key = (os.getpid(), _credential_fingerprint())
+            session = _SESSIONS.get(session_key)
+            if session is None:
+                session = _SESSIONS[session_key] = boto3.session.Session()
             client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
             _CLIENTS[key] = client
     return client
@@ -360,9 +367,10 @@ def get_filesystem(
     ``ray.train.RunConfig(storage_path=path, storage_filesystem=fs)``.  The S3 filesystem
     pickles without credentials.
     """
-    if not is_s3(uri):
-        return _LOCAL_FS, os.path.abspath(_local_path(uri))
-    bucket, key = parse_s3(uri)
+    text = os.fspath(uri)
+    if not is_s3(text):
+        return _LOCAL_FS, os.path.abspath(_local_path(text))
+    bucket, key = parse_s3(text)
     path = f"{bucket}/{key}".rstrip("/")
     opts = _opts(options)
     cache_key = _cache_key(opts, "pyarrow")
@@ -528,7 +536,7 @@ class RetryStats:
         return self.snapshot()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()
+        self._lock = threading.Lock()
         for name in self._FIELDS:
             setattr(self, name, state.get(name, 0))
         self.error_codes = dict(state.get("error_codes", {}))
@@ -562,11 +570,14 @@ _TRANSIENT_CODES = _codes(
 # "AWS Error SLOW_DOWN during GetObject operation" or "curlCode: 28, Timeout was reached".
 _ARROW_TRANSIENT_RE = re.compile(
     r"SLOW_DOWN|THROTTLING|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|REQUEST_TIMEOUT"
-    r"|NETWORK_CONNECTION|HTTP response code:?\s*(?:429|5\d\d)|curlCode:\s*(?:6|7|18|28|52|55|56)\b"
+    r"|NETWORK_CONNECTION|HTTP (?:status|response code):?\s*(?:429|5\d\d)"
+    r"|curlCode:\s*(?:6|7|18|28|52|55|56)\b"
     r"|timed out|Timeout was reached|Connection reset|Broken pipe",
     re.IGNORECASE,
 )
-_ARROW_ERROR_RE = re.compile(r"AWS Error (?:\[code \d+\]: )?([A-Z][A-Z_]+)")
+_ARROW_ERROR_RE = re.compile(
+    r"AWS Error (?:\[code \d+\]: )?([A-Z][A-Z_]+)(?: \(HTTP status (\d+)\))?"
+)
 _PERMANENT_OS_ERRORS = (
     FileNotFoundError,
     PermissionError,
@@ -595,8 +606,10 @@ def error_code(exc: BaseException) -> str:
         if exc.errno is not None and exc.errno in errno.errorcode:
             return errno.errorcode[exc.errno]
         match = _ARROW_ERROR_RE.search(str(exc))
-        if match:
-            return match.group(1)
+        if match:  # "AWS Error UNKNOWN (HTTP status 503)" -> "503"
+            return (
+                match.group(2) if match.group(1) == "UNKNOWN" and match.group(2) else match.group(1)
+            )
     return type(exc).__name__
 
 
@@ -859,28 +872,32 @@ def _iter_local(uri: str, exts: tuple[str, ...] | None, recursive: bool) -> Iter
         if _wanted(root, exts):
             yield FileInfo(root, st.st_size)
         return
-    seen = {(st.st_dev, st.st_ino)}
+    seen = {(st.st_dev, st.st_ino)}  # directory symlinks are followed, cycles skipped
     stack = [root]
     while stack:
         directory = stack.pop()
+        found: list[FileInfo] = []
         try:
             with os.scandir(directory) as entries:
                 for entry in entries:
-                    if entry.is_dir():
-                        if recursive:
-                            dst = entry.stat()
-                            ident = (dst.st_dev, dst.st_ino)
-                            if ident not in seen:
-                                seen.add(ident)
-                                stack.append(entry.path)
-                    elif (
-                        entry.is_file()
-                        and _wanted(entry.name, exts)
-                        and not _TMP_RE.match(entry.name)
-                    ):
-                        yield FileInfo(entry.path, entry.stat().st_size)
+                    try:
+                        if entry.is_dir():
+                            if recursive:
+                                dst = entry.stat()
+                                if (dst.st_dev, dst.st_ino) not in seen:
+                                    seen.add((dst.st_dev, dst.st_ino))
+                                    stack.append(entry.path)
+                        elif (
+                            entry.is_file()
+                            and _wanted(entry.name, exts)
+                            and not _TMP_RE.match(entry.name)
+                        ):
+                            found.append(FileInfo(entry.path, entry.stat().st_size))
+                    except FileNotFoundError:
+                        continue  # deleted while listing
         except OSError as exc:
             raise _local_error("list", directory, exc) from exc
+        yield from found
 
 
 # --------------------------------------------------------------------------------------------
@@ -1061,24 +1078,28 @@ def size(uri: PathLike, options: StorageOptions | None = None) -> int:
 def open_input_file(uri: PathLike, options: StorageOptions | None = None) -> pa.NativeFile:
     """A seekable, readable pyarrow file for streaming ``uri`` (use as a context manager).
 
-    Opening (one HEAD request on S3) is retried on transient errors; the reads themselves use
-    pyarrow's retry strategy (``AwsStandardS3RetryStrategy(max_attempts)``).
+    On S3, opening makes one HEAD request and each ``read`` one ranged GET; both are retried
+    by pyarrow's own strategy (``AwsStandardS3RetryStrategy(max_attempts)``), not by
+    :func:`retry_call`.  Caveat (AWS SDK C++): a read *smaller than the error response body*
+    (a few hundred bytes) that gets a 5xx fails at once with ``INTERNAL_FAILURE ... Failed to
+    flush response stream`` instead of being retried; the file position is unchanged, so the
+    read can simply be repeated -- :func:`default_is_transient` classifies that error as
+    transient, so ``retry_call(lambda: f.read(n), ...)`` works.  For whole small objects
+    prefer :func:`read_bytes`.
     """
     text = os.fspath(uri)
-    opts = _opts(options)
-    fs, path = get_filesystem(text, opts)
-
-    def do_open() -> pa.NativeFile:
-        try:
-            return fs.open_input_file(path)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            raise StorageNotFoundError(text, code="NotFound") from exc
-
-    if not is_s3(text):
-        try:
-            return do_open()
-        except StorageError:
-            raise
-        except OSError as exc:
+    fs, path = get_filesystem(text, options)
+    try:
+        return fs.open_input_file(path)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise StorageNotFoundError(text, code=error_code(exc), attempts=1) from exc
+    except OSError as exc:
+        if not is_s3(text):
             raise _local_error("open", text, exc) from exc
-    return retry_call(do_open, what=f"open {text}", options=opts, uri=text)
+        code = error_code(exc)
+        raise StorageError(
+            f"open {text} failed: {_error_detail(exc)}",
+            uri=text,
+            code=code,
+            transient=default_is_transient(exc),
+        ) from exc

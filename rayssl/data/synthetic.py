@@ -5,7 +5,8 @@ and encodes the result with PyAV/FFmpeg. Classes are defined purely by the *kind
 (translate right, rotate clockwise, zoom in, ...); textures, colours, object shapes, object
 sizes, the background and the speed are drawn at random per video. A representation that
 separates the classes must therefore have captured motion rather than appearance, and since the
-speed varies per video (0.5-4 px/frame, log-uniform) pace prediction on temporally subsampled
+speed varies per video (0.9-1.5 px/frame, log-uniform; narrow enough that the pace of a
+clip can be told from its motion) pace prediction on temporally subsampled
 clips is learnable but not trivial.
 
 Besides the motion dataset the module provides:
@@ -223,7 +224,7 @@ _TRANSLATIONS = {
     "translate_up": (0.0, -1.0),
     "translate_down": (0.0, 1.0),
 }
-_MIN_SPEED, _MAX_SPEED = 0.5, 4.0  # px/frame, sampled log-uniformly per video
+_MIN_SPEED, _MAX_SPEED = 0.9, 1.5  # px/frame, sampled log-uniformly per video
 _MAX_PAN_SPEED = 0.5  # px/frame; the camera pan is always slower than the objects
 
 
@@ -421,7 +422,7 @@ def render_video(
     One to three textured objects (rectangles, ellipses or polygons with noise, stripe, checker
     or blob textures in random colours) move over a textured background. With probability 1/2
     the background pans slowly (< 0.5 px/frame, random direction). The object speed is drawn
-    log-uniformly from 0.5-4 px/frame per video (each object jitters it by +-15%); for rotation
+    log-uniformly from 0.9-1.5 px/frame per video (each object jitters it by +-15%); for rotation
     and zoom it is the speed of the object's rim. Translating objects wrap around the frame so
     that the motion stays visible for any number of frames.
 

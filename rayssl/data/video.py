@@ -27,6 +27,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 Source = str | os.PathLike | bytes | io.BufferedIOBase
 
@@ -168,12 +169,17 @@ def probe_video(source: Source, threads: int = 1) -> VideoProbe:
         container.close()
 
 
-def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
-    if size is None:
-        return frame.to_ndarray(format="rgb24")
-    height, width = size
-    return frame.reformat(
-        width=width, height=height, format="rgb24", interpolation="BILINEAR"
+def _to_rgb(
+    frame: av.VideoFrame, size: tuple[int, int] | None, reformatter: VideoReformatter
+) -> np.ndarray:
+    """YUV -> RGB (and resize) in one swscale pass.
+
+    The reformatter keeps its swscale context between frames of one clip: building a
+    context per frame (what `frame.reformat` does) cost more than decoding the frame.
+    """
+    height, width = size if size is not None else (frame.height, frame.width)
+    return reformatter.reformat(
+        frame, width=width, height=height, format="rgb24", interpolation="BILINEAR"
     ).to_ndarray()
 
 
@@ -258,6 +264,7 @@ def _decode_range(
     wanted_set = set(int(i) for i in wanted)
     last = int(wanted[-1])
     out: dict[int, np.ndarray] = {}
+    reformatter = VideoReformatter()
     if start_pts is not None:
         container.seek(start_pts, stream=stream, backward=True, any_frame=False)
     index = None if start_pts is not None else start_index
@@ -270,11 +277,11 @@ def _decode_range(
                     return None
                 if frame.pts < start_pts:
                     continue
-                if frame.pts != start_pts:
+                if frame.pts != start_pts or not frame.key_frame:
                     return None
                 index = start_index
             if index in wanted_set:
-                out[index] = _to_rgb(frame, size)
+                out[index] = _to_rgb(frame, size, reformatter)
             if index >= last:
                 break
             index += 1
@@ -289,6 +296,7 @@ def read_all_frames(source: Source, size: tuple[int, int] | None = None) -> np.n
     container = _open(source)
     try:
         stream = _video_stream(container, 1)
-        return np.stack([_to_rgb(f, size) for f in container.decode(stream)])
+        reformatter = VideoReformatter()
+        return np.stack([_to_rgb(f, size, reformatter) for f in container.decode(stream)])
     finally:
         container.close()

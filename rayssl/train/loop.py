@@ -230,7 +230,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             }
         )
         if val_videos is not None and val_videos.num_rows:
-            val_rows = epoch_rows(val_videos, 1, cfg.run.seed, 0, rank, world, shuffle=False)
+            val_rows = epoch_rows(
+                val_videos,
+                cfg.data.val_clips_per_video,
+                cfg.run.seed,
+                0,
+                rank,
+                world,
+                shuffle=False,
+            )
             vsums = evaluate(
                 model,
                 build_clip_dataset(val_rows, val_spec, cfg.data),

@@ -43,13 +43,18 @@ def build_model(cfg: Config, pretext: Pretext) -> PretextModel:
 
 
 def build_optimizer(model: nn.Module, cfg: Config):
-    """SGD (momentum, weight decay) and the thesis's step schedule (per epoch)."""
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum,
-        weight_decay=cfg.optim.weight_decay,
-    )
+    """SGD (momentum, weight decay; or AdamW) and the thesis's step schedule (per epoch)."""
+    if cfg.optim.name == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+        )
+    else:
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.optim.lr,
+            momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay,
+        )
     sched = torch.optim.lr_scheduler.StepLR(
         opt, step_size=cfg.optim.step_epochs, gamma=cfg.optim.gamma
     )

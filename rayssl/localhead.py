@@ -1,0 +1,174 @@
+"""A local Ray head for demos and tests, started and stopped by pid.
+
+`ray stop` would stop every Ray process on the machine (other users', other tests');
+this starts `ray start --head --block` in its own process session and kills only that
+session on exit, which takes the head's processes with it.
+
+Token authentication (Ray 2.59+) is set with RAY_AUTH_MODE for both the head and the
+`ray job submit` client; the default here is `disabled` for loopback-only demos.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Head:
+    pid: int
+    address: str  # the GCS address, for ray.init(address=...)
+    dashboard_url: str  # for `ray job submit --address`
+    env: dict[str, str]  # environment to run `ray` clients with
+
+
+def _bin_dir() -> str:
+    return str(Path(sys.executable).parent)
+
+
+@contextmanager
+def local_ray_head(
+    num_cpus: int = 4,
+    env: Mapping[str, str] | None = None,
+    auth_mode: str = "disabled",
+    log_path: str | Path | None = None,
+    timeout_s: float = 120.0,
+) -> Iterator[Head]:
+    """Start a Ray head on loopback; yield its addresses; kill it (by pid) on exit.
+
+    `env` is added to the head's environment: jobs submitted to it inherit it (their
+    `python` is the first on this PATH, the current interpreter's environment).
+    """
+    port, dash_port = free_port(), free_port()
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env["RAY_AUTH_MODE"] = auth_mode
+    full_env["PATH"] = _bin_dir() + os.pathsep + full_env.get("PATH", "")
+    full_env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cmd = [
+        str(Path(_bin_dir()) / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        f"--num-cpus={num_cpus}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash_port}",
+        f"--ray-client-server-port={free_port()}",
+        "--disable-usage-stats",
+    ]
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    dashboard = f"http://127.0.0.1:{dash_port}"
+    try:
+        _wait_for_dashboard(proc, dashboard, timeout_s)
+        yield Head(proc.pid, f"127.0.0.1:{port}", dashboard, full_env)
+    finally:
+        _kill_session(proc)
+        if log is not subprocess.DEVNULL:
+            log.close()
+
+
+def _wait_for_dashboard(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"Ray dashboard at {url} did not come up in {timeout_s:.0f}s")
+
+
+def _kill_session(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGTERM the head's process group, then SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=5)
+
+
+def submit_job(
+    head: Head,
+    entrypoint: list[str],
+    working_dir: str | Path,
+    env_vars: Mapping[str, str] | None = None,
+    timeout_s: float = 900.0,
+    log_path: str | Path | None = None,
+    submission_id: str | None = None,
+    wait: bool = True,
+) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir DIR -- ENTRYPOINT` against the head.
+
+    Waits for the job unless `wait` is False (then returns once it is submitted).
+    """
+    import json
+
+    cmd = [
+        str(Path(_bin_dir()) / "ray"),
+        "job",
+        "submit",
+        f"--address={head.dashboard_url}",
+        f"--working-dir={working_dir}",
+    ]
+    if env_vars:
+        cmd.append("--runtime-env-json=" + json.dumps({"env_vars": dict(env_vars)}))
+    if submission_id:
+        cmd.append(f"--submission-id={submission_id}")
+    if not wait:
+        cmd.append("--no-wait")
+    cmd += ["--", *entrypoint]
+    out = subprocess.run(cmd, env=head.env, capture_output=True, text=True, timeout=timeout_s)
+    if log_path:
+        Path(log_path).write_text(out.stdout + "\n--- stderr ---\n" + out.stderr)
+    return out
+
+
+def stop_job(head: Head, submission_id: str, timeout_s: float = 120.0) -> None:
+    """`ray job stop`: the driver is terminated, taking its Ray Train workers with it."""
+    subprocess.run(
+        [
+            str(Path(_bin_dir()) / "ray"),
+            "job",
+            "stop",
+            f"--address={head.dashboard_url}",
+            submission_id,
+        ],
+        env=head.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=True,
+    )

@@ -1,0 +1,336 @@
+"""Tests for rayssl.config: defaults, YAML files, dotted overrides and strict validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rayssl.config import (
+    AugmentSettings,
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    parse_override,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _error(overrides: list[str], values: dict | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(values or {}, overrides)
+    return str(info.value)
+
+
+def _assert_names(message: str, key: str) -> None:
+    assert message.startswith(key), f"error {message!r} should start with the key {key!r}"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_defaults_load():
+    cfg = load_config(None)
+    assert cfg == Config()
+    assert cfg.pretext.paces == [1.0, 2.0, 3.0, 4.0]
+    assert cfg.data.augment.resize == [128, 171]
+    assert cfg.data.augment.crop == [112, 112]
+    assert cfg.model.backbone == "r21d"
+    assert cfg.train.batch_size == 30
+    flat = cfg.flat()
+    assert flat["data.augment.hue"] == 0.2
+    assert flat["optim.lr"] == 1e-3
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "data:\n"
+        "  clip_len: 8\n"
+        "  augment:\n"
+        "    resize: [64, 86]\n"
+        "    crop: [48, 48]\n"
+        "train:\n"
+        "  num_workers: 1\n"
+        "  batch_size: 4\n"
+        "optim:\n"
+        "  lr: 0.05\n"
+    )
+    cfg = load_config(
+        path,
+        ["train.num_workers=2", "pretext.paces=[1,2]", "data.augment.crop=[56,56]"],
+    )
+    # YAML values that no override touches survive.
+    assert cfg.data.clip_len == 8
+    assert cfg.data.augment.resize == [64, 86]
+    assert cfg.optim.lr == pytest.approx(0.05)
+    assert cfg.train.batch_size == 4
+    # Overrides win over YAML.
+    assert cfg.train.num_workers == 2
+    assert cfg.data.augment.crop == [56, 56]
+    assert cfg.pretext.paces == [1.0, 2.0]
+    assert all(isinstance(p, float) for p in cfg.pretext.paces)
+    # Defaults for keys neither sets.
+    assert cfg.data.augment.hue == AugmentSettings().hue
+    assert cfg.model.backbone == "r21d"
+
+
+def test_override_values_are_yaml():
+    cfg = config_from_dict(
+        {},
+        ["optim.lr=0.01", "train.use_gpu=true", "run.name=abc", "pretext.paces=[0.5, 1, 2]"],
+    )
+    assert cfg.optim.lr == pytest.approx(0.01)
+    assert cfg.train.use_gpu is True
+    assert cfg.run.name == "abc"
+    assert cfg.pretext.paces == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("5e-3", 5e-3), ("1E-4", 1e-4)])
+def test_override_scientific_notation(text, value):
+    # parse_override documents "3, 1e-3, [1,2], true work"; PyYAML's YAML 1.1 resolver
+    # reads 1e-3 (no dot) as a string, so the override must still give the float.
+    cfg = config_from_dict({}, [f"optim.lr={text}"])
+    assert cfg.optim.lr == pytest.approx(value)
+
+
+def test_int_is_accepted_for_float():
+    cfg = config_from_dict({}, ["optim.lr=1", "data.augment.hue=0"])
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.data.augment.hue == 0.0
+
+
+def test_missing_file_is_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+# --------------------------------------------------------------------------- unknown keys
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("bogus=1", "bogus"),
+        ("train.bogus=1", "train.bogus"),
+        ("data.augment.bogus=1", "data.augment.bogus"),
+        ("data.augment.crop_size=[56,56]", "data.augment.crop_size"),
+    ],
+)
+def test_unknown_key_names_dotted_key(override, key):
+    msg = _error([override])
+    _assert_names(msg, key)
+    assert "unknown key" in msg
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  augment:\n    hue: 0.1\n    blur: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    _assert_names(str(info.value), "data.augment.blur")
+
+
+def test_unknown_top_level_section_in_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer:\n  num_workers: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    _assert_names(str(info.value), "trainer")
+
+
+# --------------------------------------------------------------------------- wrong types
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.num_workers=two", "train.num_workers"),  # string for int
+        ("train.num_workers='2'", "train.num_workers"),  # quoted number is a string
+        ("train.num_workers=1.5", "train.num_workers"),  # float for int
+        ("train.num_workers=2.0", "train.num_workers"),  # float for int, even integral
+        ("train.use_gpu=1", "train.use_gpu"),  # int for bool
+        ("data.augment.enabled=0", "data.augment.enabled"),  # int for bool, nested
+        ("train.num_workers=true", "train.num_workers"),  # bool for int
+        ("optim.lr=fast", "optim.lr"),  # string for float
+        ("data.augment.crop=56", "data.augment.crop"),  # scalar for list
+        ("pretext.paces=[1, x]", "pretext.paces"),  # bad list item
+        ("run.name=3", "run.name"),  # int for str
+        ("data.short_video=drop", "data.short_video"),  # not one of the Literal choices
+        ("data=3", "data"),  # scalar for a section
+    ],
+)
+def test_wrong_type_names_key(override, key):
+    _assert_names(_error([override]), key)
+
+
+def test_wrong_type_in_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  batch_size: '8'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    _assert_names(str(info.value), "train.batch_size")
+
+
+# --------------------------------------------------------------------------- ranges
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.augment.hue=0.7", "data.augment.hue"),
+        ("data.augment.hue=-0.1", "data.augment.hue"),
+        ("data.augment.flip_prob=1.5", "data.augment.flip_prob"),
+        ("optim.lr=0", "optim.lr"),
+        ("optim.lr=-1", "optim.lr"),
+        ("pretext.paces=[1.5]", "pretext.paces"),
+        ("pretext.paces=[1,1]", "pretext.paces"),
+        ("pretext.paces=[0.4]", "pretext.paces"),  # slow pace not 1/k
+        ("pretext.paces=[0]", "pretext.paces"),
+        ("pretext.paces=[]", "pretext.paces"),
+        ("data.clip_len=0", "data.clip_len"),
+        ("data.fraction=0", "data.fraction"),
+        ("data.fraction=1.5", "data.fraction"),
+        ("train.num_workers=-1", "train.num_workers"),
+        ("model.dropout=1", "model.dropout"),
+        ("data.augment.resize=[128]", "data.augment.resize"),
+        ("run.name=a/b", "run.name"),
+    ],
+)
+def test_out_of_range_names_key(override, key):
+    _assert_names(_error([override]), key)
+
+
+def test_valid_slow_paces_accepted():
+    cfg = config_from_dict({}, ["pretext.paces=[0.25, 0.5, 1, 2]"])
+    assert cfg.pretext.paces == [0.25, 0.5, 1.0, 2.0]
+    cfg = config_from_dict({"pretext": {"paces": [1 / 3, 1]}})
+    assert cfg.pretext.paces[0] == pytest.approx(1 / 3)
+
+
+def test_crop_larger_than_resize():
+    msg = _error(["data.augment.resize=[64,86]", "data.augment.crop=[72,72]"])
+    _assert_names(msg, "data.augment.crop")
+    msg = _error(["data.augment.crop=[112,200]"])  # default resize is [128, 171]
+    _assert_names(msg, "data.augment.crop")
+    # Equal to the resize is fine; so is any crop when frames keep their native size.
+    assert config_from_dict({}, ["data.augment.resize=[64,86]", "data.augment.crop=[64,86]"])
+    assert config_from_dict({}, ["data.augment.resize=[]", "data.augment.crop=[300,300]"])
+
+
+def test_batch_smaller_than_workers():
+    msg = _error(["train.num_workers=4", "train.batch_size=2"])
+    _assert_names(msg, "train.batch_size")
+
+
+def test_endpoint_url_with_credentials():
+    msg = _error(["data.endpoint_url=http://user:secret@minio:9000"])
+    _assert_names(msg, "data.endpoint_url")
+    assert "secret" not in msg
+    cfg = config_from_dict({}, ["data.endpoint_url=http://minio:9000"])
+    assert cfg.data.endpoint_url == "http://minio:9000"
+
+
+# --------------------------------------------------------------------------- choices
+
+
+def test_unknown_backbone_lists_choices():
+    from rayssl.models import BACKBONES
+
+    msg = _error(["model.backbone=vgg16"])
+    _assert_names(msg, "model.backbone")
+    assert "vgg16" in msg
+    for name in BACKBONES:
+        assert name in msg
+
+
+def test_unknown_pretext_lists_choices():
+    from rayssl.pretext import PRETEXTS
+
+    msg = _error(["pretext.name=jigsaw"])
+    _assert_names(msg, "pretext.name")
+    assert "jigsaw" in msg
+    for name in PRETEXTS:
+        assert name in msg
+
+
+# --------------------------------------------------------------------------- YAML syntax
+
+
+def test_duplicate_key_in_yaml_mapping(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  num_workers: 1\n  batch_size: 8\n  num_workers: 2\n")
+    with pytest.raises(ConfigError, match="num_workers"):
+        load_config(path)
+
+
+def test_duplicate_section_in_yaml(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  num_workers: 1\noptim:\n  lr: 0.1\ntrain:\n  batch_size: 8\n")
+    with pytest.raises(ConfigError, match="train"):
+        load_config(path)
+
+
+def test_invalid_yaml_is_config_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError):
+        load_config(path)
+
+
+def test_non_mapping_yaml_is_config_error(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError):
+        load_config(path)
+
+
+def test_empty_yaml_gives_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing\n")
+    assert load_config(path) == Config()
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+@pytest.mark.parametrize("text", ["train.num_workers", "train.num_workers 2", ""])
+def test_override_without_equals(text):
+    with pytest.raises(ConfigError):
+        config_from_dict({}, [text])
+    with pytest.raises(ConfigError):
+        parse_override(text)
+
+
+@pytest.mark.parametrize("text", ["=2", "train..num_workers=2", ".x=1"])
+def test_override_with_empty_key(text):
+    with pytest.raises(ConfigError):
+        parse_override(text)
+
+
+def test_override_value_may_contain_equals():
+    path, value = parse_override("run.name=a=b")
+    assert path == ["run", "name"] and value == "a=b"
+
+
+def test_override_through_load_config_cli_errors_name_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  num_workers: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["train.num_wrokers=2"])
+    _assert_names(str(info.value), "train.num_wrokers")
+
+
+# --------------------------------------------------------------------------- shipped configs
+
+
+def test_every_shipped_config_loads():
+    files = sorted((REPO / "configs").glob("*.yaml"))
+    assert files, "configs/ holds no YAML file"
+    for path in files:
+        cfg = load_config(path)
+        assert isinstance(cfg, Config), path
+        # Re-validating the loaded object must not fail either.
+        cfg.validate()
