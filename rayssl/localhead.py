@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +84,7 @@ def local_ray_head(
         yield Head(proc.pid, f"127.0.0.1:{port}", dashboard, full_env)
     finally:
         _kill_session(proc)
+        _forget_cluster(port)
         if log is not subprocess.DEVNULL:
             log.close()
 
@@ -103,20 +104,25 @@ def _wait_for_dashboard(proc: subprocess.Popen, url: str, timeout_s: float) -> N
     raise TimeoutError(f"Ray dashboard at {url} did not come up in {timeout_s:.0f}s")
 
 
+def _forget_cluster(port: int) -> None:
+    """Remove Ray's "current cluster" note if it names our (now dead) head, so a later
+    plain ray.init() does not try to connect to it."""
+    note = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+    with suppress(OSError):
+        if note.read_text().strip().endswith(f":{port}"):
+            note.unlink()
+
+
 def _kill_session(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
     """SIGTERM the head's process group, then SIGKILL what is left."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    try:
+    with suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=5)
 
 

@@ -90,7 +90,20 @@ class Tracker:
             return
         exp = self.client.get_experiment_by_name(cfg.run.experiment)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(cfg.run.experiment)
-        run = self.client.create_run(exp_id, run_name=cfg.run.name, tags=run_tags(cfg, commit))
+        tags = run_tags(cfg, commit)
+        # A restart that found no checkpoint (killed before the first one was
+        # registered) continues the unfinished MLflow run of the same job.
+        unfinished = self.client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`{RUN_KEY_TAG}` = '{tags[RUN_KEY_TAG]}' "
+            "and attributes.status = 'RUNNING'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if unfinished:
+            self.run_id = unfinished[0].info.run_id
+            return
+        run = self.client.create_run(exp_id, run_name=cfg.run.name, tags=tags)
         self.run_id = run.info.run_id
         params = {k: _param(v) for k, v in cfg.flat().items()}
         items = list(params.items())

@@ -1,0 +1,206 @@
+"""Pre-training end to end: real Ray Train, real videos, a real MLflow sqlite store.
+
+The local-mode test runs in-process; the `slow` ones run the job the way users do
+(`python jobs/pretrain.py`, `ray job submit` to a local head) in fresh processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from rayssl.config import load_config
+from rayssl.localhead import local_ray_head, stop_job, submit_job
+from rayssl.train.checkpoint import load_training_state
+from tests.conftest import ROOT, tiny_overrides
+
+DEBUG = str(ROOT / "configs" / "debug.yaml")
+
+
+def _runs(tracking: str, name: str):
+    mlflow.set_tracking_uri(tracking)
+    return mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.run_name = '{name}'"
+    )
+
+
+def _history(tracking: str, run_id: str, key: str) -> list[float]:
+    client = mlflow.MlflowClient(tracking)
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_local_mode_pretrain_logs_run_to_mlflow(ray_local, tiny_manifest, tmp_path):
+    from rayssl.launch import pretrain
+
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    cfg = load_config(
+        DEBUG,
+        [
+            *tiny_overrides(tiny_manifest, tmp_path / "runs", "local", tracking),
+            "train.num_workers=0",
+        ],
+    )
+    result = pretrain(cfg)
+    assert result["metrics"]["epoch"] == 1
+    runs = _runs(tracking, "local")
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "FINISHED"
+    assert run["params.model.backbone"] == "r21d"
+    assert run["params.optim.epochs"] == "2"
+    assert run["tags.pretext"] == "pace" and run["tags.dataset"] == "manifest"
+    # Per-epoch metrics: one value per epoch; every clip of the epoch accounted for.
+    losses = _history(tracking, run["run_id"], "train/loss")
+    assert len(losses) == 2 and all(v > 0 for v in losses)
+    clips = _history(tracking, run["run_id"], "train/clips")
+    assert clips[0] == 9  # 9 train videos x 1 clip
+    assert len(_history(tracking, run["run_id"], "val/pace_acc")) == 2
+    artifacts = {
+        a.path for a in mlflow.MlflowClient(tracking).list_artifacts(run["run_id"], "weights")
+    }
+    assert "weights/backbone.pt" in artifacts
+
+
+def _job_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        RAY_ADDRESS="local",
+        RAYSSL_NUM_CPUS="4",
+        RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def _result_line(stdout: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, stdout[-3000:]
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_epoch_restarts_and_completes(tiny_manifest, tmp_path):
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    marker = tmp_path / "killed.txt"
+    args = [
+        *tiny_overrides(tiny_manifest, tmp_path / "runs", "faulty", tracking),
+        "optim.epochs=3",
+        "train.num_workers=2",
+        "train.cpus_per_worker=0.5",
+        "train.max_failures=1",
+    ]
+    # Rank 1 SIGKILLs itself at step 1 of epoch 2, after the checkpoints of epochs 0-1.
+    env = _job_env(tmp_path, RAYSSL_TEST_KILL_WORKER=f"{marker}:2:1:1")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "pretrain.py"), "--config", DEBUG, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert marker.exists(), "the worker was never killed"
+    result = _result_line(out.stdout)
+    assert result["metrics"]["epoch"] == 2
+    runs = _runs(tracking, "faulty")
+    assert len(runs) == 1, "the restarted workers must continue the same MLflow run"
+    run_id = runs.iloc[0]["run_id"]
+    # The restart resumed from a checkpoint (not from scratch) and finished the epochs.
+    starts = _history(tracking, run_id, "data/start_epoch")
+    assert starts[0] == 0.0 and len(starts) == 2 and starts[1] >= 1.0
+    assert len(_history(tracking, run_id, "train/loss")) >= 3
+
+
+@pytest.mark.slow
+def test_ray_job_submit_kill_and_resubmit_resumes(tiny_manifest, tmp_path):
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    storage = tmp_path / "runs"
+    env = {"MLFLOW_TRACKING_URI": tracking, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+    overrides = [
+        *tiny_overrides(tiny_manifest, storage, "submitted", tracking),
+        "optim.epochs=4",
+        "run.tracking_uri=",  # from MLFLOW_TRACKING_URI, as a user would
+    ]
+    entry = ["python", "jobs/pretrain.py", "--config", "configs/debug.yaml", *overrides]
+    with local_ray_head(num_cpus=4, env=env, log_path=tmp_path / "head.log") as head:
+        out = submit_job(
+            head,
+            entry,
+            ROOT,
+            env_vars=env,
+            submission_id="first",
+            wait=False,
+            timeout_s=120,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        _wait_for_checkpoint(storage / "submitted", timeout_s=300)
+        stop_job(head, "first")
+        epoch_done = load_training_state(_latest_checkpoint(storage / "submitted"))["epoch"]
+        assert epoch_done < 3, "the job finished before it could be killed"
+
+        out = submit_job(head, entry, ROOT, env_vars=env, submission_id="second")
+        assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    result = _result_line(out.stdout)
+    assert result["metrics"]["epoch"] == 3
+    runs = _runs(tracking, "submitted")
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "FINISHED"
+    starts = _history(tracking, run["run_id"], "data/start_epoch")
+    assert starts[0] == 0.0 and starts[-1] >= epoch_done + 1
+    assert len(_history(tracking, run["run_id"], "train/loss")) >= 4
+    assert mlflow.MlflowClient(tracking).list_artifacts(run["run_id"], "weights")
+
+
+def _latest_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint left (older ones are deleted: train.num_checkpoints_to_keep)."""
+    return sorted(run_dir.glob("checkpoint_*/state.pt"))[-1].parent
+
+
+def _wait_for_checkpoint(run_dir: Path, timeout_s: float) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = sorted(run_dir.glob("checkpoint_*/state.pt")) if run_dir.exists() else []
+        if found:
+            return found[0].parent
+        time.sleep(0.2)
+    raise TimeoutError(f"no checkpoint under {run_dir} after {timeout_s}s")
+
+
+@pytest.mark.slow
+def test_killed_driver_rerun_resumes_next_epoch(tiny_manifest, tmp_path):
+    """Kill a directly run job (its process group) after the first checkpoint."""
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    storage = tmp_path / "runs"
+    args = [*tiny_overrides(tiny_manifest, storage, "rerun", tracking), "optim.epochs=4"]
+    cmd = [sys.executable, str(ROOT / "jobs" / "pretrain.py"), "--config", DEBUG, *args]
+    env = _job_env(tmp_path)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
+    try:
+        _wait_for_checkpoint(storage / "rerun", timeout_s=300)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = load_training_state(_latest_checkpoint(storage / "rerun"))["epoch"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert _result_line(out.stdout)["metrics"]["epoch"] == 3
+    run_id = _runs(tracking, "rerun").iloc[0]["run_id"]
+    assert _history(tracking, run_id, "data/start_epoch")[-1] >= done + 1
