@@ -233,6 +233,10 @@ class RunSettings:
     tracking_uri: str = ""
     """MLflow tracking URI; '' = $MLFLOW_TRACKING_URI or sqlite:///mlruns.db."""
     experiment: str = "rayssl"
+    artifact_location: str = ""
+    """Where a NEW MLflow experiment stores artifacts (e.g. s3://bucket/mlflow); '' =
+    the tracking server's default. S3 endpoints come from MLFLOW_S3_ENDPOINT_URL or
+    AWS_ENDPOINT_URL_S3."""
     dataset_name: str = ""
     """Tag for MLflow (e.g. ucf101, k400); '' = the manifest's file name."""
 

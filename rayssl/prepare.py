@@ -35,10 +35,11 @@ decoded or encoded, or an output that cannot be written becomes a manifest row w
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -136,7 +137,9 @@ def _frame_rate(stream: av.VideoStream) -> Fraction:
     return Fraction(rate).limit_denominator(_MAX_FPS_DENOMINATOR)
 
 
-def _decoded_frames(data: bytes, threads: int) -> Iterator[tuple[av.VideoFrame, Fraction]]:
+def _decoded_frames(
+    data: bytes, threads: int
+) -> Generator[tuple[av.VideoFrame, Fraction], None, None]:
     """Every frame of the first video stream that decodes, in display order, with the
     stream's frame rate.  Mirrors :func:`rayssl.data.video.probe_video`: a decode error after
     at least one frame is a truncated tail (the frames before it are kept)."""
@@ -556,6 +559,9 @@ def run_prepare(
     # Resolved once, here: tasks get the same endpoint whatever their environment says.
     task_options = storage.StorageOptions(endpoint_url=storage.resolve_endpoint(options))
     out = _normalise_out(out)
+    if not src.endswith(".parquet") and (out + "/").startswith(_normalise_out(src) + "/"):
+        # The next run would index the outputs as videos of a class of their own.
+        raise ValueError(f"out {out!r} must not be inside the video folder {src!r}")
     manifest_uri = storage.join(out, MANIFEST_NAME)
 
     source = _load_source(src, options)
@@ -601,13 +607,12 @@ def run_prepare(
         flush=True,
     )
     if items:
-        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 512))
-        ds = ds.map(
-            prepare_item,
-            fn_kwargs={"params": params, "options": task_options},
-            num_cpus=num_cpus_per_task,
+        task = functools.partial(prepare_item, params=params, options=task_options)
+        results = (
+            ray.data.from_items(items, override_num_blocks=min(len(items), 512))
+            .map(task, num_cpus=num_cpus_per_task)
+            .take_all()
         )
-        results = ds.take_all()
         done = {r["uri"] for r in results}
         rows.extend(results)
         for item in items:  # defensive: a row Ray Data lost is a failure, not a gap

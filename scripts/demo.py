@@ -113,14 +113,13 @@ def main() -> int:
             env,
         )
 
-        job_env = {
-            "MLFLOW_TRACKING_URI": tracking,
-            "RAYSSL_GIT_COMMIT": git_commit(),
-            **{k: v for k, v in env.items() if k.startswith("AWS_")},
-        }
+        job_env = {"MLFLOW_TRACKING_URI": tracking, "RAYSSL_GIT_COMMIT": git_commit()}
+        # Credentials reach the job through the head's environment (inherited by every
+        # Ray worker), not through --runtime-env-json, which Ray records in job info.
+        head_env = {**job_env, **{k: v for k, v in env.items() if k.startswith("AWS_")}}
         print("starting a local Ray head (stopped by pid at the end)", flush=True)
         head = stack.enter_context(
-            local_ray_head(num_cpus=4, env=job_env, log_path=work / "ray-head.log")
+            local_ray_head(num_cpus=4, env=head_env, log_path=work / "ray-head.log")
         )
         print(f"Ray head {head.address}, dashboard {head.dashboard_url}", flush=True)
         entry = [

@@ -12,8 +12,7 @@ container frame counts lie. This module therefore
   verified it decodes from the start instead. Either way the frames returned are the
   frames the indices name, which tests check against a sequential decode.
 
-Only the frames a clip needs are converted to RGB, resized by swscale in the same
-step when a size is given.
+Only the frames a clip needs are converted to RGB (and resized, when a size is given).
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
@@ -172,15 +172,18 @@ def probe_video(source: Source, threads: int = 1) -> VideoProbe:
 def _to_rgb(
     frame: av.VideoFrame, size: tuple[int, int] | None, reformatter: VideoReformatter
 ) -> np.ndarray:
-    """YUV -> RGB (and resize) in one swscale pass.
+    """YUV -> RGB at native size (swscale), then cv2 bilinear resize if asked.
 
-    The reformatter keeps its swscale context between frames of one clip: building a
-    context per frame (what `frame.reformat` does) cost more than decoding the frame.
+    The reformatter keeps its swscale context between the frames of a clip (building
+    one per frame, as `frame.reformat` does, cost more than decoding the frame), and
+    cv2.INTER_LINEAR is both the reference code's resize and ~2x cheaper than a
+    scaling swscale pass.
     """
-    height, width = size if size is not None else (frame.height, frame.width)
-    return reformatter.reformat(
-        frame, width=width, height=height, format="rgb24", interpolation="BILINEAR"
-    ).to_ndarray()
+    rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
+    if size is None or (rgb.shape[0], rgb.shape[1]) == tuple(size):
+        return rgb
+    height, width = size
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def read_frames(
@@ -197,7 +200,7 @@ def read_frames(
     Args:
         source: a local path, the file's bytes, or a binary file object.
         indices: frame indices, any order, repeats allowed (slow paces repeat frames).
-        size: optional (height, width) to resize to while converting (swscale bilinear).
+        size: optional (height, width) to resize to (cv2 bilinear, as the reference code).
         keyframes, keyframe_pts: from `probe_video` (the manifest stores them). With
             them the reader seeks to the keyframe before the first index; without them
             it decodes from the start.

@@ -81,6 +81,9 @@ class Tracker:
         import mlflow
 
         self._mlflow = mlflow
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and not os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
+            os.environ["MLFLOW_S3_ENDPOINT_URL"] = endpoint  # MLflow's own S3 client
         uri = default_tracking_uri(cfg)
         mlflow.set_tracking_uri(uri)
         self.client = mlflow.MlflowClient(uri)
@@ -89,7 +92,13 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
             return
         exp = self.client.get_experiment_by_name(cfg.run.experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(cfg.run.experiment)
+        exp_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(
+                cfg.run.experiment, artifact_location=cfg.run.artifact_location or None
+            )
+        )
         tags = run_tags(cfg, commit)
         # A restart that found no checkpoint (killed before the first one was
         # registered) continues the unfinished MLflow run of the same job.

@@ -311,15 +311,6 @@ def test_paths_are_files(dataset):
 # --------------------------------------------------------------------------- Ray Data
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_build_clip_dataset_matches_sample_row(ray_local, dataset, tmp_path):
     _, table, _ = dataset
     rows = epoch_rows(table, 2, seed=3, epoch=1)

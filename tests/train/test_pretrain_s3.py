@@ -1,0 +1,161 @@
+"""Pre-training with videos, manifest, checkpoints and MLflow artifacts in S3.
+
+A real S3 API (moto server on loopback), a real local Ray head and `ray job submit`:
+the job is stopped after its first checkpoint reached the bucket, submitted again, and
+must resume from that S3 checkpoint. No credential may appear in MLflow or the logs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import mlflow
+import pytest
+import torch
+
+from rayssl.cli import main as cli
+from rayssl.localhead import local_ray_head, stop_job, submit_job
+from s3server import (
+    FAKE_ACCESS_KEY_ID,
+    FAKE_SECRET_ACCESS_KEY,
+    boto3_client,
+    make_bucket,
+    moto_s3_server,
+    s3_env,
+    upload_dir,
+)
+from tests.conftest import ROOT, make_dataset
+
+BUCKET = "rayssl-test"
+
+
+def _checkpoint_keys(endpoint: str, prefix: str) -> list[str]:
+    s3 = boto3_client(endpoint)
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith("/state.pt")]
+    return sorted(keys)
+
+
+def _epoch_of(endpoint: str, key: str) -> int:
+    body = boto3_client(endpoint).get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return int(torch.load(io.BytesIO(body), weights_only=False)["epoch"])
+
+
+@pytest.mark.slow
+def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(tmp_path):
+    local = tmp_path / "data"
+    make_dataset(local, num_videos=12, num_frames=40)
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    with moto_s3_server() as endpoint, s3_env(endpoint) as env:
+        make_bucket(endpoint, BUCKET)
+        upload_dir(endpoint, local / "videos", BUCKET, "videos")
+        manifest = f"s3://{BUCKET}/manifest.parquet"
+        assert (
+            cli(
+                [
+                    "manifest",
+                    f"s3://{BUCKET}/videos",
+                    "--out",
+                    manifest,
+                    "--no-ray",
+                    "--val-fraction",
+                    "0.25",
+                ]
+            )
+            == 0
+        )
+        overrides = [
+            f"data.manifest={manifest}",
+            f"run.storage_path=s3://{BUCKET}/runs",
+            f"run.artifact_location=s3://{BUCKET}/mlflow",
+            "run.name=s3run",
+            "run.experiment=s3exp",
+            "data.clips_per_video=1",
+            "data.augment.resize=[32,43]",
+            "data.augment.crop=[32,32]",
+            "model.width=0.0625",
+            "train.batch_size=4",
+            "optim.epochs=12",
+        ]
+        entry = ["python", "jobs/pretrain.py", "--config", "configs/debug.yaml", *overrides]
+        job_env = {"MLFLOW_TRACKING_URI": tracking, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+        # Credentials reach the job through the head's environment, as on a real cluster.
+        with local_ray_head(num_cpus=4, env={**env, **job_env}) as head:
+            out1 = submit_job(
+                head,
+                entry,
+                ROOT,
+                env_vars=job_env,
+                submission_id="s3-first",
+                wait=False,
+                timeout_s=120,
+            )
+            assert out1.returncode == 0, out1.stderr[-3000:]
+            deadline = time.monotonic() + 300
+            while not _checkpoint_keys(endpoint, "runs/s3run/") and time.monotonic() < deadline:
+                time.sleep(0.3)
+            assert _checkpoint_keys(endpoint, "runs/s3run/"), "no checkpoint reached S3"
+            stop_job(head, "s3-first")
+            done = _epoch_of(endpoint, _checkpoint_keys(endpoint, "runs/s3run/")[-1])
+            assert done < 11, "the job finished before it could be stopped"
+            logs1 = _job_logs(head, "s3-first")
+
+            out2 = submit_job(head, entry, ROOT, env_vars=job_env, submission_id="s3-second")
+            assert out2.returncode == 0, (out2.stdout + out2.stderr)[-4000:]
+        result = json.loads(
+            [ln for ln in out2.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:]
+        )
+        assert result["metrics"]["epoch"] == 11
+        assert result["checkpoint"].startswith(f"{BUCKET}/runs/s3run/")
+
+        mlflow.set_tracking_uri(tracking)
+        runs = mlflow.search_runs(experiment_names=["s3exp"])
+        assert len(runs) == 1
+        run = runs.iloc[0]
+        client = mlflow.MlflowClient(tracking)
+        starts = [m.value for m in client.get_metric_history(run["run_id"], "data/start_epoch")]
+        # Resumed from an S3 checkpoint: the latest one Ray had registered when the job
+        # was stopped (the newest object may still have been registering then).
+        assert starts[0] == 0 and 1 <= starts[-1] <= done + 1
+        # The final weights went to the S3 artifact store.
+        keys = [
+            o["Key"]
+            for o in boto3_client(endpoint)
+            .list_objects_v2(Bucket=BUCKET, Prefix="mlflow/")
+            .get("Contents", [])
+        ]
+        assert any(k.endswith("weights/backbone.pt") for k in keys), keys
+
+        # No credential anywhere: params, tags, job logs and the client's output.
+        secrets = [FAKE_SECRET_ACCESS_KEY, FAKE_ACCESS_KEY_ID]
+        texts = [
+            json.dumps(run.to_dict(), default=str),
+            logs1,
+            out2.stdout,
+            out2.stderr,
+            out1.stdout,
+            out1.stderr,
+        ]
+        for text in texts:
+            for secret in secrets:
+                assert secret not in text
+
+
+def _job_logs(head, submission_id: str) -> str:
+    import subprocess
+
+    from rayssl.localhead import _bin_dir
+
+    out = subprocess.run(
+        [f"{_bin_dir()}/ray", "job", "logs", f"--address={head.dashboard_url}", submission_id],
+        env=head.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Reported metrics" in out.stdout or "Reporting training result" in out.stdout
+    return out.stdout
