@@ -14,9 +14,6 @@ import time
 import mlflow
 import pytest
 import torch
-
-from rayssl.cli import main as cli
-from rayssl.localhead import local_ray_head, stop_job, submit_job
 from s3server import (
     FAKE_ACCESS_KEY_ID,
     FAKE_SECRET_ACCESS_KEY,
@@ -26,6 +23,9 @@ from s3server import (
     s3_env,
     upload_dir,
 )
+
+from rayssl.cli import main as cli
+from rayssl.localhead import local_ray_head, stop_job, submit_job
 from tests.conftest import ROOT, make_dataset
 
 BUCKET = "rayssl-test"
