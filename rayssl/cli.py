@@ -129,6 +129,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         gop=args.gop,
         crf=args.crf,
         endpoint_url=args.endpoint_url or None,
+        preset=args.preset,
+        overwrite=args.overwrite,
     )
     print(json.dumps(summary))
     return 0 if summary["ok"] else 1
@@ -189,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--short-side", type=int, default=128)
     r.add_argument("--gop", type=int, default=16, help="keyframe every N frames")
     r.add_argument("--crf", type=int, default=23)
+    r.add_argument("--preset", default="veryfast", help="x264 preset")
+    r.add_argument("--overwrite", action="store_true", help="transcode even valid outputs")
     r.add_argument("--endpoint-url", default="")
     r.set_defaults(func=cmd_prepare)
     return p

@@ -156,7 +156,16 @@ def submit_job(
     if not wait:
         cmd.append("--no-wait")
     cmd += ["--", *entrypoint]
-    out = subprocess.run(cmd, env=head.env, capture_output=True, text=True, timeout=timeout_s)
+    deadline = time.monotonic() + 120
+    while True:
+        out = subprocess.run(cmd, env=head.env, capture_output=True, text=True, timeout=timeout_s)
+        # A fresh head answers before its job agent is up; that submission was refused
+        # (no job was created), so trying again is safe.
+        if out.returncode == 0 or "No available agent" not in out.stderr:
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(2)
     if log_path:
         Path(log_path).write_text(out.stdout + "\n--- stderr ---\n" + out.stderr)
     return out
