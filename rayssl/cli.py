@@ -93,8 +93,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from rayssl.preview import run_preview
 
     overrides = list(args.overrides)
-    overrides.append(f"pretext.name={args.pretext}")
-    overrides.append(f"run.seed={args.seed}")
+    if args.pretext is not None:
+        overrides.append(f"pretext.name={args.pretext}")
+    if args.seed is not None:
+        overrides.append(f"run.seed={args.seed}")
     if args.no_augment:
         overrides.append("data.augment.enabled=false")
         overrides.append(f"data.augment.resize={list(args.size) if args.size else []}")
@@ -170,11 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("preview", help="sample clips with the training pipeline and save them")
     v.add_argument("src", help="manifest (.parquet) or a folder of videos")
     v.add_argument("--out", required=True)
-    v.add_argument("--pretext", default="pace")
+    v.add_argument("--pretext", default=None, help="pretext task (default: the config's)")
     v.add_argument("--num-clips", type=int, default=16)
     v.add_argument("--no-augment", action="store_true", help="no crop, flip or jitter")
     v.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seed", type=int, default=None, help="default: the config's run.seed")
     v.add_argument("--config", default=None, help="YAML config for data/pretext settings")
     v.add_argument("--endpoint-url", default="")
     v.add_argument("overrides", nargs="*", help="key=value config overrides")

@@ -214,10 +214,10 @@ class TrainConfig:
         _in_range(f"{prefix}.log_every_steps", self.log_every_steps, 1, None)
         _in_range(f"{prefix}.max_steps_per_epoch", self.max_steps_per_epoch, 0, None)
         _in_range(f"{prefix}.num_checkpoints_to_keep", self.num_checkpoints_to_keep, 1, None)
-        if self.num_workers > 0 and self.batch_size < self.num_workers:
+        if self.num_workers > 0 and self.batch_size % self.num_workers:
             raise ConfigError(
-                f"{prefix}.batch_size: {self.batch_size} is smaller than "
-                f"train.num_workers {self.num_workers}"
+                f"{prefix}.batch_size: {self.batch_size} is not divisible by "
+                f"train.num_workers {self.num_workers} (each worker takes an equal share)"
             )
 
 

@@ -29,10 +29,17 @@ def _absolute(uri: str) -> str:
 def resolve_paths(cfg: Config) -> Config:
     """Make local paths absolute and fix the MLflow URI where the job is launched."""
     data = replace(cfg.data, manifest=_absolute(cfg.data.manifest))
+    tracking_uri = default_tracking_uri(cfg)
+    artifacts = _absolute(cfg.run.artifact_location)
+    if not artifacts and tracking_uri.startswith("sqlite:///"):
+        # Without a tracking server MLflow would put artifacts in ./mlruns of the
+        # rank-0 worker, i.e. inside Ray's temporary session directory.
+        artifacts = str(Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts")
     run = replace(
         cfg.run,
         storage_path=_absolute(cfg.run.storage_path),
-        tracking_uri=default_tracking_uri(cfg),
+        tracking_uri=tracking_uri,
+        artifact_location=artifacts,
     )
     return replace(cfg, data=data, run=run)
 

@@ -71,6 +71,8 @@ def local_ray_head(
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash_port}",
+        # The agent's default port (52365) is shared by every head on the machine.
+        f"--dashboard-agent-listen-port={free_port()}",
         f"--ray-client-server-port={free_port()}",
         "--disable-usage-stats",
     ]

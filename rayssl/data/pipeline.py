@@ -31,8 +31,11 @@ from rayssl.config import AugmentSettings, DataConfig
 from rayssl.data import storage
 from rayssl.data.sampling import clip_rng, fraction_mask
 from rayssl.data.transforms import AugmentConfig
-from rayssl.data.video import VideoError, read_frames
+from rayssl.data.video import ERROR_REASONS, VideoError, read_frames
 from rayssl.pretext.base import Pretext
+
+#: Why a draw became a masked placeholder row (counted per reason in training metrics).
+SKIP_REASONS = tuple(dict.fromkeys(("too_short", "augment_error", *ERROR_REASONS)))
 
 #: Manifest columns a draw row carries into the sampler.
 ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts", "height", "width")
@@ -128,7 +131,10 @@ def sample_row(row: dict[str, Any], spec: SamplerSpec) -> dict[str, Any]:
         return _placeholder(spec, row, "storage_error")
     clips = np.split(frames, np.cumsum(lengths)[:-1])
     augment = augment_config(spec.settings)
-    sample = spec.pretext.make_sample(clips, plan, rng, augment, train=spec.train)
+    try:
+        sample = spec.pretext.make_sample(clips, plan, rng, augment, train=spec.train)
+    except ValueError:  # e.g. a native-size video smaller than the crop
+        return _placeholder(spec, row, "augment_error")
     sample["indices"] = plan.clips[0].astype(np.int64)
     sample.update(valid=True, skip_reason="", resampled=plan.resampled)
     return sample

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_EPS = 1e-9
+_EPS = 1e-6  # paces within 1e-6 of 1/k count as 1/k (as config validation)
 
 
 def pace_span(clip_len: int, pace: float) -> int:

@@ -26,7 +26,13 @@ import torch.distributed as dist
 from rayssl.config import Config, config_from_dict
 from rayssl.data import storage
 from rayssl.data.manifest import read_manifest
-from rayssl.data.pipeline import SamplerSpec, build_clip_dataset, epoch_rows, usable_videos
+from rayssl.data.pipeline import (
+    SKIP_REASONS,
+    SamplerSpec,
+    build_clip_dataset,
+    epoch_rows,
+    usable_videos,
+)
 from rayssl.pretext import build_pretext
 from rayssl.train.checkpoint import load_training_state, restore_training_state, save_training_state
 from rayssl.train.step import (
@@ -100,6 +106,7 @@ def _iterate(ds, batch_size: int, prefetch: int):
 
 
 def run_epoch(
+    acc_name: str,
     model,
     optimizer,
     ds,
@@ -137,7 +144,7 @@ def run_epoch(
             tracker.log_metrics(
                 {
                     "step/loss": float(metrics["loss_sum"]) / n,
-                    "step/acc": float(metrics["correct"]) / n,
+                    f"step/{acc_name}": float(metrics["correct"]) / n,
                     # rank 0's rate times the worker count: an estimate of the global rate
                     "step/clips_per_s": window_clips * world / max(elapsed, 1e-9),
                     "step/data_wait_frac": wait_s / max(t_last - t_epoch, 1e-9),
@@ -206,6 +213,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ds = build_clip_dataset(rows, spec, cfg.data)
         lr = optimizer.param_groups[0]["lr"]
         sums, wait_s, total_s, global_step = run_epoch(
+            acc_name,
             model,
             optimizer,
             ds,
@@ -247,10 +255,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 cfg.data.prefetch_batches,
             )
             metrics.update(_epoch_metrics("val", _all_reduce(dict(vsums.values), device), acc_name))
+        skips = _all_reduce({r: sums.skips.get(r, 0) for r in SKIP_REASONS}, device)
+        metrics.update({f"train/skipped_{r}": n for r, n in skips.items() if n})
         if rank == 0:
             tracker.log_metrics(metrics, step=epoch)
-            for reason, n in sums.skips.items():
-                tracker.log_metrics({f"train/skipped_{reason}": n}, step=epoch)
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:

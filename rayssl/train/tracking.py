@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rayssl.config import Config, dump_config
+from rayssl.data.storage import redact
 
 RUN_KEY_TAG = "rayssl.run_key"
 
@@ -81,7 +82,11 @@ class Tracker:
         import mlflow
 
         self._mlflow = mlflow
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = (
+            cfg.data.endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
         if endpoint and not os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
             os.environ["MLFLOW_S3_ENDPOINT_URL"] = endpoint  # MLflow's own S3 client
         uri = default_tracking_uri(cfg)
@@ -114,7 +119,7 @@ class Tracker:
             return
         run = self.client.create_run(exp_id, run_name=cfg.run.name, tags=tags)
         self.run_id = run.info.run_id
-        params = {k: _param(v) for k, v in cfg.flat().items()}
+        params = {k: _param(redact(str(v))) for k, v in cfg.flat().items()}
         items = list(params.items())
         for i in range(0, len(items), 100):
             self.client.log_batch(
@@ -123,7 +128,7 @@ class Tracker:
             )
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "config.yaml"
-            path.write_text(dump_config(cfg))
+            path.write_text(redact(dump_config(cfg)))
             self.client.log_artifact(self.run_id, str(path))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
