@@ -51,7 +51,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--storage", choices=["local", "s3"], default="local")
     ap.add_argument("--workdir", default=str(ROOT / "demo_data"))
-    ap.add_argument("--num-videos", type=int, default=48)
+    ap.add_argument("--num-videos", type=int, default=120)
     ap.add_argument("overrides", nargs="*", help="extra key=value for the pre-training config")
     args = ap.parse_args()
     work = Path(args.workdir).resolve()

@@ -54,7 +54,7 @@ def test_local_mode_pretrain_logs_run_to_mlflow(ray_local, tiny_manifest, tmp_pa
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["status"] == "FINISHED"
-    assert run["params.model.backbone"] == "r21d"
+    assert run["params.model.backbone"] == "c3d"
     assert run["params.optim.epochs"] == "2"
     assert run["tags.pretext"] == "pace" and run["tags.dataset"] == "manifest"
     # Per-epoch metrics: one value per epoch; every clip of the epoch accounted for.
