@@ -54,6 +54,7 @@ from rayssl.data.manifest import (
     ManifestError,
     build_manifest,
     list_entries,
+    probe_columns,
     read_manifest,
     rows_to_table,
     write_manifest,
@@ -379,17 +380,7 @@ def _failure(item: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
 
 def _probed_row(item: dict[str, Any], probe: VideoProbe, size: int, status: str) -> dict:
     row = _base_row(item)
-    row.update(
-        num_frames=probe.num_frames,
-        fps=probe.fps,
-        height=probe.height,
-        width=probe.width,
-        codec=probe.codec,
-        size_bytes=size,
-        keyframes=list(probe.keyframes),
-        keyframe_pts=list(probe.keyframe_pts),
-        status=status,
-    )
+    row.update(probe_columns(probe), size_bytes=size, status=status)
     return row
 
 

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from rayssl.data import storage
 from rayssl.data.sampling import stable_hash
-from rayssl.data.video import VideoError, probe_video
+from rayssl.data.video import VideoError, VideoProbe, probe_video
 
 VIDEO_EXTENSIONS = {
     ".avi",
@@ -236,6 +236,19 @@ def list_entries(src: str, fmt: str = "folder", options=None, **kw: Any) -> list
 # --------------------------------------------------------------------------- probing
 
 
+def probe_columns(probe: VideoProbe) -> dict[str, Any]:
+    """The manifest columns a probe fills in."""
+    return {
+        "num_frames": probe.num_frames,
+        "fps": probe.fps,
+        "height": probe.height,
+        "width": probe.width,
+        "codec": probe.codec,
+        "keyframes": list(probe.keyframes),
+        "keyframe_pts": list(probe.keyframe_pts),
+    }
+
+
 def probe_entry(entry: dict[str, Any], options: storage.StorageOptions | None = None) -> dict:
     """Probe one video; never raises for a bad video (the row gets an `error`)."""
     row: dict[str, Any] = {
@@ -259,16 +272,7 @@ def probe_entry(entry: dict[str, Any], options: storage.StorageOptions | None = 
     try:
         data = storage.read_bytes(entry["uri"], options=options)
         row["size_bytes"] = len(data)
-        probe = probe_video(data)
-        row.update(
-            num_frames=probe.num_frames,
-            fps=probe.fps,
-            height=probe.height,
-            width=probe.width,
-            codec=probe.codec,
-            keyframes=probe.keyframes,
-            keyframe_pts=probe.keyframe_pts,
-        )
+        row.update(probe_columns(probe_video(data)))
     except VideoError as e:
         row["error"], row["error_detail"] = e.reason, e.detail
     except storage.StorageNotFoundError as e:
