@@ -142,9 +142,9 @@ def main() -> int:
 
     import mlflow
 
+    mlflow.set_tracking_uri(tracking)
     runs_df = mlflow.search_runs(
         experiment_names=["rayssl-debug"],
-        tracking_uri=tracking,
         filter_string=f"tags.run_name = '{run_name}'",
         order_by=["start_time DESC"],
     )
