@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,6 +49,9 @@ def s3_storage(work: Path):
 
 
 def main() -> int:
+    # A SIGTERM (e.g. a CI timeout) unwinds the context managers, so the Ray head and
+    # the S3 server this demo started are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--storage", choices=["local", "s3"], default="local")
     ap.add_argument("--workdir", default=str(ROOT / "demo_data"))
