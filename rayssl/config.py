@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, cast, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -325,7 +325,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(
                 f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}"
             )
-        return _build(tp, value, key + ".")
+        return _build(cast(type, tp), value, key + ".")  # a dataclass type hint
     if tp is Any:
         return value
     if tp is bool:

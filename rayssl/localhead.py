@@ -88,6 +88,7 @@ def local_ray_head(
         _kill_session(proc)
         _forget_cluster(port)
         if log is not subprocess.DEVNULL:
+            assert not isinstance(log, int)  # narrowing: not DEVNULL, so the opened file
             log.close()
 
 

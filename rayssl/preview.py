@@ -75,7 +75,8 @@ def run_preview(
         "videos": np.array([uri_of[str(s["video_id"])] for s in valid]),
         "class_labels": np.array([int(s["class_label"]) for s in valid], dtype=np.int64),
     }
-    np.savez_compressed(out / "clips.npz", **arrays)
+    # numpy's stub types **kwds as the allow_pickle bool
+    np.savez_compressed(out / "clips.npz", **arrays)  # type: ignore[arg-type]
     _contact_sheet(valid, out / "preview.png")
     return {"written": len(valid), "skipped": skipped, "out": str(out)}
 

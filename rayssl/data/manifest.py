@@ -22,7 +22,7 @@ import csv
 import io
 import posixpath
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,7 +195,7 @@ def list_kinetics(src: str, options=None, annotations: Iterable[str] = ()) -> li
     ]
     if not csvs:
         raise ManifestError(f"no annotation CSV under {src}: pass --annotations FILE.csv")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for uri in csvs:
         reader = csv.DictReader(io.StringIO(_read_text(uri, options)))
         need = {"youtube_id", "time_start", "time_end"}
@@ -222,7 +222,7 @@ def list_kinetics(src: str, options=None, annotations: Iterable[str] = ()) -> li
 
 def list_entries(src: str, fmt: str = "folder", options=None, **kw: Any) -> list[Entry]:
     """Find the videos of a dataset; `fmt` is one of FORMATS."""
-    listers = {
+    listers: dict[str, Callable[..., list[Entry]]] = {
         "folder": list_folder,
         "ucf101": list_ucf101,
         "hmdb51": list_hmdb51,
@@ -301,7 +301,7 @@ def build_manifest(
         return rows_to_table([probe_entry(i, options) for i in items])
     import ray
 
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 256))
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 256))
     ds = ds.map(lambda r: probe_entry(r, options), num_cpus=num_cpus_per_task)
     return rows_to_table(ds.take_all())
 

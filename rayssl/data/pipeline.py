@@ -21,7 +21,7 @@ of a draw come from `clip_rng(seed, video_id, epoch, draw)`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -46,8 +46,9 @@ def augment_config(settings: AugmentSettings) -> AugmentConfig | None:
     if not settings.enabled:
         return None
     return AugmentConfig(
-        resize=tuple(settings.resize) if settings.resize else None,
-        crop=tuple(settings.crop),
+        # validate() guarantees two entries (height, width)
+        resize=cast("tuple[int, int] | None", tuple(settings.resize) if settings.resize else None),
+        crop=cast("tuple[int, int]", tuple(settings.crop)),
         flip_prob=settings.flip_prob,
         jitter_prob=settings.jitter_prob,
         brightness=settings.brightness,
@@ -72,7 +73,10 @@ class SamplerSpec:
     @property
     def decode_size(self) -> tuple[int, int] | None:
         """Frames are resized while converting from YUV (one swscale pass)."""
-        return tuple(self.settings.resize) if self.settings.resize else None
+        # validate() guarantees two entries (height, width)
+        return cast(
+            "tuple[int, int] | None", tuple(self.settings.resize) if self.settings.resize else None
+        )
 
     def output_clip_shape(self, row: dict[str, Any]) -> tuple[int, int, int, int]:
         t = self.pretext.clip_len
@@ -86,7 +90,7 @@ class SamplerSpec:
 
 
 def _placeholder(spec: SamplerSpec, row: dict[str, Any], reason: str) -> dict[str, Any]:
-    out = {
+    out: dict[str, Any] = {
         name: np.zeros(shape, dtype=dtype)
         for name, (shape, dtype) in spec.pretext.target_spec(spec.output_clip_shape(row)).items()
     }
@@ -132,7 +136,9 @@ def sample_row(row: dict[str, Any], spec: SamplerSpec) -> dict[str, Any]:
     clips = np.split(frames, np.cumsum(lengths)[:-1])
     augment = augment_config(spec.settings)
     try:
-        sample = spec.pretext.make_sample(clips, plan, rng, augment, train=spec.train)
+        sample: dict[str, Any] = spec.pretext.make_sample(
+            clips, plan, rng, augment, train=spec.train
+        )
     except ValueError:  # e.g. a native-size video smaller than the crop
         return _placeholder(spec, row, "augment_error")
     sample["indices"] = plan.clips[0].astype(np.int64)
@@ -217,7 +223,7 @@ def build_clip_dataset(rows: pa.Table, spec: SamplerSpec, data_cfg: DataConfig):
     blocks = [rows.slice(i, block_rows) for i in range(0, rows.num_rows, block_rows)]
     ds = ray.data.from_arrow(blocks)
     return ds.map_batches(
-        _sample_batch,
+        _sample_batch,  # type: ignore[arg-type]  # Ray types fn as 1-arg; fn_kwargs passes spec
         fn_kwargs={"spec": spec},
         batch_size=block_rows,
         batch_format="numpy",

@@ -274,6 +274,7 @@ def _decode_range(
     try:
         for frame in container.decode(stream):
             if index is None:
+                assert start_pts is not None  # index starts as None only after a seek
                 # Find the keyframe we seeked to; frames before it (an earlier
                 # landing) are skipped; passing it means we cannot know where we are.
                 if frame.pts is None:

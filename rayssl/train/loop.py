@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import ray.train
@@ -37,6 +37,7 @@ from rayssl.pretext import build_pretext
 from rayssl.train.checkpoint import load_training_state, restore_training_state, save_training_state
 from rayssl.train.step import (
     DeviceSettings,
+    PretextModel,
     batch_to_device,
     build_model,
     build_optimizer,
@@ -73,7 +74,8 @@ class _Sums:
     """Per-epoch sums over this worker's batches (reduced over workers at the end)."""
 
     def __init__(self) -> None:
-        self.values: Counter[str] = Counter()
+        # a Counter (missing keys read 0) of float sums; typeshed types Counter values as int
+        self.values = cast("dict[str, float]", Counter())
         self.skips: Counter[str] = Counter()
 
     def add_batch(self, batch: dict[str, np.ndarray], metrics: dict[str, torch.Tensor]) -> None:
@@ -173,7 +175,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.run.seed)
 
     pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
-    model = build_model(cfg, pretext)
+    model: torch.nn.Module = build_model(cfg, pretext)
     optimizer, scheduler = build_optimizer(model, cfg)
     start_epoch, mlflow_run_id, global_step = 0, None, 0
     checkpoint = ray.train.get_checkpoint()
@@ -185,7 +187,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         global_step = int(state["extra"].get("global_step", 0))
     model = model.to(device)
     if settings.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
+        # torch's stub omits Module.to(memory_format=...)
+        model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     model = ray.train.torch.prepare_model(model, move_to_device=False)
 
     tracker = Tracker(
@@ -277,6 +280,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "backbone.pt"
-            torch.save(unwrap(model).backbone.state_dict(), path)
+            torch.save(cast(PretextModel, unwrap(model)).backbone.state_dict(), path)
             tracker.log_file(path, "weights")
         tracker.finish()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class PretextModel(nn.Module):
 
 def build_model(cfg: Config, pretext: Pretext) -> PretextModel:
     backbone = build_backbone(cfg.model.backbone, width=cfg.model.width)
-    head = pretext.build_head(backbone.out_dim)
+    head = pretext.build_head(cast(int, backbone.out_dim))  # every backbone sets out_dim: int
     return PretextModel(backbone, head, pretext)
 
 
@@ -137,4 +137,4 @@ def eval_step(model: nn.Module, batch: dict[str, Any], settings: DeviceSettings)
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel (or the model itself)."""
-    return model.module if hasattr(model, "module") else model
+    return cast(nn.Module, model.module) if hasattr(model, "module") else model

@@ -15,7 +15,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rayssl.config import Config, dump_config
 from rayssl.data.storage import redact
@@ -143,7 +143,8 @@ class Tracker:
             if v is not None
         ]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            # enabled implies __init__ set run_id
+            self.client.log_batch(cast(str, self.run_id), metrics=batch)
 
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
