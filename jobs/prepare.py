@@ -11,30 +11,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir's rayssl
 
-from rayssl.prepare import run_prepare  # noqa: E402
+from rayssl.cli import add_prepare_arguments, prepare_from_args  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("src", help="manifest (.parquet, local or s3://) or a class-folder root")
-    parser.add_argument("--out", required=True, help="output folder or s3:// prefix")
-    parser.add_argument("--short-side", type=int, default=128, help="output short side (px)")
-    parser.add_argument("--gop", type=int, default=16, help="a keyframe every N frames")
-    parser.add_argument("--crf", type=int, default=23, help="x264 CRF (lower = better)")
-    parser.add_argument("--preset", default="veryfast", help="x264 preset")
-    parser.add_argument("--endpoint-url", default="", help="S3 endpoint (else AWS_ENDPOINT_URL_S3)")
-    parser.add_argument("--overwrite", action="store_true", help="redo valid existing outputs")
-    args = parser.parse_args()
-    summary = run_prepare(
-        args.src,
-        args.out,
-        short_side=args.short_side,
-        gop=args.gop,
-        crf=args.crf,
-        endpoint_url=args.endpoint_url or None,
-        preset=args.preset,
-        overwrite=args.overwrite,
-    )
+    add_prepare_arguments(parser)
+    summary = prepare_from_args(parser.parse_args())
     print("RESULT " + json.dumps(summary))
     return 0 if summary["ok"] else 1
 

@@ -120,11 +120,23 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
+def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `rayssl prepare` and `jobs/prepare.py` (one definition)."""
+    parser.add_argument("src", help="manifest (.parquet, local or s3://) or a class-folder root")
+    parser.add_argument("--out", required=True, help="output folder or s3:// prefix")
+    parser.add_argument("--short-side", type=int, default=128, help="output short side (px)")
+    parser.add_argument("--gop", type=int, default=16, help="a keyframe every N frames")
+    parser.add_argument("--crf", type=int, default=23, help="x264 CRF (lower = better)")
+    parser.add_argument("--preset", default="veryfast", help="x264 preset")
+    parser.add_argument("--overwrite", action="store_true", help="redo valid existing outputs")
+    parser.add_argument("--endpoint-url", default="", help="S3 endpoint (else AWS_ENDPOINT_URL_S3)")
+
+
+def prepare_from_args(args: argparse.Namespace) -> dict:
+    """Run `rayssl.prepare.run_prepare` with parsed `add_prepare_arguments` arguments."""
     from rayssl.prepare import run_prepare
 
-    _init_ray()
-    summary = run_prepare(
+    return run_prepare(
         args.src,
         args.out,
         short_side=args.short_side,
@@ -134,6 +146,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         preset=args.preset,
         overwrite=args.overwrite,
     )
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    _init_ray()
+    summary = prepare_from_args(args)
     print(json.dumps(summary))
     return 0 if summary["ok"] else 1
 
@@ -188,14 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_pretrain)
 
     r = sub.add_parser("prepare", help="transcode a manifest's videos to training-ready H.264")
-    r.add_argument("src", help="manifest (.parquet) or folder")
-    r.add_argument("--out", required=True, help="output folder or s3:// prefix")
-    r.add_argument("--short-side", type=int, default=128)
-    r.add_argument("--gop", type=int, default=16, help="keyframe every N frames")
-    r.add_argument("--crf", type=int, default=23)
-    r.add_argument("--preset", default="veryfast", help="x264 preset")
-    r.add_argument("--overwrite", action="store_true", help="transcode even valid outputs")
-    r.add_argument("--endpoint-url", default="")
+    add_prepare_arguments(r)
     r.set_defaults(func=cmd_prepare)
     return p
 

@@ -403,3 +403,37 @@ def test_transient_errors_are_retried_then_reported_redacted(s3):
     assert "SlowDown" in row["error_detail"] and key in row["error_detail"]
     assert FAKE_SECRET_ACCESS_KEY not in row["error_detail"]
     assert FAKE_ACCESS_KEY_ID not in row["error_detail"]
+
+
+def test_prepare_job_entry_point_runs(tmp_path):
+    """`python jobs/prepare.py` as users run it (its own local Ray), on a tiny corpus."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, make_dataset
+
+    manifest = make_dataset(tmp_path / "src", num_videos=4, num_frames=24, val_fraction=0.0)
+    env = dict(os.environ, RAY_ADDRESS="local", RAY_AUTH_MODE="disabled")
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "prepare.py"),
+            str(manifest),
+            "--out",
+            str(tmp_path / "prepared"),
+            "--short-side",
+            "32",
+            "--gop",
+            "8",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    assert result["ok"] == 4 and result["failed"] == 0
+    assert (tmp_path / "prepared" / "manifest.parquet").exists()
