@@ -90,7 +90,8 @@ class Entry:
 
 
 def _rel(uri: str, root: str) -> str:
-    root = root.rstrip("/")
+    """`uri` (as listed) relative to the listed folder `root` (any path form)."""
+    root = storage.listing_root(root).rstrip("/")
     return uri[len(root) + 1 :] if uri.startswith(root + "/") else posixpath.basename(uri)
 
 
@@ -329,3 +330,42 @@ def read_manifest(uri: str, options=None) -> pa.Table:
     if missing:
         raise ManifestError(f"{uri}: not a rayssl manifest (missing columns {sorted(missing)})")
     return table
+
+
+def require_labels(table: pa.Table, purpose: str, split: str | None = None) -> pa.Table:
+    """The usable rows (no error, frames > 0) of `split` (None = all), all labelled.
+
+    Every labelled evaluation calls this first, so a manifest built without labels (files
+    directly in the source folder, a Kinetics CSV without labels) or a split that does not
+    exist is a clear error instead of a meaningless number.
+    """
+    import pyarrow.compute as pc
+
+    usable = table.filter(pc.and_(pc.is_null(table["error"]), pc.greater(table["num_frames"], 0)))
+    if split is not None:
+        rows = usable.filter(pc.equal(usable["split"], split))
+        if rows.num_rows == 0:
+            present = sorted(set(usable["split"].to_pylist()))
+            raise ManifestError(
+                f"{purpose}: split {split!r} has no usable video in the manifest "
+                f"(splits present: {present})"
+            )
+        usable = rows
+    if "label" not in usable.column_names:
+        raise ManifestError(f"{purpose}: the manifest has no class labels (no 'label' column)")
+    labels = usable["label"].to_numpy(zero_copy_only=False)
+    missing = int((labels < 0).sum())
+    where = f" in split {split!r}" if split is not None else ""
+    if missing == len(labels):
+        raise ManifestError(
+            f"{purpose}: the manifest has no class labels{where} (every label is -1); build it "
+            "from a labelled layout: `rayssl manifest SRC --format folder` with SRC/<class>/"
+            "<video>, or --format ucf101 / hmdb51 / kinetics"
+        )
+    if missing:
+        ids = [v for v, lab in zip(usable["video_id"].to_pylist(), labels, strict=True) if lab < 0]
+        raise ManifestError(
+            f"{purpose}: {missing} of {len(labels)} videos{where} have no class label "
+            f"(label -1), e.g. {ids[:3]}"
+        )
+    return usable

@@ -477,6 +477,21 @@ def parent(uri: PathLike) -> str:
     return scheme + os.path.dirname(stripped)
 
 
+def listing_root(uri: PathLike) -> str:
+    """The prefix that :func:`list_files` puts before the relative path of what it finds.
+
+    Local paths (relative, ``~``, ``file://``) become the absolute path the listing
+    returns; S3 URIs keep their form. A trailing ``/`` is dropped. ``uri`` relative to this
+    root is what importers use for class folders and video ids.
+    """
+    text = os.fspath(uri)
+    if is_s3(text):
+        bucket, key = parse_s3(text)
+        key = key.rstrip("/")
+        return f"{_S3_PREFIX}{bucket}/{key}" if key else f"{_S3_PREFIX}{bucket}"
+    return os.path.abspath(_local_path(text)).rstrip("/") or "/"
+
+
 def basename(uri: PathLike) -> str:
     """Last component: ``s3://b/a/c.mp4`` -> ``c.mp4`` (``""`` for a bucket or the root)."""
     text = os.fspath(uri)

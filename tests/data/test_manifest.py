@@ -319,3 +319,73 @@ def test_cli_manifest_only_broken(tmp_path, capsys):
     out = tmp_path / "m.parquet"
     assert cli_main(["manifest", str(src), "--out", str(out), "--no-ray"]) == 1
     assert "no usable video" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- path forms
+
+
+def _labels_by_id(entries) -> dict[str, tuple[int, str]]:
+    return {e.video_id: (e.label, e.label_name) for e in entries}
+
+
+@pytest.fixture(scope="module")
+def two_classes(tmp_path_factory):
+    """Two class folders holding a video of the same file name (ids must not collide)."""
+    root = tmp_path_factory.mktemp("paths") / "videos"
+    for cls in ("jump", "run"):
+        tiny_video(root / cls / "clip_0001.avi", n=8)
+    (root / "jump" / "clip_0002.avi").write_bytes((root / "jump" / "clip_0001.avi").read_bytes())
+    return root
+
+
+EXPECTED = {
+    "jump/clip_0001": (0, "jump"),
+    "jump/clip_0002": (0, "jump"),
+    "run/clip_0001": (1, "run"),
+}
+
+
+@pytest.mark.parametrize("form", ["relative", "relative_dot_slash", "absolute", "file_uri"])
+def test_folder_labels_for_every_local_path_form(two_classes, form, monkeypatch):
+    monkeypatch.chdir(two_classes.parent)
+    src = {
+        "relative": "videos",
+        "relative_dot_slash": "./videos/",
+        "absolute": str(two_classes),
+        "file_uri": two_classes.as_uri(),
+    }[form]
+    assert _labels_by_id(list_entries(src, "folder")) == EXPECTED
+
+
+def test_folder_labels_on_s3(two_classes):
+    from tests.s3server import make_bucket, moto_s3_server, s3_env, upload_dir
+
+    with moto_s3_server() as endpoint, s3_env(endpoint):
+        make_bucket(endpoint, "labels")
+        upload_dir(endpoint, two_classes, "labels", "data/videos")
+        for src in ("s3://labels/data/videos", "s3://labels/data/videos/"):
+            assert _labels_by_id(list_entries(src, "folder")) == EXPECTED
+
+
+def test_cli_manifest_relative_folder_is_labelled(two_classes, monkeypatch):
+    """The bug a new user hit: a relative folder gave every video label -1."""
+    monkeypatch.chdir(two_classes.parent)
+    assert cli_main(["manifest", "videos", "--out", "m.parquet", "--no-ray"]) == 0
+    table = read_manifest("m.parquet")
+    got = {r["video_id"]: (r["label"], r["label_name"]) for r in table.to_pylist()}
+    assert got == EXPECTED
+
+
+def test_require_labels(folder_table):
+    from rayssl.data.manifest import require_labels
+
+    assert require_labels(folder_table, "retrieval").num_rows > 0
+    unlabelled = folder_table.set_column(
+        folder_table.schema.get_field_index("label"),
+        "label",
+        pa.array([-1] * folder_table.num_rows, pa.int64()),
+    )
+    with pytest.raises(ManifestError, match="no class labels"):
+        require_labels(unlabelled, "retrieval")
+    with pytest.raises(ManifestError, match="split 'test'"):
+        require_labels(folder_table, "retrieval", split="test")
