@@ -121,9 +121,13 @@ class PretextConfig:
     name: str = "pace"
     paces: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0])
     """Playback paces; label = index. Values < 1 are slow motion (1/2 repeats frames)."""
+    num_classes: int = 0
+    """supervised (fine-tuning): number of action classes; 0 = from the manifest's labels."""
 
     def validate(self, prefix: str) -> None:
         from rayssl.pretext import PRETEXTS
+
+        _in_range(f"{prefix}.num_classes", self.num_classes, 0, None)
 
         if self.name not in PRETEXTS:
             raise ConfigError(
@@ -149,6 +153,11 @@ class ModelConfig:
     width: float = 1.0
     """Channel multiplier (tiny CPU configs use 0.125)."""
     dropout: float = 0.0
+    """Dropout before the task's classifier (fine-tuning)."""
+    init: str = ""
+    """Backbone weights to start from (fine-tuning): a checkpoint path, s3:// URI,
+    runs:/<mlflow_run_id>, or '' / 'random' for random initialisation. Its backbone
+    settings replace backbone and width."""
 
     def validate(self, prefix: str) -> None:
         from rayssl.models import BACKBONES
@@ -221,6 +230,95 @@ class TrainConfig:
             )
 
 
+_CLIPS_HELP = "uniform:N (N uniformly spaced clips) or sliding:L:O (L frames, O overlap)"
+
+
+def _check_clips(key: str, value: str) -> None:
+    from rayssl.data.sampling import parse_clip_spec
+
+    try:
+        parse_clip_spec(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def _check_layers(key: str, layers: list[str], allow_empty: bool = False) -> None:
+    from rayssl.models.heads import POOL_LAYERS
+
+    if not layers and not allow_empty:
+        raise ConfigError(f"{key}: expected at least one layer of {list(POOL_LAYERS)}")
+    bad = [x for x in layers if x not in POOL_LAYERS]
+    if bad:
+        raise ConfigError(f"{key}: unknown layers {bad}; valid: {list(POOL_LAYERS)}")
+    if len(set(layers)) != len(layers):
+        raise ConfigError(f"{key}: duplicate layers in {layers}")
+
+
+@dataclass
+class InferenceSettings:
+    """How evaluation clips are cut and pushed through a model (features, tests)."""
+
+    clips: str = "uniform:10"
+    """Clip positions per video: uniform:N (N uniformly spaced clips, the retrieval and
+    fine-tuning test protocol) or sliding:L:O (L-frame clips overlapping by O frames)."""
+    batch_size: int = 16
+    """Clips per forward pass."""
+    num_actors: int = 0
+    """Model actors; 0 = one per GPU when the cluster has GPUs, else 1 (CPU)."""
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 1.0
+    """GPUs per model actor, used only when the cluster has GPUs."""
+    max_clips_per_task: int = 32
+    """A long video's clips are decoded in chunks of this many (bounded memory)."""
+
+    def validate(self, prefix: str) -> None:
+        _check_clips(f"{prefix}.clips", self.clips)
+        _in_range(f"{prefix}.batch_size", self.batch_size, 1, None)
+        _in_range(f"{prefix}.num_actors", self.num_actors, 0, None)
+        _in_range(f"{prefix}.cpus_per_actor", self.cpus_per_actor, 0.0, None)
+        _in_range(f"{prefix}.gpus_per_actor", self.gpus_per_actor, 0.0, None)
+        _in_range(f"{prefix}.max_clips_per_task", self.max_clips_per_task, 1, None)
+
+
+@dataclass
+class FinetuneSettings:
+    """The test protocol that ends a fine-tuning run (thesis: 10 clips, centre crop)."""
+
+    test_split: str = "test"
+    """Manifest split evaluated after training; '' skips the test protocol."""
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+
+    def validate(self, prefix: str) -> None:
+        self.inference.validate(f"{prefix}.inference")
+
+
+@dataclass
+class MonitorSettings:
+    """Watch features improve during pre-training: kNN retrieval on a labelled manifest."""
+
+    every_epochs: int = 0
+    """Run the monitor after every N epochs (and after the last); 0 = off."""
+    manifest: str = ""
+    """A small labelled manifest (local or s3://); '' = data.manifest."""
+    query_split: str = "val"
+    gallery_split: str = "train"
+    layer: str = "pool5"
+    clips: str = "uniform:4"
+    batch_size: int = 16
+    max_videos: int = 400
+    """At most this many videos per split (a deterministic subset): the monitor is a
+    trend, not the final evaluation."""
+
+    def validate(self, prefix: str) -> None:
+        _in_range(f"{prefix}.every_epochs", self.every_epochs, 0, None)
+        _check_layers(f"{prefix}.layer", [self.layer])
+        _check_clips(f"{prefix}.clips", self.clips)
+        _in_range(f"{prefix}.batch_size", self.batch_size, 1, None)
+        _in_range(f"{prefix}.max_videos", self.max_videos, 1, None)
+        if self.every_epochs and self.query_split == self.gallery_split:
+            raise ConfigError(f"{prefix}.query_split: must differ from {prefix}.gallery_split")
+
+
 @dataclass
 class RunSettings:
     """Identity of a run: name, where checkpoints go, seed, tracking."""
@@ -257,6 +355,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunSettings = field(default_factory=RunSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):
@@ -419,6 +519,17 @@ _UniqueKeyLoader.add_implicit_resolver(
 
 
 def config_from_dict(values: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
+    return typed_from_dict(Config, values, overrides)
+
+
+T = typing.TypeVar("T")
+
+
+def typed_from_dict(
+    cls: type[T], values: dict[str, Any], overrides: typing.Sequence[str] = ()
+) -> T:
+    """Build any config dataclass `cls` (with a `validate()` method) from a mapping plus
+    `key=value` overrides, as strictly as `Config`."""
     values = dict(values or {})
     for text in overrides:
         path, value = parse_override(text)
@@ -430,22 +541,28 @@ def config_from_dict(values: dict[str, Any], overrides: typing.Sequence[str] = (
                 node[part] = nxt
             node = nxt
         node[path[-1]] = value
-    return _build(Config, values).validate()
+    obj = _build(cls, values)
+    obj.validate()
+    return cast(T, obj)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping (keys set twice are an error)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        values = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {str(p)!r}: expected a mapping at the top level")
+    return values
 
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
     """Load a YAML config (or the defaults when `path` is None) and apply overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            values = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {str(p)!r}: expected a mapping at the top level")
+    values: dict[str, Any] = read_yaml(path) if path is not None else {}
     return config_from_dict(values, overrides)
 
 

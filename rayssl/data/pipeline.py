@@ -105,6 +105,40 @@ def _source(uri: str, options: storage.StorageOptions | None) -> str | bytes:
     return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
+class RowSkip(Exception):
+    """A manifest row whose frames cannot be read; `reason` is one of SKIP_REASONS."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_row_frames(
+    row: dict[str, Any],
+    wanted: np.ndarray,
+    size: tuple[int, int] | None,
+    options: storage.StorageOptions | None,
+    threads: int = 1,
+) -> np.ndarray:
+    """Frames `wanted` ((N,) indices) of a manifest row's video as (N, H, W, 3) uint8, in
+    one decode; raises `RowSkip` with the reason when the video cannot be read."""
+    try:
+        return read_frames(
+            _source(str(row["uri"]), options),
+            wanted,
+            size=size,
+            keyframes=_as_list(row.get("keyframes")),
+            keyframe_pts=_as_list(row.get("keyframe_pts")),
+            threads=threads,
+        )
+    except VideoError as e:
+        raise RowSkip(e.reason) from e
+    except storage.StorageNotFoundError as e:
+        raise RowSkip("missing") from e
+    except storage.StorageError as e:
+        raise RowSkip("storage_error") from e
+
+
 def sample_row(row: dict[str, Any], spec: SamplerSpec) -> dict[str, Any]:
     """Turn one draw row (manifest fields + `epoch`, `draw`) into one sample.
 
@@ -117,22 +151,16 @@ def sample_row(row: dict[str, Any], spec: SamplerSpec) -> dict[str, Any]:
     if plan is None:
         return _placeholder(spec, row, "too_short")
     lengths = [len(c) for c in plan.clips]
-    wanted = np.concatenate(plan.clips)
     try:
-        frames = read_frames(
-            _source(str(row["uri"]), spec.storage_options),
-            wanted,
-            size=spec.decode_size,
-            keyframes=_as_list(row.get("keyframes")),
-            keyframe_pts=_as_list(row.get("keyframe_pts")),
-            threads=spec.decode_threads,
+        frames = read_row_frames(
+            row,
+            np.concatenate(plan.clips),
+            spec.decode_size,
+            spec.storage_options,
+            spec.decode_threads,
         )
-    except VideoError as e:
+    except RowSkip as e:
         return _placeholder(spec, row, e.reason)
-    except storage.StorageNotFoundError:
-        return _placeholder(spec, row, "missing")
-    except storage.StorageError:
-        return _placeholder(spec, row, "storage_error")
     clips = np.split(frames, np.cumsum(lengths)[:-1])
     augment = augment_config(spec.settings)
     try:

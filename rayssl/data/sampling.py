@@ -123,3 +123,57 @@ def fraction_mask(video_ids: Sequence[str], fraction: float, seed: int = 0) -> n
     mask = np.zeros(n, dtype=bool)
     mask[ranks[:keep]] = True
     return mask
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Evaluation clip positions: `uniform` (num_clips uniformly spaced clips of
+    clip_len frames; the retrieval / fine-tuning test protocol) or `sliding` (clip_len
+    frames every clip_len - overlap frames; the dynamic-scene and ASLAN protocol)."""
+
+    kind: str  # "uniform" | "sliding"
+    num_clips: int = 0  # uniform
+    clip_len: int = 0  # sliding: frames per clip (uniform uses the run's clip_len)
+    overlap: int = 0  # sliding
+
+    def __str__(self) -> str:
+        if self.kind == "uniform":
+            return f"uniform:{self.num_clips}"
+        return f"sliding:{self.clip_len}:{self.overlap}"
+
+
+def parse_clip_spec(text: str) -> ClipSpec:
+    """'uniform:10' or 'sliding:16:8' -> ClipSpec; ValueError explains the format."""
+    parts = str(text).strip().split(":")
+    try:
+        if parts[0] == "uniform" and len(parts) == 2 and int(parts[1]) >= 1:
+            return ClipSpec("uniform", num_clips=int(parts[1]))
+        if parts[0] == "sliding" and len(parts) == 3:
+            length, overlap = int(parts[1]), int(parts[2])
+            if length >= 1 and 0 <= overlap < length:
+                return ClipSpec("sliding", clip_len=length, overlap=overlap)
+    except ValueError:
+        pass
+    raise ValueError(
+        f"bad clip spec {text!r}: expected uniform:N (N >= 1) or sliding:L:O (0 <= O < L)"
+    )
+
+
+def sliding_clip_indices(num_frames: int, clip_len: int, overlap: int) -> np.ndarray:
+    """(num_clips, clip_len) indices of clip_len-frame clips every clip_len - overlap
+    frames, all inside the video; a video shorter than clip_len gives one clip padded by
+    repeating its last frame (as `eval_clip_indices`)."""
+    stride = clip_len - overlap
+    last_start = max(num_frames - clip_len, 0)
+    starts = np.arange(0, last_start + 1, stride, dtype=np.int64)
+    idx = starts[:, None] + np.arange(clip_len)[None, :]
+    return np.minimum(idx, num_frames - 1)
+
+
+def clip_indices(spec: ClipSpec, num_frames: int, clip_len: int) -> np.ndarray:
+    """(num_clips, frames per clip) source-frame indices of a video's evaluation clips."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if spec.kind == "uniform":
+        return eval_clip_indices(num_frames, clip_len, spec.num_clips)
+    return sliding_clip_indices(num_frames, spec.clip_len, spec.overlap)

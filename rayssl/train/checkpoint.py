@@ -25,11 +25,13 @@ def save_training_state(
     epoch: int,
     sampler: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Path:
     """Write the state after `epoch` finished; resuming starts at epoch + 1.
 
     `sampler` holds what the data pipeline needs to continue the same stream
     (seed, next epoch); every clip's randomness derives from (seed, video, epoch, draw).
+    `config` is the run's config as a dict: evaluations rebuild the backbone from it.
     """
     path = Path(directory) / STATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +44,7 @@ def save_training_state(
             "epoch": epoch,
             "sampler": sampler,
             "extra": extra or {},
+            "config": config or {},
         },
         path,
     )
