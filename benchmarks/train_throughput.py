@@ -16,7 +16,7 @@ Runs from the repo (`python benchmarks/train_throughput.py`) or as a copy of the
 a GPU machine that has only torch installed: it imports `rayssl.models` from the repo
 root and nothing else from rayssl.
 
-    python benchmarks/train_throughput.py --anchor /work/shared/reference/h100-anchor.json
+    python benchmarks/train_throughput.py --anchor benchmarks/h100-anchor.json
     python benchmarks/train_throughput.py --device cpu --size 64 --batch-size 2 --steps 2
 """
 

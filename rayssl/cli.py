@@ -5,6 +5,11 @@ rayssl manifest S --out S.parquet [--format folder|ucf101|hmdb51|kinetics]
 rayssl preview S.parquet --pretext pace --num-clips 16 [--no-augment] --out P
 rayssl pretrain --config configs/debug.yaml [key=value ...]
 rayssl prepare M.parquet --out DST [--short-side 128] [--gop 16]
+rayssl finetune --checkpoint X --config configs/finetune_ucf101.yaml [key=value ...]
+rayssl features --checkpoint X --manifest M --layers pool3 pool5 --clips uniform:10 --out F.parquet
+rayssl evaluate --checkpoint X --suite configs/eval_ucf101.yaml --out DIR [--baseline]
+
+`key=value` config overrides are accepted anywhere on the command line.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         seed=args.seed,
         gop=args.gop,
+        classes=args.classes.split(",") if args.classes else None,
     )
     print(
         f"wrote {len(videos)} {args.codec} videos ({args.num_frames} frames, "
@@ -120,6 +126,122 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `rayssl finetune` and `jobs/finetune.py` (one definition)."""
+    parser.add_argument("--config", required=True, help="fine-tuning config (YAML)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="pre-trained weights: path, s3://, runs:/<id>, or 'random' (default: model.init)",
+    )
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+
+
+def finetune_from_args(args: argparse.Namespace) -> dict:
+    from rayssl.evaluate.finetune import finetune
+
+    return finetune(load_config(args.config, args.overrides), args.checkpoint)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    result = finetune_from_args(args)
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from rayssl.evaluate.checkpoint import build_backbone_from, resolve_checkpoint
+    from rayssl.evaluate.features import extract_features, load_manifest, write_features
+    from rayssl.evaluate.suite import load_suite
+    from rayssl.launch import _init_ray, resolve_paths
+
+    overrides = [f"data.manifest={args.manifest}", *args.overrides]
+    if args.layers:
+        overrides.append(f"features.layers={list(args.layers)}")
+    if args.clips:
+        overrides.append(f"features.inference.clips={args.clips}")
+    suite = load_suite(args.config, overrides)
+    cfg = resolve_paths(suite.as_config())
+    source = resolve_checkpoint(args.checkpoint, cfg)
+    backbone = build_backbone_from(source)
+    table = load_manifest(cfg.data.manifest, cfg.data)
+    _init_ray()
+    t0 = time.perf_counter()
+    inference = replace(suite.features.inference)
+    feats = extract_features(backbone, table, cfg.data, inference, suite.features.layers)
+    options = storage_options(cfg.data.endpoint_url)
+    write_features(feats, args.out, options=options)
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "videos": len(feats.video_ids),
+                "skipped": feats.skipped,
+                "layers": {k: v.shape[1] for k, v in feats.outputs.items()},
+                "clips": inference.clips,
+                "checkpoint": source.label,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+    )
+    return 0 if feats.video_ids else 1
+
+
+def storage_options(endpoint_url: str):
+    from rayssl.data import storage
+
+    return storage.StorageOptions(endpoint_url=endpoint_url or None)
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `rayssl evaluate` and `jobs/evaluate.py` (one definition)."""
+    parser.add_argument("--checkpoint", required=True, help="path, s3://, runs:/<id> or random")
+    parser.add_argument("--suite", required=True, help="evaluation suite (configs/eval_*.yaml)")
+    parser.add_argument("--out", required=True, help="output folder (results.json, plots)")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also evaluate the same backbone at random init (same seed) and compare",
+    )
+    parser.add_argument("overrides", nargs="*", help="key=value suite overrides")
+
+
+def evaluate_from_args(args: argparse.Namespace) -> dict:
+    """Run the suite (and the random-init baseline with --baseline); print the table."""
+    from pathlib import Path
+
+    from rayssl.evaluate.suite import (
+        baseline_suite,
+        comparison_table,
+        evaluate_checkpoint,
+        load_suite,
+    )
+
+    suite = load_suite(args.suite, args.overrides)
+    suite_dir = Path(args.suite).resolve().parent
+    main = evaluate_checkpoint(suite, args.checkpoint, args.out, suite_dir)
+    print("\n".join(main["report"]))
+    columns = {main["source"].label: main["results"]}
+    out = {"results": main["results"], "mlflow_run_id": main["mlflow_run_id"], "out": args.out}
+    if args.baseline and main["source"].kind != "random":
+        base = evaluate_checkpoint(
+            baseline_suite(suite, main["source"]), "random", Path(args.out) / "baseline", suite_dir
+        )
+        columns["random init"] = base["results"]
+        out["baseline"] = {"results": base["results"], "mlflow_run_id": base["mlflow_run_id"]}
+    print()
+    print(comparison_table(columns))
+    print(f"\nresults: {Path(args.out) / 'results.json'}")
+    return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    evaluate_from_args(args)
+    return 0
+
+
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `rayssl prepare` and `jobs/prepare.py` (one definition)."""
     parser.add_argument("src", help="manifest (.parquet, local or s3://) or a class-folder root")
@@ -168,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=float, default=25.0)
     s.add_argument("--codec", default="mpeg4-bframes", help="h264 | mpeg4-bframes | mpeg4")
     s.add_argument("--num-classes", type=int, default=4)
+    s.add_argument(
+        "--classes",
+        default="",
+        help="comma-separated motion kinds (e.g. translate_right,rotate_cw,zoom_in); "
+        "default: the first --num-classes",
+    )
     s.add_argument("--gop", type=int, default=None, help="keyframe interval (frames)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
@@ -207,15 +335,54 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("prepare", help="transcode a manifest's videos to training-ready H.264")
     add_prepare_arguments(r)
     r.set_defaults(func=cmd_prepare)
+
+    f = sub.add_parser("finetune", help="fine-tune for action recognition, then test (Ray Train)")
+    add_finetune_arguments(f)
+    f.set_defaults(func=cmd_finetune)
+
+    x = sub.add_parser("features", help="per-video features of a manifest (Ray Data) to Parquet")
+    x.add_argument("--checkpoint", required=True, help="path, s3://, runs:/<id> or random")
+    x.add_argument("--manifest", required=True, help="manifest (.parquet, local or s3://)")
+    x.add_argument("--layers", nargs="+", default=None, help="pool1..pool5 (default pool3-5)")
+    x.add_argument("--clips", default=None, help="uniform:N or sliding:L:O (default uniform:10)")
+    x.add_argument("--out", required=True, help="features Parquet (local or s3://)")
+    x.add_argument("--config", default=None, help="suite YAML for data sizes / model settings")
+    x.add_argument("overrides", nargs="*", help="key=value overrides")
+    x.set_defaults(func=cmd_features)
+
+    e = sub.add_parser("evaluate", help="run an evaluation suite on a checkpoint")
+    add_evaluate_arguments(e)
+    e.set_defaults(func=cmd_evaluate)
     return p
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, taking `key=value` overrides wherever they are typed (argparse alone only
+    takes positionals before the options that follow them)."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    unknown = [a for a in extra if a not in overrides]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides:
+        if not hasattr(args, "overrides"):
+            parser.error(f"this command takes no key=value overrides: {' '.join(overrides)}")
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from rayssl.data.manifest import ManifestError
+    from rayssl.evaluate.checkpoint import CheckpointError
+
+    args = parse_args(build_parser(), argv)
     try:
         return int(args.func(args))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except (CheckpointError, ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
 

@@ -92,6 +92,9 @@ class DataConfig:
     rows_per_task: int = 4
     """Clips decoded per Ray Data batch."""
     prefetch_batches: int = 2
+    progress_logs: bool = False
+    """Ray Data's progress logs for every pipeline (one per epoch and worker): off keeps
+    the job log readable; the per-epoch metrics say how the data side keeps up."""
     endpoint_url: str = ""
     """S3 endpoint URL only (e.g. http://minio:9000); credentials come from the
     standard AWS environment, never from configs."""
@@ -213,6 +216,10 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     """Cap on steps per epoch (0 = no cap); for smoke tests."""
     num_checkpoints_to_keep: int = 2
+    torch_threads: int = 0
+    """CPU threads for torch in each train worker; 0 = Ray's setting (OMP_NUM_THREADS =
+    the worker's whole CPUs, 1 for a fractional worker). A CPU run whose decoding is light
+    trains faster with more (measured: 19 -> 30 clips/s, C3D/4 at 56 px, 1 -> 2 threads)."""
 
     def validate(self, prefix: str) -> None:
         _in_range(f"{prefix}.batch_size", self.batch_size, 1, None)
@@ -223,6 +230,7 @@ class TrainConfig:
         _in_range(f"{prefix}.log_every_steps", self.log_every_steps, 1, None)
         _in_range(f"{prefix}.max_steps_per_epoch", self.max_steps_per_epoch, 0, None)
         _in_range(f"{prefix}.num_checkpoints_to_keep", self.num_checkpoints_to_keep, 1, None)
+        _in_range(f"{prefix}.torch_threads", self.torch_threads, 0, None)
         if self.num_workers > 0 and self.batch_size % self.num_workers:
             raise ConfigError(
                 f"{prefix}.batch_size: {self.batch_size} is not divisible by "
@@ -270,6 +278,10 @@ class InferenceSettings:
     """GPUs per model actor, used only when the cluster has GPUs."""
     max_clips_per_task: int = 32
     """A long video's clips are decoded in chunks of this many (bounded memory)."""
+    decode_tasks: int = 0
+    """Decode tasks running at once; 0 = as many as the cluster has CPUs."""
+    torch_threads: int = 0
+    """CPU threads for torch in each model actor; 0 = Ray's setting (the actor's CPUs)."""
 
     def validate(self, prefix: str) -> None:
         _check_clips(f"{prefix}.clips", self.clips)
@@ -278,6 +290,8 @@ class InferenceSettings:
         _in_range(f"{prefix}.cpus_per_actor", self.cpus_per_actor, 0.0, None)
         _in_range(f"{prefix}.gpus_per_actor", self.gpus_per_actor, 0.0, None)
         _in_range(f"{prefix}.max_clips_per_task", self.max_clips_per_task, 1, None)
+        _in_range(f"{prefix}.decode_tasks", self.decode_tasks, 0, None)
+        _in_range(f"{prefix}.torch_threads", self.torch_threads, 0, None)
 
 
 @dataclass

@@ -44,6 +44,21 @@ def resolve_paths(cfg: Config) -> Config:
     return replace(cfg, data=data, run=run)
 
 
+def quiet_ray_data(progress_logs: bool = False) -> None:
+    """Turn Ray Data's per-pipeline progress logs off in this process (unless asked for):
+    a run builds a pipeline per epoch and worker, and their logs bury its own output."""
+    if progress_logs:
+        return
+    import logging
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
 def _init_ray() -> None:
     import ray
 
@@ -91,18 +106,84 @@ def build_trainer(cfg: Config):
     )
 
 
-def pretrain(cfg: Config) -> dict[str, Any]:
-    """Run (or resume) a pre-training job; returns the final metrics and locations."""
+def prepare_config(cfg: Config) -> Config:
+    """Resolve paths and check, before anything starts on the cluster, what a run needs:
+
+    * `model.init` (fine-tuning) exists and fits; its backbone settings replace the config's;
+    * a task that trains on class labels gets a labelled split (and `pretext.num_classes`
+      from the manifest when 0);
+    * the monitor's manifest has its labelled query and gallery splits.
+    """
     cfg = resolve_paths(cfg)
     if not cfg.data.manifest:
         raise ValueError("data.manifest: set it to a manifest URI (rayssl manifest ... --out M)")
+    if cfg.model.init not in ("", "random"):
+        from rayssl.evaluate.checkpoint import (
+            build_backbone_from,
+            resolve_checkpoint,
+            with_checkpoint_model,
+        )
+
+        source = resolve_checkpoint(cfg.model.init, cfg)
+        build_backbone_from(source)  # a checkpoint that does not fit fails here, not on workers
+        cfg = with_checkpoint_model(cfg, source)
+    from rayssl.pretext import PRETEXTS
+
+    if getattr(PRETEXTS[cfg.pretext.name], "needs_labels", False):
+        cfg = _with_num_classes(cfg)
+    if cfg.monitor.every_epochs:
+        from rayssl.evaluate.monitor import monitor_videos
+
+        monitor_videos(cfg)
+    return cfg
+
+
+def _with_num_classes(cfg: Config) -> Config:
+    from rayssl.data.manifest import read_manifest, require_labels
+
+    options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
+    table = read_manifest(cfg.data.manifest, options=options)
+    train = require_labels(table, f"pretext {cfg.pretext.name}", split=cfg.data.split or None)
+    if cfg.data.val_split:
+        require_labels(table, f"pretext {cfg.pretext.name} (data.val_split)", cfg.data.val_split)
+    labelled = require_labels(table, f"pretext {cfg.pretext.name}")
+    found = int(max(labelled["label"].to_pylist())) + 1
+    if cfg.pretext.num_classes == 0:
+        return replace(cfg, pretext=replace(cfg.pretext, num_classes=found))
+    if found > cfg.pretext.num_classes:
+        raise ValueError(
+            f"pretext.num_classes: {cfg.pretext.num_classes}, but the manifest has labels up "
+            f"to {found - 1} ({train.num_rows} training videos)"
+        )
+    return cfg
+
+
+def pretrain(cfg: Config) -> dict[str, Any]:
+    """Run (or resume) a pre-training job; returns the final metrics and locations."""
+    return run_training(cfg)[0]
+
+
+def run_training(cfg: Config) -> tuple[dict[str, Any], Config]:
+    """Run (or resume) a training job of `cfg`'s task (a pretext, or supervised
+    fine-tuning). Returns the final metrics and locations, and the config as run."""
+    cfg = prepare_config(cfg)
     _init_ray()
     result = build_trainer(cfg).fit()
     metrics = dict(result.metrics or {})
-    return {
+    summary = {
         "run_name": cfg.run.name,
         "storage_path": cfg.run.storage_path,
         "tracking_uri": storage.redact(cfg.run.tracking_uri),
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": _checkpoint_uri(cfg, result.checkpoint.path) if result.checkpoint else None,
+        "mlflow_run_id": str(metrics.get("mlflow_run_id") or ""),
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float | str)},
     }
+    return summary, cfg
+
+
+def _checkpoint_uri(cfg: Config, path: str) -> str:
+    """Ray reports a checkpoint path relative to its filesystem: give S3 ones back their
+    scheme, so the result can be passed on as `--checkpoint`."""
+    if storage.is_s3(cfg.run.storage_path) and not storage.is_s3(path):
+        return "s3://" + path.lstrip("/")
+    return path

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,10 +138,13 @@ def submit_job(
     log_path: str | Path | None = None,
     submission_id: str | None = None,
     wait: bool = True,
+    on_line: Callable[[str], None] | None = None,
 ) -> subprocess.CompletedProcess:
     """`ray job submit --working-dir DIR -- ENTRYPOINT` against the head.
 
     Waits for the job unless `wait` is False (then returns once it is submitted).
+    `on_line` is called with every line of the job's output as it arrives (the
+    demo shows its progress lines live); the whole output is still returned.
     """
     import json
 
@@ -161,7 +164,7 @@ def submit_job(
     cmd += ["--", *entrypoint]
     deadline = time.monotonic() + 120
     while True:
-        out = subprocess.run(cmd, env=head.env, capture_output=True, text=True, timeout=timeout_s)
+        out = _run(cmd, head.env, timeout_s, on_line)
         # A fresh head answers before its job agent is up; that submission was refused
         # (no job was created), so trying again is safe.
         if out.returncode == 0 or "No available agent" not in out.stderr:
@@ -172,6 +175,35 @@ def submit_job(
     if log_path:
         Path(log_path).write_text(out.stdout + "\n--- stderr ---\n" + out.stderr)
     return out
+
+
+def _run(
+    cmd: list[str],
+    env: Mapping[str, str],
+    timeout_s: float,
+    on_line: Callable[[str], None] | None,
+) -> subprocess.CompletedProcess:
+    if on_line is None:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    import tempfile
+    import threading
+
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        # A timer stops a job submission that outlives timeout_s (as subprocess.run would).
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
+        lines = []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                on_line(line.rstrip("\n"))
+            proc.wait()
+        finally:
+            timer.cancel()
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), err.read())
 
 
 def stop_job(head: Head, submission_id: str, timeout_s: float = 120.0) -> None:

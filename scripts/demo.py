@@ -1,14 +1,21 @@
-"""`make demo`: generate videos, index them, and submit pace pre-training to a local
-Ray head with `ray job submit`, logging to MLflow (sqlite). Stops the head it started.
+"""`make demo`: generate labelled videos, index them, submit pace pre-training to a local
+Ray head with `ray job submit` (logged to MLflow, sqlite), then submit the evaluation of
+the pre-trained backbone against the same backbone at random init, and show that it
+learned. Stops the head (and the S3 server) it started.
 
-    python scripts/demo.py [--storage local|s3] [--workdir demo_data]
+    python scripts/demo.py [--storage local|s3] [--workdir demo_data] [key=value ...]
+
+The terminal shows one line per epoch and the final table; Ray's own output goes to
+DIR/job-pretrain.log, DIR/job-evaluate.log and DIR/ray-head.log.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,11 +26,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rayssl.localhead import local_ray_head, submit_job  # noqa: E402
+from rayssl.train.loop import PROGRESS_PREFIX  # noqa: E402
+
+#: Motion kinds of the demo's videos: one per family (translation, rotation, zoom,
+#: oscillation). Pace is blind to a motion's direction, so directions of one family
+#: would be classes no pace-trained feature can tell apart.
+DEMO_CLASSES = "translate_right,rotate_cw,zoom_in,oscillate_horizontal"
+_RAY_PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?\([^)]*\)(\x1b\[[0-9;]*m)?\s*")
 
 
-def sh(args: list[str], env: dict | None = None) -> None:
-    print("+", " ".join(args), flush=True)
-    subprocess.run(args, check=True, env=env)
+def run_quiet(args: list[str], env: dict, log: Path) -> None:
+    """Run a step, its output to `log`; on failure show the tail and stop."""
+    with log.open("a") as f:
+        f.write("+ " + " ".join(args) + "\n")
+        f.flush()
+        out = subprocess.run(args, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if out.returncode != 0:
+        print(log.read_text()[-3000:], file=sys.stderr)
+        raise SystemExit(f"demo: step failed: {' '.join(args[:4])} (log: {log})")
 
 
 def git_commit() -> str:
@@ -48,6 +68,18 @@ def s3_storage(work: Path):
         }
 
 
+def show_progress(line: str) -> None:
+    """Print the job's one-line-per-epoch progress; everything else stays in the log."""
+    text = _RAY_PREFIX.sub("", line)
+    if text.startswith(PROGRESS_PREFIX):
+        print("  " + text[len(PROGRESS_PREFIX) :].strip(), flush=True)
+
+
+def result_of(stdout: str) -> dict:
+    lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+    return json.loads(lines[-1][len("RESULT ") :]) if lines else {}
+
+
 def main() -> int:
     # A SIGTERM (e.g. a CI timeout) unwinds the context managers, so the Ray head and
     # the S3 server this demo started are stopped too.
@@ -55,7 +87,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--storage", choices=["local", "s3"], default="local")
     ap.add_argument("--workdir", default=str(ROOT / "demo_data"))
-    ap.add_argument("--num-videos", type=int, default=120)
+    ap.add_argument("--num-videos", type=int, default=240)
     ap.add_argument("overrides", nargs="*", help="extra key=value for the pre-training config")
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
@@ -63,31 +95,15 @@ def main() -> int:
     py = sys.executable
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     t0 = time.time()
+    steps_log = work / "steps.log"
 
     if not (work / "videos").exists():
-        sh(
-            [
-                py,
-                "-m",
-                "rayssl.cli",
-                "synth",
-                "--out",
-                str(work / "videos"),
-                "--num-videos",
-                str(args.num_videos),
-                "--num-frames",
-                "64",
-                "--height",
-                "128",
-                "--width",
-                "170",
-                "--codec",
-                "h264",
-                "--num-classes",
-                "4",
-            ],
-            env,
-        )
+        print(f"1/4 generating {args.num_videos} labelled videos ({DEMO_CLASSES})", flush=True)
+        synth = ["synth", "--out", str(work / "videos"), "--num-videos", str(args.num_videos)]
+        synth += ["--num-frames", "64", "--height", "64", "--width", "86", "--codec", "h264"]
+        run_quiet([py, "-m", "rayssl.cli", *synth, "--classes", DEMO_CLASSES], env, steps_log)
+    else:
+        print(f"1/4 reusing the videos in {work / 'videos'}", flush=True)
 
     tracking = f"sqlite:///{ROOT / 'mlruns.db'}"
     run_name = f"demo-{args.storage}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -102,30 +118,18 @@ def main() -> int:
                 str(work / "manifest.parquet"),
                 str(work / "runs"),
             )
-        sh(
-            [
-                py,
-                "-m",
-                "rayssl.cli",
-                "manifest",
-                videos,
-                "--out",
-                manifest,
-                "--val-fraction",
-                "0.2",
-            ],
-            env,
-        )
+        print(f"2/4 indexing them: {manifest} (30% held out as split 'val')", flush=True)
+        manifest_cmd = [py, "-m", "rayssl.cli", "manifest", videos, "--out", manifest]
+        run_quiet([*manifest_cmd, "--val-fraction", "0.3"], env, steps_log)
 
         job_env = {"MLFLOW_TRACKING_URI": tracking, "RAYSSL_GIT_COMMIT": git_commit()}
-        # Credentials reach the job through the head's environment (inherited by every
+        # Credentials reach the jobs through the head's environment (inherited by every
         # Ray worker), not through --runtime-env-json, which Ray records in job info.
         head_env = {**job_env, **{k: v for k, v in env.items() if k.startswith("AWS_")}}
-        print("starting a local Ray head (stopped by pid at the end)", flush=True)
         head = stack.enter_context(
             local_ray_head(num_cpus=4, env=head_env, log_path=work / "ray-head.log")
         )
-        print(f"Ray head {head.address}, dashboard {head.dashboard_url}", flush=True)
+        print(f"3/4 pace pre-training on a local Ray head ({head.dashboard_url}):", flush=True)
         entry = [
             "python",
             "jobs/pretrain.py",
@@ -136,31 +140,69 @@ def main() -> int:
             f"run.name={run_name}",
             *args.overrides,
         ]
-        print("+ ray job submit --working-dir . -- " + " ".join(entry), flush=True)
-        out = submit_job(head, entry, ROOT, env_vars=job_env, log_path=work / "job.log")
-        print(out.stdout[-3000:])
+        print("  ray job submit --working-dir . -- " + " ".join(entry), flush=True)
+        out = submit_job(
+            head,
+            entry,
+            ROOT,
+            env_vars=job_env,
+            log_path=work / "job-pretrain.log",
+            on_line=show_progress,
+        )
         if out.returncode != 0:
-            print(out.stderr[-3000:], file=sys.stderr)
-            print(f"demo: the job failed (log: {work / 'job.log'})", file=sys.stderr)
+            print(out.stdout[-3000:] + out.stderr[-3000:], file=sys.stderr)
+            print(f"demo: the job failed (log: {work / 'job-pretrain.log'})", file=sys.stderr)
+            return 1
+        pretrained = result_of(out.stdout)
+
+        eval_dir = work / "eval"
+        print("4/4 evaluating the pre-trained backbone against random init:", flush=True)
+        entry = [
+            "python",
+            "jobs/evaluate.py",
+            "--checkpoint",
+            pretrained["checkpoint"],
+            "--suite",
+            "configs/eval_demo.yaml",
+            "--out",
+            str(eval_dir),
+            "--baseline",
+            f"data.manifest={manifest}",
+            f"run.name={run_name}-eval",
+        ]
+        print("  ray job submit --working-dir . -- " + " ".join(entry), flush=True)
+        out = submit_job(head, entry, ROOT, env_vars=job_env, log_path=work / "job-evaluate.log")
+        if out.returncode != 0:
+            print(out.stdout[-3000:] + out.stderr[-3000:], file=sys.stderr)
+            print(f"demo: evaluation failed (log: {work / 'job-evaluate.log'})", file=sys.stderr)
             return 1
 
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking)
-    runs_df = mlflow.search_runs(
-        experiment_names=["rayssl-debug"],
-        filter_string=f"tags.run_name = '{run_name}'",
-        order_by=["start_time DESC"],
-    )
-    if len(runs_df):
-        row = runs_df.iloc[0]
-        cols = [c for c in runs_df.columns if c.startswith("metrics.")]
-        print("\nfinal metrics of MLflow run", row["run_id"])
-        for c in sorted(cols):
-            print(f"  {c[len('metrics.') :]:24s} {row[c]:.4g}")
-    print(f"\ndemo finished in {time.time() - t0:.0f}s. Open MLflow with:")
+    report(pretrained, eval_dir)
+    print(f"\ndemo finished in {time.time() - t0:.0f}s. Logs: {work}/*.log. Open MLflow with:")
     print(f"  .venv/bin/mlflow ui --backend-store-uri {tracking}")
     return 0
+
+
+def report(pretrained: dict, eval_dir: Path) -> None:
+    """The final table: held-out pace accuracy, retrieval and linear probe vs random."""
+    m = pretrained.get("metrics", {})
+    ours = json.loads((eval_dir / "results.json").read_text())
+    base = json.loads((eval_dir / "baseline" / "results.json").read_text())
+    classes = len(DEMO_CLASSES.split(","))
+    print("\nresult (held-out videos: split 'val'):")
+    print(
+        f"  held-out pace accuracy   {m.get('val/pace_acc', float('nan')):.3f}   "
+        f"(4 paces: chance 0.25; train {m.get('train/pace_acc', float('nan')):.3f})"
+    )
+    print(f"  {'':24s} {'pre-trained':>12s} {'random init':>12s}   (chance {1 / classes:.2f})")
+    for key, name in (
+        ("retrieval/pool5/top1", "retrieval top-1 (pool5)"),
+        ("retrieval/pool4/top1", "retrieval top-1 (pool4)"),
+        ("retrieval/pool3/top1", "retrieval top-1 (pool3)"),
+        ("linear/pool5/accuracy", "linear probe (pool5)"),
+    ):
+        print(f"  {name:24s} {ours[key]:12.3f} {base[key]:12.3f}")
+    print(f"  plots: {eval_dir}/retrieval_topk.png, {eval_dir}/attention.png")
 
 
 if __name__ == "__main__":

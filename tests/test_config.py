@@ -327,10 +327,58 @@ def test_override_through_load_config_cli_errors_name_key(tmp_path):
 
 
 def test_every_shipped_config_loads():
+    from rayssl.evaluate.suite import load_suite
+
     files = sorted((REPO / "configs").glob("*.yaml"))
     assert files, "configs/ holds no YAML file"
     for path in files:
+        if path.name.startswith("eval_"):  # evaluation suites (rayssl evaluate --suite)
+            load_suite(path).validate()
+            continue
         cfg = load_config(path)
         assert isinstance(cfg, Config), path
         # Re-validating the loaded object must not fail either.
         cfg.validate()
+
+
+def test_cli_takes_overrides_anywhere(tmp_path):
+    """`rayssl preview SRC --out DIR key=value` used to fail with 'unrecognized arguments'."""
+    from rayssl.cli import build_parser, parse_args
+
+    parser = build_parser()
+    args = parse_args(
+        parser,
+        ["preview", "m.parquet", "--out", "D", "data.clip_len=8", "--no-augment", "run.seed=2"],
+    )
+    assert args.src == "m.parquet" and args.out == "D" and args.no_augment
+    assert args.overrides == ["data.clip_len=8", "run.seed=2"]
+    args = parse_args(parser, ["pretrain", "a=1", "--config", "c.yaml", "b=2"])
+    assert args.overrides == ["a=1", "b=2"]
+    args = parse_args(
+        parser, ["evaluate", "--checkpoint", "random", "x.y=1", "--suite", "s", "--out", "o"]
+    )
+    assert args.overrides == ["x.y=1"]
+    with pytest.raises(SystemExit):
+        parse_args(parser, ["pretrain", "--config", "c.yaml", "--bogus"])
+    with pytest.raises(SystemExit):
+        parse_args(parser, ["synth", "--out", "o", "a=1"])  # synth takes no overrides
+
+
+def test_progress_line():
+    from rayssl.train.loop import progress_line
+
+    m = {
+        "epoch": 2,
+        "train/loss": 1.25,
+        "train/pace_acc": 0.5,
+        "train/clips_per_s": 38.04,
+        "train/data_wait_frac": 0.051,
+        "val/loss": 1.5,
+        "val/pace_acc": 0.625,
+        "monitor/retrieval_top1": 0.4,
+    }
+    line = progress_line(m, 14, "pace_acc")
+    assert line == (
+        "[rayssl] epoch 3/14 | train loss 1.250 pace_acc 0.500 | val loss 1.500 pace_acc 0.625"
+        " | 38.0 clips/s, data wait 5% | retrieval top1 0.400"
+    )

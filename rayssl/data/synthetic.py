@@ -27,7 +27,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -505,10 +505,12 @@ def generate_dataset(
     num_classes: int = 4,
     seed: int = 0,
     gop: int | None = None,
+    classes: Sequence[str] | None = None,
 ) -> list[SynthVideo]:
     """Generate a balanced motion-classification dataset of encoded videos.
 
-    Video ``i`` has label ``i % num_classes`` (the motion kind ``MOTION_CLASSES[label]``) and is
+    Video ``i`` has label ``i % num_classes`` (the motion kind ``MOTION_CLASSES[label]``, or
+    ``classes[label]``) and is
     rendered from ``np.random.default_rng([seed, i])``, so the output is deterministic for a
     seed and any single video can be regenerated on its own. Files are laid out folder-per-class:
     ``out_dir/<class_name>/<class_name>_<i:04d><ext>`` (existing files are overwritten).
@@ -521,9 +523,13 @@ def generate_dataset(
         width: frame width, even, >= 2.
         fps: frame rate written to the container.
         codec: key of :data:`CODECS`.
-        num_classes: number of motion classes used, ``1 <= num_classes <= len(MOTION_CLASSES)``.
+        num_classes: number of motion classes used, ``1 <= num_classes <= len(MOTION_CLASSES)``:
+            the first ``num_classes`` of :data:`MOTION_CLASSES`.
         seed: non-negative integer seed.
         gop: keyframe interval, ``None`` for the codec default.
+        classes: the motion kinds to use instead (names from :data:`MOTION_CLASSES`, no
+            repeats); video ``i`` then shows ``classes[i % len(classes)]`` and
+            ``num_classes`` is ignored.
 
     Returns:
         One :class:`SynthVideo` per video, in index order.
@@ -532,11 +538,21 @@ def generate_dataset(
     num_frames = _check_positive_int("num_frames", num_frames)
     height = _check_even("height", height)
     width = _check_even("width", width)
-    num_classes = _check_positive_int("num_classes", num_classes)
-    if num_classes > len(MOTION_CLASSES):
-        raise ValueError(
-            f"num_classes must be <= {len(MOTION_CLASSES)} (len(MOTION_CLASSES)), got {num_classes}"
-        )
+    if classes is not None:
+        names = list(classes)
+        bad = [c for c in names if c not in MOTION_CLASSES]
+        if not names or bad or len(set(names)) != len(names):
+            raise ValueError(
+                f"classes must be distinct names of {MOTION_CLASSES}, got {list(classes)}"
+            )
+    else:
+        num_classes = _check_positive_int("num_classes", num_classes)
+        if num_classes > len(MOTION_CLASSES):
+            raise ValueError(
+                f"num_classes must be <= {len(MOTION_CLASSES)} (len(MOTION_CLASSES)), "
+                f"got {num_classes}"
+            )
+        names = list(MOTION_CLASSES[:num_classes])
     seed = _check_positive_int("seed", seed, 0)
     spec = _codec_spec(codec)
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
@@ -547,8 +563,8 @@ def generate_dataset(
     out_dir = Path(out_dir)
     videos = []
     for i in range(num_videos):
-        label = i % num_classes
-        name = MOTION_CLASSES[label]
+        label = i % len(names)
+        name = names[label]
         rng = np.random.default_rng([seed, i])
         frames = render_video(num_frames, height, width, name, rng)
         path = out_dir / name / f"{name}_{i:04d}{spec.extension}"

@@ -102,7 +102,7 @@ def _model_settings(values: dict[str, Any] | None, fallback: ModelConfig) -> Mod
     return replace(fallback, **known)
 
 
-def _latest_state(uri: str, options: storage.StorageOptions | None) -> str:
+def latest_state_uri(uri: str, options: storage.StorageOptions | None) -> str:
     """`uri/state.pt` if it exists, else the newest `checkpoint_*/state.pt` under `uri`."""
     direct = storage.join(uri, STATE_FILE)
     if storage.exists(direct, options=options):
@@ -238,7 +238,7 @@ def resolve_checkpoint(spec: str, cfg: Config) -> BackboneSource:
         )
     if not storage.is_s3(spec) and not Path(storage.listing_root(spec)).exists():
         raise CheckpointError(f"checkpoint {where!r} does not exist")
-    state_uri = _latest_state(spec, options)
+    state_uri = latest_state_uri(spec, options)
     state = _load_torch(_read(state_uri, options), storage.redact(state_uri))
     return _from_training_state(spec, storage.redact(state_uri), state, cfg)
 

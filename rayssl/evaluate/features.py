@@ -178,9 +178,12 @@ def _decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, n
     return {k: np.stack([np.asarray(r[k]) for r in out]) for k in out[0]}
 
 
-def build_eval_dataset(rows: pa.Table, spec: DecodeSpec, data: DataConfig):
+def build_eval_dataset(
+    rows: pa.Table, spec: DecodeSpec, data: DataConfig, decode_tasks: int | None = None
+):
     """Ray Data dataset of decoded evaluation clips (one output row per clip); each task
-    decodes `data.rows_per_task` chunks, one at a time."""
+    decodes `data.rows_per_task` chunks, one at a time; at most `decode_tasks` run at
+    once (None = as many as the cluster's CPUs allow)."""
     import ray
 
     step = max(1, data.rows_per_task)
@@ -192,13 +195,14 @@ def build_eval_dataset(rows: pa.Table, spec: DecodeSpec, data: DataConfig):
         batch_format="numpy",
         num_cpus=data.num_cpus_per_task,
         zero_copy_batch=True,
+        compute=ray.data.TaskPoolStrategy(size=decode_tasks),
     )
 
 
 # --------------------------------------------------------------------------- inference
 
 
-def _to_input(clips: np.ndarray, device: torch.device) -> torch.Tensor:
+def clips_to_input(clips: np.ndarray, device: torch.device) -> torch.Tensor:
     from rayssl.train.step import DeviceSettings, clip_to_input
 
     t = torch.from_numpy(np.ascontiguousarray(clips)).to(device)
@@ -215,7 +219,7 @@ def infer_batch(
     out = {k: np.asarray(batch[k]) for k in ("video_id", "label", "clip_index", "valid")}
     out["skip_reason"] = np.asarray(batch["skip_reason"])
     if valid.any():
-        x = _to_input(np.asarray(batch["clip"])[valid], device)
+        x = clips_to_input(np.asarray(batch["clip"])[valid], device)
         ctx = (
             torch.autocast(device_type=device.type, dtype=torch.bfloat16)
             if bf16
@@ -231,13 +235,12 @@ def infer_batch(
     return out
 
 
-MODEL_ACTOR_RESTARTS = 3
-
-
 class ModelActor:
     """A Ray Data actor holding one model (on its GPU when it has one)."""
 
-    def __init__(self, module: nn.Module, bf16: bool = True) -> None:
+    def __init__(self, module: nn.Module, bf16: bool = True, torch_threads: int = 0) -> None:
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.bf16 = bf16 and self.device.type == "cuda"
         self.module = module.to(self.device).eval()
@@ -258,21 +261,36 @@ def actor_resources(inference: InferenceSettings) -> tuple[int, float, float]:
     return inference.num_actors or 1, inference.cpus_per_actor, 0.0
 
 
+def decode_concurrency(inference: InferenceSettings, num_actors: int, num_blocks: int) -> int:
+    """How many decode tasks run at once: `inference.decode_tasks`, or the cluster's CPUs,
+    at most one per input block.
+
+    It differs from the number of model actors when there is more than one block: Ray
+    Data fuses a task map into the following actor map when the task pool's size equals
+    the actor pool's, and decoding would then run inside the actors one chunk at a time
+    instead of in parallel tasks."""
+    import ray
+
+    n = inference.decode_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    n = max(1, min(n, num_blocks))
+    if n == num_actors and num_blocks > 1:
+        n = n + 1 if n < num_blocks else n - 1
+    return n
+
+
 def infer_with_actors(module: nn.Module, ds, inference: InferenceSettings):
     """`ds` (decoded clips) through `module` in an actor pool; a Ray Dataset of outputs."""
+    import ray
+
     num, cpus, gpus = actor_resources(inference)
     return ds.map_batches(
         ModelActor,
-        fn_constructor_kwargs={"module": module},
+        fn_constructor_kwargs={"module": module, "torch_threads": inference.torch_threads},
         batch_size=inference.batch_size,
         batch_format="numpy",
-        concurrency=num,
+        compute=ray.data.ActorPoolStrategy(size=num),
         num_cpus=cpus,
         num_gpus=gpus,
-        # An actor lost with its node is restarted. The differing remote args also keep
-        # Ray Data from fusing the decode tasks into the actors (it fuses task -> actor
-        # maps with equal args), so decoding stays parallel in CPU tasks.
-        max_restarts=MODEL_ACTOR_RESTARTS,
     )
 
 
@@ -410,6 +428,9 @@ def run_inference(
 ) -> VideoOutputs:
     """Every usable video of `table` through `module` with Ray Data (decode tasks and
     model actors); per-video mean outputs. Unreadable videos are counted skips."""
+    from rayssl.launch import quiet_ray_data
+
+    quiet_ray_data(data.progress_logs)
     videos = usable(table)
     spec = DecodeSpec.from_settings(
         inference.clips, data, inference.max_clips_per_task, clip_len=clip_len
@@ -418,7 +439,10 @@ def run_inference(
     if videos.num_rows == 0:
         return aggregate([], videos, skipped)
     rows = eval_rows(videos, spec.clips, spec.clip_len, spec.max_clips)
-    ds = infer_with_actors(module, build_eval_dataset(rows, spec, data), inference)
+    num_actors = actor_resources(inference)[0]
+    num_blocks = math.ceil(rows.num_rows / max(1, data.rows_per_task))
+    ds = build_eval_dataset(rows, spec, data, decode_concurrency(inference, num_actors, num_blocks))
+    ds = infer_with_actors(module, ds, inference)
     batches = ds.iter_batches(batch_size=256, batch_format="numpy")
     return aggregate(batches, videos, skipped)
 

@@ -1,9 +1,11 @@
-"""Pretext tasks by name (a plain dict; the training loop never branches on names)."""
+"""Tasks by name: the pretexts, and supervised fine-tuning as one more task (a plain
+dict; the training loop never branches on names)."""
 
 from rayssl.pretext.base import ClipPlan, Pretext
 from rayssl.pretext.pace import PacePretext
+from rayssl.pretext.supervised import SupervisedTask
 
-PRETEXTS: dict[str, type[Pretext]] = {"pace": PacePretext}
+PRETEXTS: dict[str, type[Pretext]] = {"pace": PacePretext, "supervised": SupervisedTask}
 
 
 def build_pretext(cfg, clip_len: int, short_video: str = "resample_pace") -> Pretext:
@@ -15,4 +17,4 @@ def build_pretext(cfg, clip_len: int, short_video: str = "resample_pace") -> Pre
     return cls(cfg, clip_len=clip_len, short_video=short_video)
 
 
-__all__ = ["PRETEXTS", "ClipPlan", "Pretext", "PacePretext", "build_pretext"]
+__all__ = ["PRETEXTS", "ClipPlan", "Pretext", "PacePretext", "SupervisedTask", "build_pretext"]

@@ -12,7 +12,7 @@ CPU half (runs in Ray Data workers, numpy only):
     yields exactly one row, which keeps DDP workers in step and epochs exact).
 
 GPU half (plain torch):
-  * `build_head(feature_dim)` and `compute(backbone, head, batch)` -> (loss, metrics)
+  * `build_head(feature_dim, dropout)` and `compute(backbone, head, batch)` -> (loss, metrics)
     where metrics are detached scalar tensors (summed over valid samples, with a
     `num_valid` count, so they can be all-reduced exactly).
 
@@ -78,8 +78,8 @@ class Pretext(ABC):
 
     # ---------------------------------------------------------------- GPU half
     @abstractmethod
-    def build_head(self, feature_dim: int):  # -> torch.nn.Module
-        """The task's head on top of the pooled backbone features."""
+    def build_head(self, feature_dim: int, dropout: float = 0.0):  # -> torch.nn.Module
+        """The task's head on top of the pooled backbone features (`model.dropout`)."""
 
     @abstractmethod
     def compute(self, backbone, head, batch: dict) -> tuple[Any, dict[str, Any]]:

@@ -44,10 +44,10 @@ class PacePretext(Pretext):
             "pace": ((), np.float32),
         }
 
-    def build_head(self, feature_dim: int):
+    def build_head(self, feature_dim: int, dropout: float = 0.0):
         from rayssl.models.heads import ClassifierHead
 
-        return ClassifierHead(feature_dim, self.num_classes, dropout=0.0)
+        return ClassifierHead(feature_dim, self.num_classes, dropout=dropout)
 
     def compute(self, backbone, head, batch: dict) -> tuple[Any, dict[str, Any]]:
         """Cross-entropy on valid samples.

@@ -33,6 +33,15 @@ from rayssl.data.pipeline import (
     epoch_rows,
     usable_videos,
 )
+from rayssl.evaluate.checkpoint import (
+    RANDOM,
+    BackboneSource,
+    backbone_file_payload,
+    load_state_strict,
+    resolve_checkpoint,
+)
+from rayssl.evaluate.monitor import RetrievalMonitor
+from rayssl.launch import quiet_ray_data
 from rayssl.pretext import build_pretext
 from rayssl.train.checkpoint import load_training_state, restore_training_state, save_training_state
 from rayssl.train.step import (
@@ -45,11 +54,14 @@ from rayssl.train.step import (
     train_step,
     unwrap,
 )
-from rayssl.train.tracking import Tracker
+from rayssl.train.tracking import PRETRAIN_RUN_TAG, Tracker
 
 #: Test hook: "<marker file>:<epoch>:<step>:<rank>" makes that worker SIGKILL itself
 #: once (the marker records it), to exercise worker-failure recovery for real.
 KILL_ENV = "RAYSSL_TEST_KILL_WORKER"
+
+#: Rank 0 prints one line per epoch starting with this (the demo shows only these).
+PROGRESS_PREFIX = "[rayssl]"
 
 
 def _maybe_die(epoch: int, step: int, rank: int) -> None:
@@ -165,6 +177,50 @@ def evaluate(model, ds, settings: DeviceSettings, batch_size: int, prefetch: int
     return sums
 
 
+def _initial_backbone(cfg: Config, model: PretextModel) -> BackboneSource | None:
+    """Load `model.init` (fine-tuning's pre-trained weights) into the backbone. Every
+    worker loads them (DDP would broadcast rank 0's anyway); a resumed run then
+    overwrites them with its checkpoint."""
+    if cfg.model.init in ("", RANDOM):
+        return None
+    source = resolve_checkpoint(cfg.model.init, cfg)
+    if source.backbone_state is not None:
+        what = f"model.init {cfg.model.init!r} does not fit backbone {cfg.model.backbone}"
+        load_state_strict(model.backbone, source.backbone_state, what)
+    return source
+
+
+def init_tags(source: BackboneSource) -> dict[str, str]:
+    """MLflow tags of a run initialised from a checkpoint (found with its pre-training)."""
+    tags = {"init_checkpoint": storage.redact(source.spec), "init_kind": source.kind}
+    if source.pretrain_run_id:
+        tags[PRETRAIN_RUN_TAG] = source.pretrain_run_id
+    return tags
+
+
+def progress_line(metrics: dict[str, Any], epochs: int, acc_name: str) -> str:
+    """One line per epoch for a human watching the job log (rank 0 prints it)."""
+
+    def part(prefix: str) -> str:
+        loss, acc = metrics.get(f"{prefix}/loss"), metrics.get(f"{prefix}/{acc_name}")
+        if loss is None:
+            return ""
+        return f" | {prefix} loss {loss:.3f} {acc_name} {acc:.3f}"
+
+    text = f"{PROGRESS_PREFIX} epoch {int(metrics['epoch']) + 1}/{epochs}"
+    text += part("train") + part("val")
+    text += (
+        f" | {metrics['train/clips_per_s']:.1f} clips/s, data wait "
+        f"{100 * metrics['train/data_wait_frac']:.0f}%"
+    )
+    if "monitor/retrieval_top1" in metrics:
+        text += f" | retrieval top1 {metrics['monitor/retrieval_top1']:.3f}"
+    skipped = metrics.get("train/videos_skipped", 0)
+    if skipped:
+        text += f" | {int(skipped)} clips skipped"
+    return text
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry: `loop_config` = {"config": Config as dict, "commit": str}."""
     cfg = config_from_dict(loop_config["config"])
@@ -172,12 +228,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     settings = DeviceSettings.for_device(device, cfg)
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+    quiet_ray_data(cfg.data.progress_logs)
     torch.manual_seed(cfg.run.seed)
 
     pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
     model: torch.nn.Module = build_model(cfg, pretext)
     optimizer, scheduler = build_optimizer(model, cfg)
     start_epoch, mlflow_run_id, global_step = 0, None, 0
+    init = _initial_backbone(cfg, cast(PretextModel, model))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -194,6 +254,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tracker = Tracker(
         cfg, enabled=rank == 0, run_id=mlflow_run_id, commit=loop_config.get("commit", "")
     )
+    if mlflow_run_id is None and init is not None:
+        tracker.set_tags(init_tags(init))
+    monitor = RetrievalMonitor(cfg) if cfg.monitor.every_epochs and rank == 0 else None
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
     table = read_manifest(cfg.data.manifest, options=options)
     videos = usable_videos(table, cfg.data.split, cfg.data.fraction, cfg.run.seed)
@@ -260,8 +323,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics.update(_epoch_metrics("val", _all_reduce(dict(vsums.values), device), acc_name))
         skips = _all_reduce({r: sums.skips.get(r, 0) for r in SKIP_REASONS}, device)
         metrics.update({f"train/skipped_{r}": n for r, n in skips.items() if n})
+        if monitor is not None and monitor.due(epoch):
+            metrics.update(monitor.run(cast(PretextModel, unwrap(model)).backbone, device))
         if rank == 0:
             tracker.log_metrics(metrics, step=epoch)
+            print(progress_line(metrics, cfg.optim.epochs, acc_name), flush=True)
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
@@ -273,6 +339,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     epoch=epoch,
                     sampler={"seed": cfg.run.seed, "next_epoch": epoch + 1},
                     extra={"mlflow_run_id": tracker.run_id, "global_step": global_step},
+                    config=cfg.to_dict(),
                 )
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report({**metrics, "mlflow_run_id": tracker.run_id or ""}, checkpoint=ckpt)
@@ -280,6 +347,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "backbone.pt"
-            torch.save(cast(PretextModel, unwrap(model)).backbone.state_dict(), path)
+            backbone = cast(PretextModel, unwrap(model)).backbone
+            extra = {"mlflow_run_id": tracker.run_id or "", "config": cfg.to_dict()}
+            torch.save(backbone_file_payload(backbone, cfg.model, extra), path)
             tracker.log_file(path, "weights")
         tracker.finish()

@@ -38,7 +38,8 @@ class PretextModel(nn.Module):
 
 def build_model(cfg: Config, pretext: Pretext) -> PretextModel:
     backbone = build_backbone(cfg.model.backbone, width=cfg.model.width)
-    head = pretext.build_head(cast(int, backbone.out_dim))  # every backbone sets out_dim: int
+    # every backbone sets out_dim: int
+    head = pretext.build_head(cast(int, backbone.out_dim), dropout=cfg.model.dropout)
     return PretextModel(backbone, head, pretext)
 
 

@@ -21,6 +21,8 @@ from rayssl.config import Config, dump_config
 from rayssl.data.storage import redact
 
 RUN_KEY_TAG = "rayssl.run_key"
+#: Tag on fine-tuning and evaluation runs: the MLflow run that pre-trained the weights.
+PRETRAIN_RUN_TAG = "rayssl.pretrain_run_id"
 
 
 def default_tracking_uri(cfg: Config) -> str:
@@ -145,6 +147,11 @@ class Tracker:
         if batch:
             # enabled implies __init__ set run_id
             self.client.log_batch(cast(str, self.run_id), metrics=batch)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.enabled:
+            for k, v in tags.items():
+                self.client.set_tag(cast(str, self.run_id), k, v)
 
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:

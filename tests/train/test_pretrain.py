@@ -205,3 +205,45 @@ def test_killed_driver_rerun_resumes_next_epoch(tiny_manifest, tmp_path):
     assert _result_line(out.stdout)["metrics"]["epoch"] == 3
     run_id = _runs(tracking, "rerun").iloc[0]["run_id"]
     assert 1 <= _history(tracking, run_id, "data/start_epoch")[-1] <= done + 1
+
+
+def test_local_mode_monitor_logs_retrieval_and_prints_progress(
+    ray_local, tiny_manifest, tmp_path, capsys
+):
+    from rayssl.launch import pretrain
+
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    cfg = load_config(
+        DEBUG,
+        [
+            *tiny_overrides(tiny_manifest, tmp_path / "runs", "monitored", tracking),
+            "train.num_workers=0",
+            "monitor.every_epochs=1",
+            "monitor.clips=uniform:2",
+        ],
+    )
+    pretrain(cfg)
+    run = _runs(tracking, "monitored").iloc[0]
+    top1 = _history(tracking, run["run_id"], "monitor/retrieval_top1")
+    assert len(top1) == 2 and all(0.0 <= v <= 1.0 for v in top1)
+    assert _history(tracking, run["run_id"], "monitor/videos") == [12.0, 12.0]
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[rayssl] epoch")]
+    assert [x.split(" |")[0] for x in lines] == ["[rayssl] epoch 1/2", "[rayssl] epoch 2/2"]
+    assert "retrieval top1" in lines[-1] and "val loss" in lines[-1]
+
+
+def test_monitor_settings_are_checked_before_training(tiny_manifest, tmp_path):
+    from rayssl.data.manifest import ManifestError
+    from rayssl.launch import prepare_config
+
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    cfg = load_config(
+        DEBUG,
+        [
+            *tiny_overrides(tiny_manifest, tmp_path / "runs", "bad-monitor", tracking),
+            "monitor.every_epochs=1",
+            "monitor.query_split=test",
+        ],
+    )
+    with pytest.raises(ManifestError, match="monitor: split 'test' has no usable video"):
+        prepare_config(cfg)

@@ -1,0 +1,224 @@
+"""Fine-tuning for action recognition, and its test protocol.
+
+`finetune(cfg, checkpoint)` trains supervised classification with the same Ray Train
+loop as pre-training (the `supervised` task): the conv weights come from the checkpoint
+(`model.init`), the classifier is new, the schedule is the config's (the thesis: the
+pre-training schedule with lr 3e-3). Then the test protocol of the thesis runs on
+`finetune.test_split`: `finetune.inference.clips` (10 uniformly spaced clips) per video,
+centre crop, softmax averaged over the clips -> video top-1; also clip top-1, per-class
+accuracy and the confusion matrix, logged to the fine-tuning's MLflow run (metrics
+`test/*`, artifacts `test/per_class_accuracy.csv`, `test/confusion_matrix.{csv,png}`).
+
+The metric functions at the top are plain numpy (unit-tested on known logits).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayssl.config import Config
+
+# --------------------------------------------------------------------------- metrics
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def video_probabilities(clip_probs: np.ndarray, clip_video: np.ndarray) -> tuple[list, np.ndarray]:
+    """Average clip softmax outputs (N_clips, C) per video (`clip_video`: (N_clips,) ids).
+
+    Returns the video ids (first-appearance order) and their (N_videos, C) mean softmax:
+    the thesis's video prediction is the argmax of the mean of the clips' softmax.
+    """
+    ids, first, inverse = np.unique(clip_video, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # first-appearance order
+    sums = np.zeros((len(ids), clip_probs.shape[1]), np.float64)
+    np.add.at(sums, inverse, clip_probs)
+    counts = np.bincount(inverse, minlength=len(ids))[:, None]
+    mean = sums / counts
+    return [ids[i] for i in order], mean[order]
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """(num_classes, num_classes) counts: row = true class, column = predicted class."""
+    m = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(m, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
+    return m
+
+
+def classification_report(
+    video_probs: np.ndarray, labels: np.ndarray, num_classes: int
+) -> dict[str, Any]:
+    """Video top-1, per-class accuracy and the confusion matrix of mean-softmax outputs
+    (N, C) against labels (N,). A class without test videos has accuracy NaN."""
+    if len(video_probs) != len(labels):
+        raise ValueError(f"{len(video_probs)} predictions for {len(labels)} labels")
+    if len(labels) == 0:
+        raise ValueError("no test video to score")
+    pred = video_probs.argmax(axis=1)
+    cm = confusion_matrix(labels, pred, num_classes)
+    per_class_total = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(per_class_total > 0, np.diag(cm) / per_class_total, np.nan)
+    return {
+        "video_top1": float((pred == labels).mean()),
+        "per_class_accuracy": per_class,
+        "per_class_videos": per_class_total,
+        "confusion": cm,
+        "predictions": pred,
+    }
+
+
+def write_per_class_csv(path: Path, report: dict[str, Any], names: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "name", "videos", "correct", "accuracy"])
+        cm = report["confusion"]
+        for c, acc in enumerate(report["per_class_accuracy"]):
+            w.writerow([c, names[c], int(cm[c].sum()), int(cm[c, c]), f"{acc:.4f}"])
+
+
+def write_confusion_csv(path: Path, cm: np.ndarray, names: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["true \\ predicted", *names])
+        for c, row in enumerate(cm):
+            w.writerow([names[c], *[int(v) for v in row]])
+
+
+def plot_confusion(path: Path, cm: np.ndarray, names: list[str], title: str = "") -> None:
+    """Row-normalised confusion matrix as a PNG (counts in the cells when few classes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(names)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape, np.float64), where=rows > 0)
+    size = min(4 + 0.25 * n, 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    ticks = np.arange(n)
+    ax.set_xticks(ticks, names if n <= 60 else [""] * n, rotation=90, fontsize=7)
+    ax.set_yticks(ticks, names if n <= 60 else [""] * n, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    color = "white" if norm[i, j] > 0.5 else "black"
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title or "confusion (row-normalised)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def finetune_config(cfg: Config, checkpoint: str | None) -> Config:
+    """`cfg` as a fine-tuning config: the supervised task, initialised from `checkpoint`
+    (None keeps `model.init`; 'random' = the from-scratch baseline)."""
+    model = replace(cfg.model, init=checkpoint) if checkpoint is not None else cfg.model
+    return replace(cfg, model=model, pretext=replace(cfg.pretext, name="supervised"))
+
+
+def finetune(cfg: Config, checkpoint: str | None = None) -> dict[str, Any]:
+    """Fine-tune (Ray Train), then run the test protocol; returns metrics and locations."""
+    from rayssl.launch import run_training
+
+    summary, cfg = run_training(finetune_config(cfg, checkpoint))
+    if cfg.finetune.test_split and summary["checkpoint"]:
+        summary["test"] = run_test_protocol(cfg, summary["checkpoint"], summary["mlflow_run_id"])
+    return summary
+
+
+def _class_names(table, num_classes: int) -> list[str]:
+    names = [str(c) for c in range(num_classes)]
+    if "label_name" in table.column_names:
+        labels, label_names = table["label"].to_pylist(), table["label_name"].to_pylist()
+        for label, name in zip(labels, label_names, strict=True):
+            if 0 <= label < num_classes and name:
+                names[label] = str(name)
+    return names
+
+
+def run_test_protocol(cfg: Config, checkpoint: str, mlflow_run_id: str = "") -> dict[str, Any]:
+    """The thesis's test protocol on `finetune.test_split` with the trained model of
+    `checkpoint` (a Ray Train checkpoint: backbone and classifier). Logs to the MLflow
+    run `mlflow_run_id` when given; returns the metrics."""
+    import torch
+
+    from rayssl.data import storage
+    from rayssl.data.manifest import read_manifest, require_labels
+    from rayssl.evaluate.checkpoint import latest_state_uri
+    from rayssl.evaluate.features import ProbabilityModel, run_inference
+    from rayssl.pretext import build_pretext
+    from rayssl.train.step import PretextModel, build_model
+
+    options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
+    state_uri = latest_state_uri(checkpoint, options)
+    state = torch.load(
+        io.BytesIO(storage.read_bytes(state_uri, options)), map_location="cpu", weights_only=False
+    )
+    pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
+    model: PretextModel = build_model(cfg, pretext)
+    model.load_state_dict(state["model"])
+    table = read_manifest(cfg.data.manifest, options=options)
+    split = cfg.finetune.test_split
+    test = require_labels(table, "fine-tuning test", split=split)
+    out = run_inference(
+        ProbabilityModel(model.backbone, model.head), test, cfg.data, cfg.finetune.inference
+    )
+    num_classes = cfg.pretext.num_classes
+    if not out.video_ids:
+        raise RuntimeError(f"fine-tuning test: no video of split {split!r} could be read")
+    report = classification_report(out.outputs["probs"], out.labels, num_classes)
+    metrics = {
+        "test/video_top1": report["video_top1"],
+        "test/clip_top1": out.clip_correct / max(out.clip_total, 1),
+        "test/videos": float(len(out.video_ids)),
+        "test/videos_skipped": float(sum(out.skipped.values())),
+        "test/mean_class_accuracy": float(np.nanmean(report["per_class_accuracy"])),
+    }
+    if mlflow_run_id:
+        _log_test(cfg, mlflow_run_id, metrics, report, _class_names(table, num_classes), split)
+    return {**metrics, "skipped": out.skipped, "clips": str(cfg.finetune.inference.clips)}
+
+
+def _log_test(
+    cfg: Config,
+    run_id: str,
+    metrics: dict[str, float],
+    report: dict[str, Any],
+    names: list[str],
+    split: str,
+) -> None:
+    from rayssl.train.tracking import Tracker
+
+    tracker = Tracker(cfg, enabled=True, run_id=run_id)
+    tracker.log_metrics(metrics, step=cfg.optim.epochs)
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        write_per_class_csv(root / "per_class_accuracy.csv", report, names)
+        write_confusion_csv(root / "confusion_matrix.csv", report["confusion"], names)
+        title = f"{split}: video top-1 {report['video_top1']:.3f}"
+        plot_confusion(root / "confusion_matrix.png", report["confusion"], names, title)
+        for name in ("per_class_accuracy.csv", "confusion_matrix.csv", "confusion_matrix.png"):
+            tracker.log_file(root / name, "test")
+    tracker.finish()

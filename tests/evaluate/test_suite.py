@@ -1,0 +1,143 @@
+"""`rayssl evaluate`: strict suite configs, label checks before any work, the comparison
+table, and the whole debug suite on CPU from an MLflow run (real Ray, videos, sqlite)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pyarrow as pa
+import pytest
+import torch
+
+from rayssl.cli import main as cli_main
+from rayssl.config import ConfigError, dump_config, load_config
+from rayssl.data.manifest import ManifestError, read_manifest
+from rayssl.evaluate.checkpoint import backbone_file_payload
+from rayssl.evaluate.suite import check_labels, comparison_table, config_path, load_suite
+from rayssl.pretext import build_pretext
+from rayssl.train.step import build_model
+from tests.conftest import ROOT
+
+SUITE = ROOT / "configs" / "eval_debug.yaml"
+
+
+def test_suite_config_is_strict():
+    suite = load_suite(SUITE, ["data.manifest=m.parquet", "retrieval.ks=[1,3]"])
+    assert suite.retrieval.ks == [1, 3] and suite.finetune.enabled
+    with pytest.raises(ConfigError, match="retrieval.kz: unknown key"):
+        load_suite(SUITE, ["retrieval.kz=[1]"])
+    with pytest.raises(ConfigError, match="features.inference.clips: bad clip spec"):
+        load_suite(SUITE, ["features.inference.clips=every:2"])
+    with pytest.raises(ConfigError, match="unknown layers"):
+        load_suite(SUITE, ["linear.layers=[pool9]"])
+    with pytest.raises(ConfigError, match="linear.protocol"):
+        load_suite(SUITE, ["linear.protocol=bootstrap"])
+    with pytest.raises(ConfigError, match="data.manifest"):
+        load_suite(SUITE, ["data.manifest="])
+
+
+@pytest.mark.parametrize("name", ["ucf101", "hmdb51", "yupenn", "aslan", "debug"])
+def test_shipped_suites_load(name):
+    suite = load_suite(ROOT / "configs" / f"eval_{name}.yaml")
+    if suite.finetune.enabled:
+        assert config_path(suite.finetune.config, None).exists()
+        load_config(config_path(suite.finetune.config, None), suite.finetune.overrides)
+
+
+def test_labelled_evaluations_refuse_unlabelled_manifests(tiny_manifest):
+    table = read_manifest(str(tiny_manifest))
+    suite = load_suite(SUITE, [f"data.manifest={tiny_manifest}"])
+    check_labels(suite, table)  # labelled: fine
+    unlabelled = table.set_column(
+        table.schema.get_field_index("label"), "label", pa.array([-1] * table.num_rows, pa.int64())
+    )
+    with pytest.raises(ManifestError, match="retrieval .query.: the manifest has no class labels"):
+        check_labels(suite, unlabelled)
+    with pytest.raises(ManifestError, match="split 'test' has no usable video"):
+        check_labels(load_suite(SUITE, ["retrieval.query_split=test", "data.manifest=m"]), table)
+    only_linear = load_suite(SUITE, ["retrieval.enabled=false", "data.manifest=m"])
+    with pytest.raises(ManifestError, match="linear .train."):
+        check_labels(only_linear, unlabelled)
+
+
+def test_comparison_table():
+    text = comparison_table(
+        {"pre": {"retrieval/pool5/top1": 0.5}, "random init": {"retrieval/pool5/top1": 0.25}}
+    )
+    header, row = text.splitlines()
+    assert "pre" in header and "random init" in header and "delta" in header
+    assert row.split()[-3:] == ["0.500", "0.250", "+0.250"]
+
+
+def test_config_path_falls_back_to_the_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert config_path("configs/finetune_debug.yaml", None) == ROOT / "configs/finetune_debug.yaml"
+    (tmp_path / "mine.yaml").write_text("{}")
+    assert config_path("mine.yaml", None) == Path("mine.yaml")
+
+
+def _logged_pretraining(tmp_path: Path, tracking: str) -> str:
+    """An MLflow run holding a pre-trained backbone.pt and its config.yaml."""
+    cfg = load_config(ROOT / "configs" / "debug.yaml", ["model.width=0.0625", "run.seed=4"])
+    torch.manual_seed(11)
+    backbone = build_model(cfg, build_pretext(cfg.pretext, 16)).backbone
+    client = mlflow.MlflowClient(tracking)
+    exp = client.create_experiment("pre", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(exp, tags={"run_name": "pre"}).info.run_id
+    torch.save(backbone_file_payload(backbone, cfg.model), tmp_path / "backbone.pt")
+    client.log_artifact(run_id, str(tmp_path / "backbone.pt"), "weights")
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    client.log_artifact(run_id, str(tmp_path / "config.yaml"))
+    client.set_terminated(run_id)
+    return run_id
+
+
+@pytest.mark.slow
+def test_evaluate_whole_debug_suite_on_cpu(ray_local, tiny_manifest, tmp_path, capsys):
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    run_id = _logged_pretraining(tmp_path, tracking)
+    out = tmp_path / "eval"
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        f"runs:/{run_id}",
+        "--suite",
+        str(SUITE),
+        "--out",
+        str(out),
+        f"data.manifest={tiny_manifest}",
+        f"run.tracking_uri={tracking}",
+        f"run.storage_path={tmp_path / 'runs'}",
+        "data.augment.resize=[32,43]",
+        "data.augment.crop=[32,32]",
+        "features.inference.clips=uniform:3",
+        "similarity.num_pairs=24",
+        "similarity.num_folds=2",
+        "finetune.overrides=[optim.epochs=1, data.clips_per_video=1, train.batch_size=4]",
+    ]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    expected = {
+        *(f"retrieval/{layer}/top{k}" for layer in ("pool3", "pool4", "pool5") for k in (1, 5, 10)),
+        *(f"linear/{layer}/accuracy" for layer in ("pool3", "pool4", "pool5")),
+        "similarity/pool3-pool4-pool5/accuracy",
+        "finetune/classifier/video_top1",
+        "finetune/classifier/clip_top1",
+    }
+    assert expected <= set(results)
+    assert all(0.0 <= v <= 1.0 for v in results.values()), results
+    for name in ("retrieval_topk.png", "attention.png", "pairs.csv", "report.txt"):
+        assert (out / name).exists(), name
+    assert "retrieval/pool5/top1" in printed and "fine-tuning" in printed
+    # One MLflow run, nested under the pre-training run and tagged with it.
+    client = mlflow.MlflowClient(tracking)
+    [ev] = client.search_runs(
+        [client.get_run(run_id).info.experiment_id],
+        filter_string=f"tags.`rayssl.pretrain_run_id` = '{run_id}' and tags.evaluation = 'suite'",
+    )
+    assert ev.data.tags["mlflow.parentRunId"] == run_id
+    assert ev.data.metrics["retrieval/pool5/top1"] == pytest.approx(results["retrieval/pool5/top1"])
+    assert "results.json" in {a.path for a in client.list_artifacts(ev.info.run_id)}
