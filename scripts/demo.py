@@ -196,9 +196,11 @@ def report(pretrained: dict, eval_dir: Path) -> None:
     )
     print(f"  {'':24s} {'pre-trained':>12s} {'random init':>12s}   (chance {1 / classes:.2f})")
     for key, name in (
-        ("retrieval/pool5/top1", "retrieval top-1 (pool5)"),
-        ("retrieval/pool4/top1", "retrieval top-1 (pool4)"),
         ("retrieval/pool3/top1", "retrieval top-1 (pool3)"),
+        ("retrieval/pool4/top1", "retrieval top-1 (pool4)"),
+        ("retrieval/pool5/top1", "retrieval top-1 (pool5)"),
+        ("linear/pool3/accuracy", "linear probe (pool3)"),
+        ("linear/pool4/accuracy", "linear probe (pool4)"),
         ("linear/pool5/accuracy", "linear probe (pool5)"),
     ):
         print(f"  {name:24s} {ours[key]:12.3f} {base[key]:12.3f}")

@@ -40,6 +40,28 @@ class ClipPlan:
     resampled: bool = False  # the short-video policy changed the first draw
 
 
+def masked_cross_entropy(logits, labels, valid) -> tuple[Any, dict[str, Any]]:
+    """Cross-entropy of logits (B, C) against labels (B,) over the valid samples (B,) bool.
+
+    Returns the mean loss over valid samples (0 if none, still connected to the graph so
+    DDP's gradient sync happens) and the summed metrics every task reports: `loss_sum`,
+    `correct`, `num_valid`.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
+    num_valid = valid.sum()
+    loss = (per_sample * valid).sum() / num_valid.clamp(min=1)
+    with torch.no_grad():
+        correct = ((logits.argmax(1) == labels) & valid).sum()
+    return loss, {
+        "loss_sum": (per_sample.detach() * valid).sum(),
+        "correct": correct.float(),
+        "num_valid": num_valid.float(),
+    }
+
+
 class Pretext(ABC):
     """Base class; subclasses set `name` and implement plan / head / compute."""
 

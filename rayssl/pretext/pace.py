@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from rayssl.data.sampling import draw_pace_clip
-from rayssl.pretext.base import ClipPlan, Pretext
+from rayssl.pretext.base import ClipPlan, Pretext, masked_cross_entropy
 
 
 class PacePretext(Pretext):
@@ -50,25 +50,10 @@ class PacePretext(Pretext):
         return ClassifierHead(feature_dim, self.num_classes, dropout=dropout)
 
     def compute(self, backbone, head, batch: dict) -> tuple[Any, dict[str, Any]]:
-        """Cross-entropy on valid samples.
+        """Cross-entropy of the pace label on valid samples (`masked_cross_entropy`).
 
         batch: "clip" (B, 3, T, H, W) float on device, "label" (B,) int64,
-        "valid" (B,) bool. Returns the mean loss over valid samples (0 if none, still
-        connected to the graph so DDP's gradient sync happens) and summed metrics.
+        "valid" (B,) bool.
         """
-        import torch
-        import torch.nn.functional as F
-
         logits = head(backbone(batch["clip"]))  # (B, num_classes)
-        valid = batch["valid"]
-        labels = batch["label"]
-        per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
-        num_valid = valid.sum()
-        loss = (per_sample * valid).sum() / num_valid.clamp(min=1)
-        with torch.no_grad():
-            correct = ((logits.argmax(1) == labels) & valid).sum()
-        return loss, {
-            "loss_sum": (per_sample.detach() * valid).sum(),
-            "correct": correct.float(),
-            "num_valid": num_valid.float(),
-        }
+        return masked_cross_entropy(logits, batch["label"], batch["valid"])

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rayssl.pretext.base import ClipPlan, Pretext
+from rayssl.pretext.base import ClipPlan, Pretext, masked_cross_entropy
 
 
 class SupervisedTask(Pretext):
@@ -47,19 +47,6 @@ class SupervisedTask(Pretext):
 
         batch: "clip" (B, 3, T, H, W) float, "class_label" (B,) int64, "valid" (B,) bool.
         """
-        import torch
-        import torch.nn.functional as F
-
         logits = head(backbone(batch["clip"]))  # (B, num_classes)
-        valid = batch["valid"]
-        labels = batch["class_label"].clamp(min=0)  # placeholders carry -1; masked below
-        per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
-        num_valid = valid.sum()
-        loss = (per_sample * valid).sum() / num_valid.clamp(min=1)
-        with torch.no_grad():
-            correct = ((logits.argmax(1) == labels) & valid).sum()
-        return loss, {
-            "loss_sum": (per_sample.detach() * valid).sum(),
-            "correct": correct.float(),
-            "num_valid": num_valid.float(),
-        }
+        labels = batch["class_label"].clamp(min=0)  # placeholders carry -1; they are masked
+        return masked_cross_entropy(logits, labels, batch["valid"])

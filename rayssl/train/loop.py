@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -72,6 +73,27 @@ def _maybe_die(epoch: int, step: int, rank: int) -> None:
     if (epoch, step, rank) == (int(e), int(s), int(r)) and not Path(marker).exists():
         Path(marker).write_text(f"killed pid {os.getpid()} at epoch {epoch} step {step}\n")
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+#: Test hook: "<folder>:<epoch>" makes the job wait, once, after reporting that epoch's
+#: checkpoint: it writes <folder>/paused and waits for <folder>/release (or 10 minutes).
+#: A test stops the job at a known point instead of racing the clock.
+PAUSE_ENV = "RAYSSL_TEST_PAUSE"
+
+
+def _maybe_pause(epoch: int, rank: int) -> None:
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return
+    folder, e = spec.rsplit(":", 1)
+    paused = Path(folder) / "paused"
+    if epoch != int(e) or paused.exists():
+        return
+    if rank == 0:
+        paused.write_text(f"pid {os.getpid()} after epoch {epoch}\n")
+    deadline = time.monotonic() + 600
+    while not (Path(folder) / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _all_reduce(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -327,7 +349,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics.update(monitor.run(cast(PretextModel, unwrap(model)).backbone, device))
         if rank == 0:
             tracker.log_metrics(metrics, step=epoch)
-            print(progress_line(metrics, cfg.optim.epochs, acc_name), flush=True)
+            # Not print(): Ray Train's patched print both logs and tees, doubling the line.
+            sys.stdout.write(progress_line(metrics, cfg.optim.epochs, acc_name) + "\n")
+            sys.stdout.flush()
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
@@ -343,6 +367,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 )
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report({**metrics, "mlflow_run_id": tracker.run_id or ""}, checkpoint=ckpt)
+        _maybe_pause(epoch, rank)
 
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:

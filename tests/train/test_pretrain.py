@@ -125,10 +125,17 @@ def test_worker_killed_mid_epoch_restarts_and_completes(tiny_manifest, tmp_path)
 def test_ray_job_submit_kill_and_resubmit_resumes(tiny_manifest, tmp_path):
     tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
     storage = tmp_path / "runs"
-    env = {"MLFLOW_TRACKING_URI": tracking, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    # The job waits after epoch 1's checkpoint until stopped: no race with the clock.
+    env = {
+        "MLFLOW_TRACKING_URI": tracking,
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+        "RAYSSL_TEST_PAUSE": f"{pause}:1",
+    }
     overrides = [
         *tiny_overrides(tiny_manifest, storage, "submitted", tracking),
-        "optim.epochs=12",  # epochs take ~1 s here: enough of them to stop the job mid-run
+        "optim.epochs=4",
         "run.tracking_uri=",  # from MLFLOW_TRACKING_URI, as a user would
     ]
     entry = ["python", "jobs/pretrain.py", "--config", "configs/debug.yaml", *overrides]
@@ -143,15 +150,15 @@ def test_ray_job_submit_kill_and_resubmit_resumes(tiny_manifest, tmp_path):
             timeout_s=120,
         )
         assert out.returncode == 0, out.stderr[-3000:]
-        _wait_for_checkpoint(storage / "submitted", timeout_s=300)
+        _wait_for_file(pause / "paused", timeout_s=300)
         stop_job(head, "first")
         epoch_done = load_training_state(_latest_checkpoint(storage / "submitted"))["epoch"]
-        assert epoch_done < 11, "the job finished before it could be killed"
+        assert epoch_done == 1
 
         out = submit_job(head, entry, ROOT, env_vars=env, submission_id="second")
         assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     result = _result_line(out.stdout)
-    assert result["metrics"]["epoch"] == 11
+    assert result["metrics"]["epoch"] == 3
     runs = _runs(tracking, "submitted")
     assert len(runs) == 1
     run = runs.iloc[0]
@@ -159,13 +166,21 @@ def test_ray_job_submit_kill_and_resubmit_resumes(tiny_manifest, tmp_path):
     starts = _history(tracking, run["run_id"], "data/start_epoch")
     # Resumed from a checkpoint: the latest one Ray had registered when the job stopped.
     assert starts[0] == 0.0 and 1 <= starts[-1] <= epoch_done + 1
-    assert len(_history(tracking, run["run_id"], "train/loss")) >= 12
+    assert len(_history(tracking, run["run_id"], "train/loss")) >= 4
     assert mlflow.MlflowClient(tracking).list_artifacts(run["run_id"], "weights")
 
 
 def _latest_checkpoint(run_dir: Path) -> Path:
     """The newest checkpoint left (older ones are deleted: train.num_checkpoints_to_keep)."""
     return sorted(run_dir.glob("checkpoint_*/state.pt"))[-1].parent
+
+
+def _wait_for_file(path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout_s}s")
+        time.sleep(0.1)
 
 
 def _wait_for_checkpoint(run_dir: Path, timeout_s: float) -> Path:

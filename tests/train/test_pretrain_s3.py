@@ -78,10 +78,17 @@ def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(tmp_path):
             "data.augment.crop=[32,32]",
             "model.width=0.0625",
             "train.batch_size=4",
-            "optim.epochs=12",
+            "optim.epochs=4",
         ]
         entry = ["python", "jobs/pretrain.py", "--config", "configs/debug.yaml", *overrides]
-        job_env = {"MLFLOW_TRACKING_URI": tracking, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+        pause = tmp_path / "pause"
+        pause.mkdir()
+        # The first job waits after epoch 1's checkpoint until it is stopped (no race).
+        job_env = {
+            "MLFLOW_TRACKING_URI": tracking,
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+            "RAYSSL_TEST_PAUSE": f"{pause}:1",
+        }
         # Credentials reach the job through the head's environment, as on a real cluster.
         with local_ray_head(num_cpus=4, env={**env, **job_env}) as head:
             out1 = submit_job(
@@ -95,12 +102,12 @@ def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(tmp_path):
             )
             assert out1.returncode == 0, out1.stderr[-3000:]
             deadline = time.monotonic() + 300
-            while not _checkpoint_keys(endpoint, "runs/s3run/") and time.monotonic() < deadline:
-                time.sleep(0.3)
-            assert _checkpoint_keys(endpoint, "runs/s3run/"), "no checkpoint reached S3"
+            while not (pause / "paused").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert (pause / "paused").exists(), "the job never reached epoch 1's checkpoint"
             stop_job(head, "s3-first")
             done = _epoch_of(endpoint, _checkpoint_keys(endpoint, "runs/s3run/")[-1])
-            assert done < 11, "the job finished before it could be stopped"
+            assert done == 1
             logs1 = _job_logs(head, "s3-first")
 
             out2 = submit_job(head, entry, ROOT, env_vars=job_env, submission_id="s3-second")
@@ -108,8 +115,8 @@ def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(tmp_path):
         result = json.loads(
             [ln for ln in out2.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:]
         )
-        assert result["metrics"]["epoch"] == 11
-        assert result["checkpoint"].startswith(f"{BUCKET}/runs/s3run/")
+        assert result["metrics"]["epoch"] == 3
+        assert result["checkpoint"].startswith(f"s3://{BUCKET}/runs/s3run/")
 
         mlflow.set_tracking_uri(tracking)
         runs = mlflow.search_runs(experiment_names=["s3exp"])
