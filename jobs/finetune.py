@@ -1,6 +1,6 @@
 """Fine-tuning for action recognition, then the test protocol (thesis: 10 clips per video).
 
-python jobs/finetune.py --config configs/finetune_ucf101.yaml --checkpoint runs:/<id> [key=value ...]
+python jobs/finetune.py --config configs/finetune_ucf101.yaml --checkpoint runs:/<id> [k=v ...]
 ray job submit --working-dir . -- python jobs/finetune.py --config ... --checkpoint s3://...
 """
 

@@ -28,10 +28,11 @@ sys.path.insert(0, str(ROOT))
 from rayssl.localhead import local_ray_head, submit_job  # noqa: E402
 from rayssl.train.loop import PROGRESS_PREFIX  # noqa: E402
 
-#: Motion kinds of the demo's videos: one per family (translation, rotation, zoom,
-#: oscillation). Pace is blind to a motion's direction, so directions of one family
-#: would be classes no pace-trained feature can tell apart.
-DEMO_CLASSES = "translate_right,rotate_cw,zoom_in,oscillate_horizontal"
+#: Classes of the demo's videos: motion families (each video shows one kind of its
+#: family: a translation in one of 4 directions, a cw or ccw rotation, ...). Pace is blind
+#: to a motion's direction, so directions as classes would be classes no pace-trained
+#: feature can tell apart.
+DEMO_CLASSES = "translate,rotate,zoom,oscillate"
 _RAY_PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?\([^)]*\)(\x1b\[[0-9;]*m)?\s*")
 
 
@@ -87,7 +88,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--storage", choices=["local", "s3"], default="local")
     ap.add_argument("--workdir", default=str(ROOT / "demo_data"))
-    ap.add_argument("--num-videos", type=int, default=240)
+    ap.add_argument("--num-videos", type=int, default=480)
     ap.add_argument("overrides", nargs="*", help="extra key=value for the pre-training config")
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
@@ -100,7 +101,7 @@ def main() -> int:
     if not (work / "videos").exists():
         print(f"1/4 generating {args.num_videos} labelled videos ({DEMO_CLASSES})", flush=True)
         synth = ["synth", "--out", str(work / "videos"), "--num-videos", str(args.num_videos)]
-        synth += ["--num-frames", "64", "--height", "64", "--width", "86", "--codec", "h264"]
+        synth += ["--num-frames", "64", "--height", "48", "--width", "64", "--codec", "h264"]
         run_quiet([py, "-m", "rayssl.cli", *synth, "--classes", DEMO_CLASSES], env, steps_log)
     else:
         print(f"1/4 reusing the videos in {work / 'videos'}", flush=True)

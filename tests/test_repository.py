@@ -1,5 +1,5 @@
-"""The repository stands alone: a user's clone has no sibling shared folder and none of this machine's
-paths, so no tracked file may name them."""
+"""The repository stands alone: a user's clone has no sibling shared folder and none of
+this machine's paths, so no tracked file may name them."""
 
 from __future__ import annotations
 

@@ -40,6 +40,7 @@ import numpy as np
 __all__ = [
     "CODECS",
     "MOTION_CLASSES",
+    "MOTION_FAMILIES",
     "CodecSpec",
     "SynthVideo",
     "generate_dataset",
@@ -217,6 +218,15 @@ MOTION_CLASSES: tuple[str, ...] = (
     "oscillate_vertical",
 )
 """Motion kinds, in label order: label ``k`` of a generated dataset is ``MOTION_CLASSES[k]``."""
+
+MOTION_FAMILIES: dict[str, tuple[str, ...]] = {
+    "translate": ("translate_right", "translate_left", "translate_up", "translate_down"),
+    "rotate": ("rotate_cw", "rotate_ccw"),
+    "zoom": ("zoom_in", "zoom_out"),
+    "oscillate": ("oscillate_horizontal", "oscillate_vertical"),
+}
+"""Classes that name a family of motion kinds: each video of such a class shows one kind
+of the family, drawn at random (direction is not part of the class)."""
 
 _TRANSLATIONS = {
     "translate_right": (1.0, 0.0),
@@ -527,9 +537,10 @@ def generate_dataset(
             the first ``num_classes`` of :data:`MOTION_CLASSES`.
         seed: non-negative integer seed.
         gop: keyframe interval, ``None`` for the codec default.
-        classes: the motion kinds to use instead (names from :data:`MOTION_CLASSES`, no
-            repeats); video ``i`` then shows ``classes[i % len(classes)]`` and
-            ``num_classes`` is ignored.
+        classes: the classes to use instead (no repeats): motion kinds of
+            :data:`MOTION_CLASSES`, or families of :data:`MOTION_FAMILIES` (a video of a
+            family shows one of its kinds, drawn at random); video ``i`` is of class
+            ``classes[i % len(classes)]`` and ``num_classes`` is ignored.
 
     Returns:
         One :class:`SynthVideo` per video, in index order.
@@ -540,10 +551,11 @@ def generate_dataset(
     width = _check_even("width", width)
     if classes is not None:
         names = list(classes)
-        bad = [c for c in names if c not in MOTION_CLASSES]
+        bad = [c for c in names if c not in MOTION_CLASSES and c not in MOTION_FAMILIES]
         if not names or bad or len(set(names)) != len(names):
             raise ValueError(
-                f"classes must be distinct names of {MOTION_CLASSES}, got {list(classes)}"
+                f"classes must be distinct names of {MOTION_CLASSES} or of "
+                f"{tuple(MOTION_FAMILIES)}, got {list(classes)}"
             )
     else:
         num_classes = _check_positive_int("num_classes", num_classes)
@@ -566,7 +578,9 @@ def generate_dataset(
         label = i % len(names)
         name = names[label]
         rng = np.random.default_rng([seed, i])
-        frames = render_video(num_frames, height, width, name, rng)
+        kinds = MOTION_FAMILIES.get(name, (name,))
+        motion = kinds[int(rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]
+        frames = render_video(num_frames, height, width, motion, rng)
         path = out_dir / name / f"{name}_{i:04d}{spec.extension}"
         n = write_video(path, frames, fps=fps, codec=codec, gop=gop)
         videos.append(SynthVideo(path=path, label=label, label_name=name, num_frames=n))

@@ -317,3 +317,33 @@ def test_write_corrupt_files(tmp_path: Path) -> None:
         with pytest.raises(av.error.FFmpegError), av.open(str(path)) as container:
             list(container.decode(video=0))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)  # no leftovers
+
+
+def test_family_classes_draw_a_kind_per_video(tmp_path):
+    from rayssl.data.synthetic import MOTION_FAMILIES
+
+    videos = generate_dataset(
+        tmp_path,
+        num_videos=8,
+        num_frames=4,
+        height=32,
+        width=32,
+        codec="h264",
+        classes=["translate", "zoom_in"],
+    )
+    assert [v.label_name for v in videos] == ["translate", "zoom_in"] * 4
+    assert all(v.path.parent.name == v.label_name for v in videos)
+    # A family's videos differ in kind: same seed and index render as that kind would.
+    again = generate_dataset(
+        tmp_path / "b",
+        num_videos=8,
+        num_frames=4,
+        height=32,
+        width=32,
+        codec="h264",
+        classes=["translate", "zoom_in"],
+    )
+    assert [v.path.read_bytes() for v in videos] == [v.path.read_bytes() for v in again]
+    assert set(MOTION_FAMILIES["translate"]) <= set(MOTION_CLASSES)
+    with pytest.raises(ValueError, match="classes must be distinct"):
+        generate_dataset(tmp_path, num_videos=2, classes=["spin"])

@@ -141,3 +141,86 @@ def test_evaluate_whole_debug_suite_on_cpu(ray_local, tiny_manifest, tmp_path, c
     assert ev.data.tags["mlflow.parentRunId"] == run_id
     assert ev.data.metrics["retrieval/pool5/top1"] == pytest.approx(results["retrieval/pool5/top1"])
     assert "results.json" in {a.path for a in client.list_artifacts(ev.info.run_id)}
+
+
+def test_only_the_splits_an_evaluation_uses_are_extracted():
+    from rayssl.evaluate.suite import needed_videos
+
+    table = pa.table(
+        {"video_id": ["a", "b", "c", "d"], "split": ["pretrain", "train", "val", "test"]}
+    )
+    base = ["data.manifest=m", "similarity.enabled=false", "finetune.enabled=false"]
+    suite = load_suite(SUITE, [*base, "attention.enabled=false"])  # retrieval+linear: val, train
+    assert needed_videos(suite, table)["video_id"].to_pylist() == ["b", "c"]
+    with_test = load_suite(SUITE, [*base, "attention.split=test"])
+    assert needed_videos(with_test, table)["video_id"].to_pylist() == ["b", "c", "d"]
+    loo = load_suite(SUITE, [*base, "linear.protocol=loo"])  # every labelled video
+    assert needed_videos(loo, table).num_rows == 4
+
+
+def _job(args: list[str], cwd: Path, timeout: float = 600):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RAY_ADDRESS="local", RAYSSL_NUM_CPUS="4", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_job_entry_points_refuse_bad_configs(tmp_path):
+    out = _job(
+        [
+            str(ROOT / "jobs" / "finetune.py"),
+            "--config",
+            str(ROOT / "configs" / "finetune_debug.yaml"),
+            "optim.bogus=1",
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 2 and "optim.bogus: unknown key" in out.stderr
+    out = _job(
+        [
+            str(ROOT / "jobs" / "evaluate.py"),
+            "--checkpoint",
+            "random",
+            "--suite",
+            str(SUITE),
+            "--out",
+            "o",
+            "retrieval.kz=1",
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 2 and "retrieval.kz: unknown key" in out.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_job_entry_point(tiny_manifest, tmp_path):
+    out = _job(
+        [
+            str(ROOT / "jobs" / "evaluate.py"),
+            "--checkpoint",
+            "random",
+            "--suite",
+            str(SUITE),
+            "--out",
+            str(tmp_path / "ev"),
+            f"data.manifest={tiny_manifest}",
+            f"run.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
+            "model.width=0.0625",
+            "data.augment.resize=[32,43]",
+            "data.augment.crop=[32,32]",
+            "features.inference.clips=uniform:2",
+            "similarity.enabled=false",
+            "finetune.enabled=false",
+            "attention.enabled=false",
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    [line] = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    result = json.loads(line[len("RESULT ") :])
+    assert result["results"] == json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert "retrieval/pool5/top1" in result["results"] and result["mlflow_run_id"]
