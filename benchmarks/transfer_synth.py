@@ -1,16 +1,16 @@
 """Transfer benchmark on generated video: does pace pre-training help downstream?
 
-A labelled generated dataset (`rayssl synth`: classes are kinds of motion, appearance is
+A labelled generated dataset (`rayssl synth`: classes are motion families, appearance is
 random per video) is split by a seeded hash into an unlabelled pre-training part and a
-small labelled train / test part. A small backbone is pace-pretrained on CPU on the
+labelled train / test part. A small backbone is pace-pretrained on CPU on the
 first part; then random init and the pre-trained weights are compared on the labelled
 part with the evaluation suite: retrieval top-1/top-5 (test queries train), a linear
 probe (train -> test), and fine-tuning with the test protocol.
 
-    .venv/bin/python benchmarks/transfer_synth.py --out /tmp/transfer [--epochs 20] [...]
+    .venv/bin/python benchmarks/transfer_synth.py --out /tmp/transfer [--epochs 40] [...]
 
-Prints the table and writes OUT/transfer.json. Not a test: it takes ~20-30 minutes on
-a 2-core CPU.
+Prints the table and writes OUT/transfer.json. Not a test: it takes ~30 minutes on a
+2-core CPU (~23 of them pre-training). Measured results: docs/evaluation.md, section 6.
 """
 
 from __future__ import annotations

@@ -177,10 +177,11 @@ def main() -> int:
             print(out.stdout[-3000:] + out.stderr[-3000:], file=sys.stderr)
             print(f"demo: evaluation failed (log: {work / 'job-evaluate.log'})", file=sys.stderr)
             return 1
-
-    report(pretrained, eval_dir)
-    print(f"\ndemo finished in {time.time() - t0:.0f}s. Logs: {work}/*.log. Open MLflow with:")
-    print(f"  .venv/bin/mlflow ui --backend-store-uri {tracking}")
+        report(pretrained, eval_dir)
+        print(f"\nresult after {time.time() - t0:.0f}s. Logs: {work}/*.log. Open MLflow with:")
+        print(f"  .venv/bin/mlflow ui --backend-store-uri {tracking}")
+        print("stopping the Ray head this demo started...", flush=True)
+    print(f"demo finished in {time.time() - t0:.0f}s.")
     return 0
 
 

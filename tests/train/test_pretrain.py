@@ -18,7 +18,6 @@ import mlflow
 import pytest
 
 from rayssl.config import load_config
-from rayssl.localhead import local_ray_head, stop_job, submit_job
 from rayssl.train.checkpoint import load_training_state
 from tests.conftest import ROOT, tiny_overrides
 
@@ -119,55 +118,6 @@ def test_worker_killed_mid_epoch_restarts_and_completes(tiny_manifest, tmp_path)
     starts = _history(tracking, run_id, "data/start_epoch")
     assert starts[0] == 0.0 and len(starts) == 2 and starts[1] >= 1.0
     assert len(_history(tracking, run_id, "train/loss")) >= 3
-
-
-@pytest.mark.slow
-def test_ray_job_submit_kill_and_resubmit_resumes(tiny_manifest, tmp_path):
-    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    storage = tmp_path / "runs"
-    pause = tmp_path / "pause"
-    pause.mkdir()
-    # The job waits after epoch 1's checkpoint until stopped: no race with the clock.
-    env = {
-        "MLFLOW_TRACKING_URI": tracking,
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-        "RAYSSL_TEST_PAUSE": f"{pause}:1",
-    }
-    overrides = [
-        *tiny_overrides(tiny_manifest, storage, "submitted", tracking),
-        "optim.epochs=4",
-        "run.tracking_uri=",  # from MLFLOW_TRACKING_URI, as a user would
-    ]
-    entry = ["python", "jobs/pretrain.py", "--config", "configs/debug.yaml", *overrides]
-    with local_ray_head(num_cpus=4, env=env, log_path=tmp_path / "head.log") as head:
-        out = submit_job(
-            head,
-            entry,
-            ROOT,
-            env_vars=env,
-            submission_id="first",
-            wait=False,
-            timeout_s=120,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-        _wait_for_file(pause / "paused", timeout_s=300)
-        stop_job(head, "first")
-        epoch_done = load_training_state(_latest_checkpoint(storage / "submitted"))["epoch"]
-        assert epoch_done == 1
-
-        out = submit_job(head, entry, ROOT, env_vars=env, submission_id="second")
-        assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    result = _result_line(out.stdout)
-    assert result["metrics"]["epoch"] == 3
-    runs = _runs(tracking, "submitted")
-    assert len(runs) == 1
-    run = runs.iloc[0]
-    assert run["status"] == "FINISHED"
-    starts = _history(tracking, run["run_id"], "data/start_epoch")
-    # Resumed from a checkpoint: the latest one Ray had registered when the job stopped.
-    assert starts[0] == 0.0 and 1 <= starts[-1] <= epoch_done + 1
-    assert len(_history(tracking, run["run_id"], "train/loss")) >= 4
-    assert mlflow.MlflowClient(tracking).list_artifacts(run["run_id"], "weights")
 
 
 def _latest_checkpoint(run_dir: Path) -> Path:

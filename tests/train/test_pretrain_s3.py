@@ -2,7 +2,10 @@
 
 A real S3 API (moto server on loopback), a real local Ray head and `ray job submit`:
 the job is stopped after its first checkpoint reached the bucket, submitted again, and
-must resume from that S3 checkpoint. No credential may appear in MLflow or the logs.
+must resume from that S3 checkpoint and finish the same MLflow run (tracking URI from
+MLFLOW_TRACKING_URI, as a user would set it). No credential may appear in MLflow or
+the logs. This is the `ray job stop` / resubmit test for local storage too: the
+storage layer is the same code path, so a second local copy would only cost CI time.
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(tmp_path):
         runs = mlflow.search_runs(experiment_names=["s3exp"])
         assert len(runs) == 1
         run = runs.iloc[0]
+        assert run["status"] == "FINISHED"
         client = mlflow.MlflowClient(tracking)
         starts = [m.value for m in client.get_metric_history(run["run_id"], "data/start_epoch")]
         # Resumed from an S3 checkpoint: the latest one Ray had registered when the job
