@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
+	# the contrib build replaces plain opencv (both own cv2/): never keep both
+	$(BIN)/python -m pip uninstall -q -y opencv-python-headless 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

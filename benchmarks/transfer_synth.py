@@ -1,16 +1,20 @@
-"""Transfer benchmark on generated video: does pace pre-training help downstream?
+"""Transfer benchmark on generated video: does pre-training help downstream?
 
 A labelled generated dataset (`rayssl synth`: classes are motion families, appearance is
 random per video) is split by a seeded hash into an unlabelled pre-training part and a
-labelled train / test part. A small backbone is pace-pretrained on CPU on the
-first part; then random init and the pre-trained weights are compared on the labelled
-part with the evaluation suite: retrieval top-1/top-5 (test queries train), a linear
-probe (train -> test), and fine-tuning with the test protocol.
+labelled train / test part. A small backbone is pre-trained on CPU on the first part with
+each pretext of --pretexts (pace: configs/debug.yaml; statistics: configs/stats_debug.yaml
+at the same 48x64 frames and 40 px crops); then random init and every pre-trained model
+are compared on the labelled part with the evaluation suite: retrieval top-1/top-5 (test
+queries train), a linear probe (train -> test), and fine-tuning with the test protocol.
 
     .venv/bin/python benchmarks/transfer_synth.py --out /tmp/transfer [--epochs 40] [...]
+    # add a statistics row to an earlier run (same data: generation is seeded):
+    .venv/bin/python benchmarks/transfer_synth.py --out /tmp/transfer --pretexts statistics \
+        --reuse /tmp/transfer/transfer.json
 
-Prints the table and writes OUT/transfer.json. Not a test: it takes ~30 minutes on a
-2-core CPU (~23 of them pre-training). Measured results: docs/evaluation.md, section 6.
+Prints the table and writes OUT/transfer.json. Not a test: it takes ~30 minutes per
+pretext on a 2-core CPU (~23 of them pre-training). Results: docs/evaluation.md, section 6.
 """
 
 from __future__ import annotations
@@ -73,6 +77,13 @@ def main() -> int:
     ap.add_argument("--finetune-epochs", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-finetune", action="store_true")
+    ap.add_argument(
+        "--pretexts", default="pace", help="comma-separated: pace, statistics (one row each)"
+    )
+    ap.add_argument(
+        "--reuse", help="transfer.json of an earlier run on the same data: its columns are kept"
+    )
+    ap.add_argument("--tag", default="", help="appended to the pretext in row labels")
     ap.add_argument("pretrain_overrides", nargs="*", help="key=value for the pre-training")
     args = ap.parse_args()
     out = Path(args.out).resolve()
@@ -102,67 +113,66 @@ def main() -> int:
 
     from rayssl.launch import pretrain
 
-    run_name = f"transfer-pace-{int(time.time())}"
-    cfg = load_config(
-        ROOT / "configs" / "debug.yaml",
-        [
-            f"data.manifest={manifest}",
-            "data.split=pretrain",
-            "data.val_split=test",
-            f"data.clips_per_video={args.clips_per_video}",
-            f"optim.epochs={args.epochs}",
-            f"optim.step_epochs={max(1, int(args.epochs * 0.75))}",
-            f"run.name={run_name}",
-            f"run.storage_path={out / 'runs'}",
-            f"run.tracking_uri={tracking}",
-            f"run.seed={args.seed}",
-            "run.experiment=transfer",
-            *args.pretrain_overrides,
-        ],
-    )
-    t0 = time.perf_counter()
-    result = pretrain(cfg)
-    timings["pretrain_s"] = time.perf_counter() - t0
-    metrics = result["metrics"]
-    print(
-        f"pre-trained {args.epochs} epochs in {timings['pretrain_s']:.0f}s: "
-        f"val pace acc {metrics.get('val/pace_acc', float('nan')):.3f}",
-        flush=True,
-    )
-
-    suite_overrides = [
-        f"data.manifest={manifest}",
-        f"data.augment.resize={list(cfg.data.augment.resize)}",  # the pre-training's geometry
-        f"data.augment.crop={list(cfg.data.augment.crop)}",
-        "retrieval.query_split=test",
-        "retrieval.gallery_split=train",
-        "retrieval.ks=[1,5,10]",
-        "features.inference.clips=uniform:5",
-        "features.inference.torch_threads=2",
-        "linear.test_split=test",
-        "linear.classifier=logreg",
-        "similarity.enabled=false",
-        "attention.split=test",
-        f"finetune.enabled={'false' if args.skip_finetune else 'true'}",
-        f"finetune.overrides=[optim.epochs={args.finetune_epochs}, finetune.test_split=test]",
-        f"run.tracking_uri={tracking}",
-        f"run.storage_path={out / 'runs'}",
-        f"run.seed={args.seed}",
-        "run.experiment=transfer",
-    ]
-    suite = load_suite(ROOT / "configs" / "eval_debug.yaml", suite_overrides)
-    columns, evals = {}, {}
-    for label, ckpt in (("pace pre-trained", result["checkpoint"]), ("random init", "random")):
+    configs = {"pace": "debug.yaml", "statistics": "stats_debug.yaml"}
+    reused = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
+    columns: dict[str, dict] = dict(reused.get("results", {}))
+    pretrained: dict[str, dict] = dict(reused.get("pretrain", {}))
+    if "checkpoint" in pretrained:  # an earlier, pace-only run
+        pretrained = {"pace": pretrained}
+    evals: dict[str, dict] = {}
+    cfg = None
+    for pretext in args.pretexts.split(","):
+        cfg = load_config(
+            ROOT / "configs" / configs[pretext],
+            [
+                f"data.manifest={manifest}",
+                "data.split=pretrain",
+                "data.val_split=test",
+                "data.augment.resize=[48,64]",  # one geometry for every pretext
+                "data.augment.crop=[40,40]",
+                f"data.clips_per_video={args.clips_per_video}",
+                f"optim.epochs={args.epochs}",
+                f"optim.step_epochs={max(1, int(args.epochs * 0.75))}",
+                f"run.name=transfer-{pretext}{args.tag}-{int(time.time())}",
+                f"run.storage_path={out / 'runs'}",
+                f"run.tracking_uri={tracking}",
+                f"run.seed={args.seed}",
+                "run.experiment=transfer",
+                *args.pretrain_overrides,
+            ],
+        )
         t0 = time.perf_counter()
-        s = suite
-        if ckpt == "random":  # same backbone and seed as the pre-training started from
-            from rayssl.evaluate.suite import baseline_suite
+        result = pretrain(cfg)
+        timings[f"pretrain_{pretext}_s"] = time.perf_counter() - t0
+        metrics = result["metrics"]
+        pretrained[pretext + args.tag] = {"metrics": metrics, "checkpoint": result["checkpoint"]}
+        acc = {k: v for k, v in metrics.items() if k.startswith("val/") and k.endswith("acc")}
+        print(
+            f"{pretext}: pre-trained {args.epochs} epochs in "
+            f"{timings[f'pretrain_{pretext}_s']:.0f}s: {acc}",
+            flush=True,
+        )
+        suite = _suite(manifest, cfg, args, tracking, out)
+        label = f"{pretext}{args.tag} pre-trained"
+        t0 = time.perf_counter()
+        evals[label] = evaluate_checkpoint(
+            suite, result["checkpoint"], out / label.replace(" ", "_"), ROOT / "configs"
+        )
+        timings[f"eval_{pretext}_s"] = time.perf_counter() - t0
+        columns[label] = evals[label]["results"]
+    if "random init" not in columns and cfg is not None:
+        from rayssl.evaluate.suite import baseline_suite
 
-            s = baseline_suite(suite, evals["pace pre-trained"]["source"])
-        r = evaluate_checkpoint(s, ckpt, out / label.replace(" ", "_"), ROOT / "configs")
-        timings[f"eval_{label.replace(' ', '_')}_s"] = time.perf_counter() - t0
-        evals[label] = r
-        columns[label] = r["results"]
+        # same backbone and seed as the pre-training started from
+        first = next(iter(evals.values()))
+        suite = baseline_suite(_suite(manifest, cfg, args, tracking, out), first["source"])
+        t0 = time.perf_counter()
+        r = evaluate_checkpoint(suite, "random", out / "random_init", ROOT / "configs")
+        timings["eval_random_s"] = time.perf_counter() - t0
+        columns["random init"] = r["results"]
+    # pre-trained columns first, the random-init baseline last (deltas are against it)
+    order = sorted(k for k in columns if k != "random init") + ["random init"]
+    columns = {k: columns[k] for k in order if k in columns}
     table = comparison_table(columns)
     print("\n" + table)
     command = "python benchmarks/transfer_synth.py " + " ".join(sys.argv[1:])
@@ -172,7 +182,7 @@ def main() -> int:
             {
                 "command": command,
                 "splits": splits,
-                "pretrain": {"metrics": metrics, "checkpoint": result["checkpoint"]},
+                "pretrain": pretrained,
                 "results": columns,
                 "timings_s": timings,
             },
@@ -182,6 +192,33 @@ def main() -> int:
     )
     (out / "transfer.txt").write_text(table + "\n")
     return 0
+
+
+def _suite(manifest: Path, cfg, args: argparse.Namespace, tracking: str, out: Path):
+    """The evaluation suite at the pre-training's clip geometry."""
+    return load_suite(
+        ROOT / "configs" / "eval_debug.yaml",
+        [
+            f"data.manifest={manifest}",
+            f"data.augment.resize={list(cfg.data.augment.resize)}",
+            f"data.augment.crop={list(cfg.data.augment.crop)}",
+            "retrieval.query_split=test",
+            "retrieval.gallery_split=train",
+            "retrieval.ks=[1,5,10]",
+            "features.inference.clips=uniform:5",
+            "features.inference.torch_threads=2",
+            "linear.test_split=test",
+            "linear.classifier=logreg",
+            "similarity.enabled=false",
+            "attention.split=test",
+            f"finetune.enabled={'false' if args.skip_finetune else 'true'}",
+            f"finetune.overrides=[optim.epochs={args.finetune_epochs}, finetune.test_split=test]",
+            f"run.tracking_uri={tracking}",
+            f"run.storage_path={out / 'runs'}",
+            f"run.seed={args.seed}",
+            "run.experiment=transfer",
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ rayssl manifest S --out S.parquet [--format folder|ucf101|hmdb51|kinetics]
 rayssl preview S.parquet --pretext pace --num-clips 16 [--no-augment] --out P
 rayssl pretrain --config configs/debug.yaml [key=value ...]
 rayssl prepare M.parquet --out DST [--short-side 128] [--gop 16]
+rayssl score M.parquet --out SCORED.parquet [--clips uniform:1] [--flow dis]
 rayssl finetune --checkpoint X --config configs/finetune_ucf101.yaml [key=value ...]
 rayssl features --checkpoint X --manifest M --layers pool3 pool5 --clips uniform:10 --out F.parquet
 rayssl evaluate --checkpoint X --suite configs/eval_ucf101.yaml --out DIR [--baseline]
@@ -277,6 +278,51 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0 if summary["ok"] else 1
 
 
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `rayssl score` and `jobs/score.py` (one definition)."""
+    parser.add_argument("manifest", help="manifest to score (.parquet, local or s3://)")
+    parser.add_argument("--out", required=True, help="scored manifest (.parquet, local or s3://)")
+    parser.add_argument("--clips", default="uniform:1", help="clips averaged per video")
+    parser.add_argument("--flow", default="dis", help="optical flow: dis | farneback | tvl1")
+    parser.add_argument(
+        "--resize", type=int, nargs=2, default=[128, 171], metavar=("H", "W"), help="resize"
+    )
+    parser.add_argument("--crop", type=int, default=112, help="centre crop (px)")
+    parser.add_argument("--clip-len", type=int, default=16, help="frames per clip")
+    parser.add_argument("--overwrite", action="store_true", help="rescore every video")
+    parser.add_argument("--keep-parts", action="store_true", help="keep OUT.parts/ at the end")
+    parser.add_argument("--endpoint-url", default="", help="S3 endpoint (else AWS_ENDPOINT_URL_S3)")
+
+
+def score_from_args(args: argparse.Namespace) -> dict:
+    """Run `rayssl.score.run_score` with parsed `add_score_arguments` arguments."""
+    from rayssl.score import run_score
+
+    return run_score(
+        args.manifest,
+        args.out,
+        clips=args.clips,
+        flow=args.flow,
+        resize=(args.resize[0], args.resize[1]),
+        crop=args.crop,
+        clip_len=args.clip_len,
+        endpoint_url=args.endpoint_url or None,
+        overwrite=args.overwrite,
+        keep_parts=args.keep_parts,
+    )
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    _init_ray()
+    try:
+        summary = score_from_args(args)
+    except ValueError as e:  # bad arguments or input (ManifestError included)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0 if summary["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rayssl", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -335,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("prepare", help="transcode a manifest's videos to training-ready H.264")
     add_prepare_arguments(r)
     r.set_defaults(func=cmd_prepare)
+
+    sc = sub.add_parser("score", help="curriculum difficulty of every video (Ray Data)")
+    add_score_arguments(sc)
+    sc.set_defaults(func=cmd_score)
 
     f = sub.add_parser("finetune", help="fine-tune for action recognition, then test (Ray Train)")
     add_finetune_arguments(f)

@@ -118,6 +118,44 @@ class DataConfig:
 
 
 @dataclass
+class StatisticsSettings:
+    """The spatio-temporal statistics pretext (thesis ch. 2-3): 14 motion labels from
+    optical flow computed in the data tasks, 13 appearance labels from the pixels."""
+
+    flow: Literal["dis", "farneback", "tvl1"] = "dis"
+    """Optical flow between consecutive frames of the augmented clip: dis (fast default),
+    farneback, or tvl1 (the thesis's; ~100x slower on CPU)."""
+    head: Literal["regression", "classification"] = "regression"
+    """regression: the thesis's L2 regression of the labels, each scaled to [0, 1] by its
+    number of classes; classification: one softmax per label, cross-entropy."""
+    lambda_motion: float = 1.0
+    lambda_appearance: float = 0.1
+    hidden_dim: int = 2048
+    """Width of the two fully connected layers of each branch (thesis: fc6/fc7 2048);
+    0 = a single linear layer per branch."""
+    spatial_grid: int = 3
+    """The backbone's last feature map is average-pooled to 1 x g x g before the heads,
+    so the branches see where things happen (the labels are locations); 0 = global
+    average pool, as the other tasks use."""
+
+    def validate(self, prefix: str) -> None:
+        _in_range(f"{prefix}.lambda_motion", self.lambda_motion, 0.0, None)
+        _in_range(f"{prefix}.lambda_appearance", self.lambda_appearance, 0.0, None)
+        if self.lambda_motion + self.lambda_appearance <= 0:
+            raise ConfigError(f"{prefix}.lambda_motion: both loss weights are 0")
+        _in_range(f"{prefix}.hidden_dim", self.hidden_dim, 0, None)
+        _in_range(f"{prefix}.spatial_grid", self.spatial_grid, 0, 16)
+        from rayssl.data.flow import available_flow_algorithms
+
+        if self.flow not in available_flow_algorithms():
+            raise ConfigError(
+                f"{prefix}.flow: {self.flow!r} is not available in the installed OpenCV "
+                f"(available: {available_flow_algorithms()}; tvl1 needs "
+                "opencv-contrib-python-headless)"
+            )
+
+
+@dataclass
 class PretextConfig:
     """The self-supervised task and its settings."""
 
@@ -126,11 +164,13 @@ class PretextConfig:
     """Playback paces; label = index. Values < 1 are slow motion (1/2 repeats frames)."""
     num_classes: int = 0
     """supervised (fine-tuning): number of action classes; 0 = from the manifest's labels."""
+    statistics: StatisticsSettings = field(default_factory=StatisticsSettings)
 
     def validate(self, prefix: str) -> None:
         from rayssl.pretext import PRETEXTS
 
         _in_range(f"{prefix}.num_classes", self.num_classes, 0, None)
+        self.statistics.validate(f"{prefix}.statistics")
 
         if self.name not in PRETEXTS:
             raise ConfigError(
@@ -334,6 +374,33 @@ class MonitorSettings:
 
 
 @dataclass
+class CurriculumSettings:
+    """Curriculum learning (thesis 3.2): train on the easiest videos first. Needs a
+    manifest with a `difficulty` column (`rayssl score`); stages change at epoch
+    boundaries. Pacing (Hacohen & Weinshall 2019): single_step (start_fraction until
+    step_epochs, then all), fixed_exp (start_fraction * growth ** (epoch // step_epochs)),
+    varied_exp (the same growth, stage lengths from step_epochs_list)."""
+
+    enabled: bool = False
+    pacing: Literal["single_step", "fixed_exp", "varied_exp"] = "single_step"
+    start_fraction: float = 0.5
+    growth: float = 2.0
+    step_epochs: int = 1
+    step_epochs_list: list[int] = field(default_factory=list)
+
+    def validate(self, prefix: str) -> None:
+        from rayssl.train.curriculum import check_curriculum
+
+        try:
+            check_curriculum(self)
+        except ValueError as e:
+            message = str(e)
+            if not message.startswith(prefix):
+                message = f"{prefix}: {message}"
+            raise ConfigError(message) from None
+
+
+@dataclass
 class RunSettings:
     """Identity of a run: name, where checkpoints go, seed, tracking."""
 
@@ -371,6 +438,7 @@ class Config:
     run: RunSettings = field(default_factory=RunSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    curriculum: CurriculumSettings = field(default_factory=CurriculumSettings)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):

@@ -135,7 +135,32 @@ def prepare_config(cfg: Config) -> Config:
         from rayssl.evaluate.monitor import monitor_videos
 
         monitor_videos(cfg)
+    if cfg.curriculum.enabled:
+        _check_difficulty(cfg)
     return cfg
+
+
+def _check_difficulty(cfg: Config) -> None:
+    """Curriculum learning needs every training video scored (`rayssl score`)."""
+    import math
+
+    from rayssl.data.manifest import read_manifest
+    from rayssl.data.pipeline import usable_videos
+
+    options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
+    table = read_manifest(cfg.data.manifest, options=options)
+    if "difficulty" not in table.column_names:
+        raise ValueError(
+            f"curriculum.enabled: {cfg.data.manifest} has no 'difficulty' column; score it "
+            "first: rayssl score MANIFEST --out SCORED.parquet, then data.manifest=SCORED.parquet"
+        )
+    videos = usable_videos(table, cfg.data.split, cfg.data.fraction, cfg.run.seed)
+    unscored = sum(1 for d in videos["difficulty"].to_pylist() if d is None or not math.isfinite(d))
+    if unscored:
+        print(
+            f"curriculum: {unscored} of {videos.num_rows} training videos have no difficulty "
+            "score; they count as the hardest and come last"
+        )
 
 
 def _with_num_classes(cfg: Config) -> Config:

@@ -70,7 +70,7 @@ def run_preview(
     arrays = {
         "clips": _stack([s["clip"] for s in valid]),
         "indices": np.stack([s["indices"] for s in valid]) if valid else np.zeros((0, 0), int),
-        "labels": np.array([int(s.get("label", -1)) for s in valid], dtype=np.int64),
+        "labels": _labels(valid),
         "paces": np.array([float(s.get("pace", np.nan)) for s in valid], dtype=np.float32),
         "videos": np.array([uri_of[str(s["video_id"])] for s in valid]),
         "class_labels": np.array([int(s["class_label"]) for s in valid], dtype=np.int64),
@@ -79,6 +79,13 @@ def run_preview(
     np.savez_compressed(out / "clips.npz", **arrays)  # type: ignore[arg-type]
     _contact_sheet(valid, out / "preview.png")
     return {"written": len(valid), "skipped": skipped, "out": str(out)}
+
+
+def _labels(samples: list[dict[str, Any]]) -> np.ndarray:
+    """The task's labels: (N,) for pace (its index), (N, 27) for statistics."""
+    if samples and "stats" in samples[0]:
+        return np.stack([np.asarray(s["stats"], dtype=np.int64) for s in samples])
+    return np.array([int(s.get("label", -1)) for s in samples], dtype=np.int64)
 
 
 def _stack(clips: list[np.ndarray]) -> np.ndarray:
@@ -102,7 +109,7 @@ def _contact_sheet(samples: list[dict[str, Any]], path: Path, max_frames: int = 
     if not samples:
         cv2.imwrite(str(path), np.zeros((32, 32, 3), np.uint8))
         return
-    thumb_h = 64
+    thumb_h = 112 if "stats" in samples[0] else 64  # room to draw the statistics
     rows = []
     for s in samples:
         clip = s["clip"]
@@ -111,11 +118,80 @@ def _contact_sheet(samples: list[dict[str, Any]], path: Path, max_frames: int = 
         scale = thumb_h / frames.shape[1]
         thumb_w = max(1, int(round(frames.shape[2] * scale)))
         strip = np.concatenate([cv2.resize(f, (thumb_w, thumb_h)) for f in frames], axis=1)
-        text = f"{s['video_id']}  pace={float(s.get('pace', 0)):g} label={int(s.get('label', -1))}"
+        if "stats" in s:
+            text = f"{s['video_id']}  " + _statistics_caption(np.asarray(s["stats"]))
+            strip = np.concatenate(
+                [strip, _statistics_panels(clip, np.asarray(s["stats"]), thumb_h)], axis=1
+            )
+        else:
+            pace, label = float(s.get("pace", 0)), int(s.get("label", -1))
+            text = f"{s['video_id']}  pace={pace:g} label={label}"
         bar = np.full((18, strip.shape[1], 3), 255, np.uint8)
-        cv2.putText(bar, text[:120], (2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+        cv2.putText(bar, text[:160], (2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
         rows.append(np.concatenate([bar, strip], axis=0))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     sheet = np.concatenate(rows, axis=0)
     cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+
+
+# ----------------------------------------------------------- statistics annotations
+_PATTERNS = ("grid", "rings", "triangles")
+# RGB colours: u motion red, v motion blue, most diverse yellow, most stable green.
+_U, _V, _DIVERSE, _STABLE = (230, 30, 30), (40, 90, 255), (250, 220, 0), (0, 200, 60)
+
+
+def _statistics_caption(labels: np.ndarray) -> str:
+    """The frame and global colour labels (the panels show the rest)."""
+    return (
+        f"largest-motion frame u={int(labels[12])} v={int(labels[13])}  "
+        f"global colour={int(labels[26])}  [red u, blue v: region + boundary orientation; "
+        "yellow most diverse, green most stable colour]"
+    )
+
+
+def _outline(img: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> None:
+    m = mask.astype(np.uint8)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(img, contours, -1, colour, 1)
+
+
+def _arrow(img, mask: np.ndarray, direction: int, colour) -> None:
+    """An arrow at the region's centre along orientation bin `direction` (bin k is
+    centred on 45 k degrees in image coordinates: 0 right, 2 down, 4 left, 6 up)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return
+    cx, cy = float(xs.mean()), float(ys.mean())
+    angle = np.deg2rad(45.0 * direction)
+    r = 0.3 * min(img.shape[:2])
+    end = (int(round(cx + r * np.cos(angle))), int(round(cy + r * np.sin(angle))))
+    cv2.arrowedLine(img, (int(round(cx)), int(round(cy))), end, colour, 1, tipLength=0.3)
+
+
+def _statistics_panels(clip: np.ndarray, labels: np.ndarray, height: int) -> np.ndarray:
+    """One panel per partition pattern: the clip's middle frame with the chosen regions
+    outlined and the dominant boundary orientations drawn, `height` pixels high."""
+    from rayssl.data.statistics import pattern_masks
+
+    h, w = clip.shape[1:3]
+    size = (max(1, int(round(w * height / h))), height)  # cv2 order: (width, height)
+    masks = pattern_masks(h, w)
+    panels = []
+    for p, name in enumerate(_PATTERNS):
+        img = cv2.resize(np.ascontiguousarray(clip[len(clip) // 2]), size)
+        up = [
+            cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+            for m in masks[p]
+        ]
+        u_loc, u_dir, v_loc, v_dir = (int(x) for x in labels[4 * p : 4 * p + 4])
+        d_loc, _, s_loc, _ = (int(x) for x in labels[14 + 4 * p : 14 + 4 * p + 4])
+        _outline(img, up[s_loc], _STABLE)
+        _outline(img, up[d_loc], _DIVERSE)
+        _outline(img, up[v_loc], _V)
+        _outline(img, up[u_loc], _U)
+        _arrow(img, up[u_loc], u_dir, _U)
+        _arrow(img, up[v_loc], v_dir, _V)
+        cv2.putText(img, name, (2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255))
+        panels.append(img)
+    return np.concatenate(panels, axis=1)

@@ -572,19 +572,24 @@ def baseline_suite(suite: EvalSuite, source: BackboneSource) -> EvalSuite:
 
 
 def comparison_table(columns: dict[str, dict[str, float]]) -> str:
-    """Rows = result keys, one column per checkpoint label, plus the difference of the
-    first two (e.g. pre-trained - random)."""
+    """Rows = result keys, one column per checkpoint label, then the difference of every
+    column but the last to the last (the baseline, e.g. random init): one "delta" column
+    for two checkpoints, "delta <name>" columns for more."""
     names = list(columns)
     keys = sorted({k for c in columns.values() for k in c})
     width = max([len(k) for k in keys] + [10])
     head = f"{'':{width}s} " + " ".join(f"{n[:14]:>14s}" for n in names)
-    if len(names) >= 2:
+    compared = names[:-1] if len(names) >= 2 else []
+    if len(compared) == 1:
         head += f" {'delta':>8s}"
+    else:
+        head += "".join(f" {'delta ' + n.split()[0][:8]:>14s}" for n in compared)
     lines = [head]
     for k in keys:
         vals = [columns[n].get(k, float("nan")) for n in names]
         line = f"{k:{width}s} " + " ".join(f"{v:14.3f}" for v in vals)
-        if len(names) >= 2:
-            line += f" {vals[0] - vals[1]:+8.3f}"
+        deltas = [v - vals[-1] for v in vals[:-1]] if compared else []
+        w = 8 if len(compared) == 1 else 14
+        line += "".join(f" {d:+{w}.3f}" for d in deltas)
         lines.append(line)
     return "\n".join(lines)

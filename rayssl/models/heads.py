@@ -59,6 +59,13 @@ class VideoBackbone(nn.Module):
             x = stage(x)
         return torch.flatten(self.global_pool(x), 1)
 
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's output before global pooling, (B, out_dim, T', H', W'), for
+        heads that need to know where things happen (the statistics pretext)."""
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
     def forward_features(
         self, x: torch.Tensor, layers: Sequence[str] = ("pool5",)
     ) -> dict[str, torch.Tensor]:
@@ -92,6 +99,48 @@ class ClassifierHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of features (B, in_dim)."""
         return self.fc(self.dropout(features))
+
+
+def _mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
+    """Two hidden layers (the thesis's fc6/fc7) then the output layer; hidden_dim 0 = one
+    linear layer."""
+    if hidden_dim == 0:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class TwoBranchHead(nn.Module):
+    """The statistics pretext's head (thesis Fig. 2.7): the backbone's last feature map
+    (B, C, T, H, W) is average-pooled to (B, C, 1, g, g) (g = `grid`; 0 = global pool,
+    (B, C)), flattened, and fed to two branches of fully connected layers, one per
+    label group: returns ((B, out_a), (B, out_b))."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_a: int,
+        out_b: int,
+        hidden_dim: int = 2048,
+        grid: int = 3,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool3d((1, grid, grid) if grid else 1)
+        in_dim = in_channels * max(grid, 1) ** 2
+        self.branch_a = _mlp(in_dim, hidden_dim, out_a, dropout)
+        self.branch_b = _mlp(in_dim, hidden_dim, out_b, dropout)
+
+    def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.flatten(self.pool(feature_map), 1)
+        return self.branch_a(x), self.branch_b(x)
 
 
 class ProjectionHead(nn.Module):

@@ -3,9 +3,14 @@ dict; the training loop never branches on names)."""
 
 from rayssl.pretext.base import ClipPlan, Pretext
 from rayssl.pretext.pace import PacePretext
+from rayssl.pretext.statistics import StatisticsPretext
 from rayssl.pretext.supervised import SupervisedTask
 
-PRETEXTS: dict[str, type[Pretext]] = {"pace": PacePretext, "supervised": SupervisedTask}
+PRETEXTS: dict[str, type[Pretext]] = {
+    "pace": PacePretext,
+    "statistics": StatisticsPretext,
+    "supervised": SupervisedTask,
+}
 
 
 def build_pretext(cfg, clip_len: int, short_video: str = "resample_pace") -> Pretext:
@@ -17,4 +22,12 @@ def build_pretext(cfg, clip_len: int, short_video: str = "resample_pace") -> Pre
     return cls(cfg, clip_len=clip_len, short_video=short_video)
 
 
-__all__ = ["PRETEXTS", "ClipPlan", "Pretext", "PacePretext", "SupervisedTask", "build_pretext"]
+__all__ = [
+    "PRETEXTS",
+    "ClipPlan",
+    "PacePretext",
+    "Pretext",
+    "StatisticsPretext",
+    "SupervisedTask",
+    "build_pretext",
+]

@@ -45,6 +45,7 @@ from rayssl.evaluate.monitor import RetrievalMonitor
 from rayssl.launch import quiet_ray_data
 from rayssl.pretext import build_pretext
 from rayssl.train.checkpoint import load_training_state, restore_training_state, save_training_state
+from rayssl.train.curriculum import curriculum_subset, order_by_difficulty, stage_at
 from rayssl.train.step import (
     DeviceSettings,
     PretextModel,
@@ -132,6 +133,10 @@ def _epoch_metrics(prefix: str, sums: dict[str, float], acc_name: str) -> dict[s
         f"{prefix}/videos_skipped": sums.get("num_skipped", 0.0),
         f"{prefix}/pace_resampled": sums.get("num_resampled", 0.0),
     }
+    # A task's own per-sample sums ("motion_loss_sum" -> "train/motion_loss").
+    for key, value in sums.items():
+        if key.endswith("_sum") and key != "loss_sum":
+            out[f"{prefix}/{key[: -len('_sum')]}"] = value / n
     return out
 
 
@@ -230,6 +235,11 @@ def progress_line(metrics: dict[str, Any], epochs: int, acc_name: str) -> str:
         return f" | {prefix} loss {loss:.3f} {acc_name} {acc:.3f}"
 
     text = f"{PROGRESS_PREFIX} epoch {int(metrics['epoch']) + 1}/{epochs}"
+    if "curriculum/stage" in metrics:
+        text += (
+            f" (curriculum stage {int(metrics['curriculum/stage'])}: "
+            f"{int(metrics['curriculum/videos'])} videos)"
+        )
     text += part("train") + part("val")
     text += (
         f" | {metrics['train/clips_per_s']:.1f} clips/s, data wait "
@@ -296,8 +306,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             {"data/videos": videos.num_rows, "data/start_epoch": start_epoch}, step=start_epoch
         )
 
+    ordered = order_by_difficulty(videos) if cfg.curriculum.enabled else None
     for epoch in range(start_epoch, cfg.optim.epochs):
-        rows = epoch_rows(videos, cfg.data.clips_per_video, cfg.run.seed, epoch, rank, world)
+        stage_metrics: dict[str, float] = {}
+        epoch_videos = videos
+        if ordered is not None:
+            # The stage is a function of the epoch, so a resumed run lands in its stage.
+            stage, fraction = stage_at(cfg.curriculum, epoch)
+            epoch_videos = curriculum_subset(ordered, fraction)
+            stage_metrics = {
+                "curriculum/stage": stage,
+                "curriculum/fraction": fraction,
+                "curriculum/videos": epoch_videos.num_rows,
+            }
+        rows = epoch_rows(epoch_videos, cfg.data.clips_per_video, cfg.run.seed, epoch, rank, world)
         ds = build_clip_dataset(rows, spec, cfg.data)
         lr = optimizer.param_groups[0]["lr"]
         sums, wait_s, total_s, global_step = run_epoch(
@@ -323,6 +345,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "lr": lr,
                 "train/clips_per_s": reduced["num_samples"] / max(reduced["total_s"] / world, 1e-9),
                 "train/data_wait_frac": reduced["wait_s"] / max(reduced["total_s"], 1e-9),
+                **stage_metrics,
             }
         )
         if val_videos is not None and val_videos.num_rows:

@@ -69,6 +69,17 @@ def test_comparison_table():
     header, row = text.splitlines()
     assert "pre" in header and "random init" in header and "delta" in header
     assert row.split()[-3:] == ["0.500", "0.250", "+0.250"]
+    # more checkpoints: each compared with the last column (the baseline)
+    three = comparison_table(
+        {
+            "pace pre-trained": {"a": 0.5},
+            "statistics pre-trained": {"a": 0.375},
+            "random init": {"a": 0.25},
+        }
+    )
+    header, row = three.splitlines()
+    assert "delta pace" in header and "delta statisti" in header
+    assert row.split()[-2:] == ["+0.250", "+0.125"]
 
 
 def test_config_path_falls_back_to_the_repository(tmp_path, monkeypatch):

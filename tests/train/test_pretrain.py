@@ -212,3 +212,67 @@ def test_monitor_settings_are_checked_before_training(tiny_manifest, tmp_path):
     )
     with pytest.raises(ManifestError, match="monitor: split 'test' has no usable video"):
         prepare_config(cfg)
+
+
+STATS_DEBUG = str(ROOT / "configs" / "stats_debug.yaml")
+
+
+@pytest.fixture(scope="module")
+def scored_manifest(ray_local, tiny_manifest, tmp_path_factory) -> Path:
+    from rayssl.score import run_score
+
+    scored = tmp_path_factory.mktemp("scored") / "scored.parquet"
+    summary = run_score(str(tiny_manifest), str(scored), resize=(32, 43), crop=32)
+    assert summary["failed"] == 0 and summary["scored"] == 12
+    return scored
+
+
+@pytest.mark.parametrize(
+    ("config", "pretext", "acc"),
+    [(STATS_DEBUG, "statistics", "label_acc"), (DEBUG, "pace", "pace_acc")],
+)
+def test_local_mode_curriculum(scored_manifest, tmp_path, capsys, config, pretext, acc):
+    """Either pretext in the real loop on a scored manifest with a single-step curriculum:
+    the easiest half of the 9 training videos first, then all; stages logged."""
+    from rayssl.launch import pretrain
+
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    cfg = load_config(
+        config,
+        [
+            *tiny_overrides(scored_manifest, tmp_path / "runs", "curriculum", tracking),
+            "train.num_workers=0",
+            "pretext.statistics.hidden_dim=32",
+            "curriculum.enabled=true",
+            "curriculum.step_epochs=1",
+        ],
+    )
+    pretrain(cfg)
+    run = _runs(tracking, "curriculum").iloc[0]
+    assert run["tags.pretext"] == pretext
+    assert _history(tracking, run["run_id"], "curriculum/stage") == [0.0, 1.0]
+    assert _history(tracking, run["run_id"], "curriculum/videos") == [5.0, 9.0]
+    assert _history(tracking, run["run_id"], "train/clips") == [5.0, 9.0]
+    keys = [f"val/{acc}"]
+    if pretext == "statistics":
+        keys += ["train/motion_loss", "train/appearance_loss", "train/motion_acc"]
+    for key in keys:
+        values = _history(tracking, run["run_id"], key)
+        assert len(values) == 2 and all(v >= 0 for v in values), key
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[rayssl] epoch")]
+    assert lines[0].startswith("[rayssl] epoch 1/2 (curriculum stage 0: 5 videos)")
+    assert acc in lines[0]
+
+
+def test_curriculum_needs_a_scored_manifest(tiny_manifest, tmp_path):
+    from rayssl.launch import prepare_config
+
+    cfg = load_config(
+        STATS_DEBUG,
+        [
+            *tiny_overrides(tiny_manifest, tmp_path / "runs", "unscored", "sqlite:///x.db"),
+            "curriculum.enabled=true",
+        ],
+    )
+    with pytest.raises(ValueError, match="no 'difficulty' column; score it first: rayssl score"):
+        prepare_config(cfg)

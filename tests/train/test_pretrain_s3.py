@@ -1,11 +1,15 @@
-"""Pre-training with videos, manifest, checkpoints and MLflow artifacts in S3.
+"""The cluster path end to end, with everything in S3: score, then pre-train the
+statistics pretext with a curriculum, stop, resubmit.
 
 A real S3 API (moto server on loopback), a real local Ray head and `ray job submit`:
-the job is stopped after its first checkpoint reached the bucket, submitted again, and
-must resume from that S3 checkpoint and finish the same MLflow run (tracking URI from
-MLFLOW_TRACKING_URI, as a user would set it). No credential may appear in MLflow or
-the logs. This is the `ray job stop` / resubmit test for local storage too: the
-storage layer is the same code path, so a second local copy would only cost CI time.
+the videos and manifest are in the bucket; `jobs/score.py` writes the scored manifest
+back to it; the statistics pre-training (flow computed in the data tasks) with a
+single-step curriculum is stopped after its first checkpoint reached the bucket,
+submitted again, and must resume from that S3 checkpoint into the right curriculum
+stage and finish the same MLflow run (tracking URI from MLFLOW_TRACKING_URI, as a user
+would set it), with a falling loss. No credential may appear in MLflow or the logs.
+This is also the `ray job stop` / resubmit test for local storage: the storage layer is
+the same code path, so a second local copy would only cost CI time.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from s3server import (
 )
 
 from rayssl.cli import main as cli
+from rayssl.data.manifest import read_manifest
 from rayssl.localhead import local_ray_head, stop_job, submit_job
 from tests.conftest import ROOT, make_dataset
 
@@ -70,20 +75,27 @@ def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(tmp_path):
             )
             == 0
         )
+        scored = f"s3://{BUCKET}/scored.parquet"
         overrides = [
-            f"data.manifest={manifest}",
+            f"data.manifest={scored}",
             f"run.storage_path=s3://{BUCKET}/runs",
             f"run.artifact_location=s3://{BUCKET}/mlflow",
             "run.name=s3run",
             "run.experiment=s3exp",
-            "data.clips_per_video=1",
+            "data.clips_per_video=2",
             "data.augment.resize=[32,43]",
             "data.augment.crop=[32,32]",
             "model.width=0.0625",
+            "pretext.statistics.hidden_dim=32",
             "train.batch_size=4",
+            "optim.lr=3e-3",
             "optim.epochs=4",
+            "curriculum.enabled=true",
+            "curriculum.step_epochs=2",
         ]
-        entry = ["python", "jobs/pretrain.py", "--config", "configs/debug.yaml", *overrides]
+        entry = ["python", "jobs/pretrain.py", "--config", "configs/stats_debug.yaml", *overrides]
+        score = ["python", "jobs/score.py", manifest, "--out", scored]
+        score += ["--resize", "32", "43", "--crop", "32"]  # the training geometry
         pause = tmp_path / "pause"
         pause.mkdir()
         # The first job waits after epoch 1's checkpoint until it is stopped (no race).
@@ -94,6 +106,19 @@ def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(tmp_path):
         }
         # Credentials reach the job through the head's environment, as on a real cluster.
         with local_ray_head(num_cpus=4, env={**env, **job_env}) as head:
+            out0 = submit_job(head, score, ROOT, env_vars=job_env, submission_id="s3-score")
+            assert out0.returncode == 0, (out0.stdout + out0.stderr)[-4000:]
+            scored_table = read_manifest(scored)
+            train_scores = [
+                d
+                for d, s in zip(
+                    scored_table["difficulty"].to_pylist(),
+                    scored_table["split"].to_pylist(),
+                    strict=True,
+                )
+                if s == "train"
+            ]
+            assert len(train_scores) == 9 and all(0.0 < d <= 1.0 for d in train_scores)
             out1 = submit_job(
                 head,
                 entry,
@@ -127,7 +152,18 @@ def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(tmp_path):
         run = runs.iloc[0]
         assert run["status"] == "FINISHED"
         client = mlflow.MlflowClient(tracking)
-        starts = [m.value for m in client.get_metric_history(run["run_id"], "data/start_epoch")]
+
+        def history(key: str) -> list[float]:
+            return [m.value for m in client.get_metric_history(run["run_id"], key)]
+
+        # Curriculum: the easiest half (5 of 9) for epochs 0-1, then all; the resumed
+        # job (epochs 2-3) landed in stage 1.
+        assert history("curriculum/stage")[-4:] == [0, 0, 1, 1]
+        assert history("curriculum/videos")[-4:] == [5, 5, 9, 9]
+        losses = history("train/loss")
+        assert losses[-1] < losses[0], losses
+        assert history("train/motion_loss") and history("val/label_acc")
+        starts = history("data/start_epoch")
         # Resumed from an S3 checkpoint: the latest one Ray had registered when the job
         # was stopped (the newest object may still have been registering then).
         assert starts[0] == 0 and 1 <= starts[-1] <= done + 1
@@ -144,6 +180,8 @@ def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(tmp_path):
         secrets = [FAKE_SECRET_ACCESS_KEY, FAKE_ACCESS_KEY_ID]
         texts = [
             json.dumps(run.to_dict(), default=str),
+            out0.stdout,
+            out0.stderr,
             logs1,
             out2.stdout,
             out2.stderr,
