@@ -9,7 +9,6 @@ import cv2
 import numpy as np
 import pytest
 
-from rayssl.data import flow as flow_mod
 from rayssl.data.flow import FLOW_ALGORITHMS, FlowError, available_flow_algorithms, compute_flow
 
 
@@ -69,14 +68,15 @@ def test_accepts_views():
     assert np.array_equal(compute_flow(view), compute_flow(np.ascontiguousarray(view)))
 
 
-def test_flow_objects_are_reused_per_thread():
-    fn = flow_mod._pair_fn("dis")
-    assert flow_mod._pair_fn("dis") is fn
-    other = []
-    thread = threading.Thread(target=lambda: other.append(flow_mod._pair_fn("dis")))
-    thread.start()
-    thread.join()
-    assert other and other[0] is not fn
+@pytest.mark.parametrize("algorithm", ["dis", "farneback"])
+def test_flow_does_not_depend_on_earlier_clips(algorithm):
+    """The same clip gives the same flow whatever was computed before it in the process
+    (a reused DIS object kept settings derived from the first, smaller image)."""
+    frames = _translating(3, 64, dx=1, dy=1)
+    before = compute_flow(frames, algorithm)
+    compute_flow(_translating(3, 32, dx=2, dy=0), algorithm)
+    compute_flow(_translating(3, 112, dx=0, dy=2), algorithm)
+    assert np.array_equal(compute_flow(frames, algorithm), before)
 
 
 def test_threads_compute_the_same_flow():
