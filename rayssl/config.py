@@ -192,7 +192,7 @@ class PretextConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "r21d"
-    """One of rayssl.models.BACKBONES: c3d, r3d, r21d."""
+    """One of rayssl.models.BACKBONES: c3d, r3d, r21d, s3dg."""
     width: float = 1.0
     """Channel multiplier (tiny CPU configs use 0.125)."""
     dropout: float = 0.0

@@ -9,11 +9,13 @@ from torch import nn
 from rayssl.models.c3d import C3D, c3d_bn
 from rayssl.models.heads import POOL_LAYERS, ClassifierHead, ProjectionHead, VideoBackbone
 from rayssl.models.resnet3d import Conv2Plus1d, ResNet3d, r2plus1d_vcop, r3d_vcop
+from rayssl.models.s3dg import S3DG, s3dg
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "c3d": c3d_bn,
     "r3d": r3d_vcop,
     "r21d": r2plus1d_vcop,
+    "s3dg": s3dg,
 }
 
 
@@ -35,9 +37,11 @@ __all__ = [
     "Conv2Plus1d",
     "ProjectionHead",
     "ResNet3d",
+    "S3DG",
     "VideoBackbone",
     "build_backbone",
     "c3d_bn",
     "r2plus1d_vcop",
     "r3d_vcop",
+    "s3dg",
 ]

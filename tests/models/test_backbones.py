@@ -14,6 +14,7 @@ from rayssl.models import (
     c3d_bn,
     r2plus1d_vcop,
     r3d_vcop,
+    s3dg,
 )
 
 NAMES = sorted(BACKBONES)
@@ -43,7 +44,7 @@ def test_parameter_counts_match_reference(preset, expected) -> None:
 
 
 def test_registry_names_presets() -> None:
-    expected = {"c3d": c3d_bn, "r3d": r3d_vcop, "r21d": r2plus1d_vcop}
+    expected = {"c3d": c3d_bn, "r3d": r3d_vcop, "r21d": r2plus1d_vcop, "s3dg": s3dg}
     assert expected == BACKBONES
 
 
@@ -58,8 +59,10 @@ def test_width_scales_parameters_down(name: str) -> None:
     assert full > half > tiny
     # Conv weights dominate and scale with width**2.
     assert 0.2 < half / full < 0.3
-    assert build_backbone(name, width=TINY_WIDTH).out_dim == 64
-    assert build_backbone(name, width=0.001).out_dim == 4
+    # The last stage's channels scaled (S3D-G's 1024 = four branches, each >= 4).
+    last = {"s3dg": (128, 16)}.get(name, (64, 4))
+    assert build_backbone(name, width=TINY_WIDTH).out_dim == last[0]
+    assert build_backbone(name, width=0.001).out_dim == last[1]
 
 
 @pytest.mark.parametrize("name", NAMES)
