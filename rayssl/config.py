@@ -156,6 +156,31 @@ class StatisticsSettings:
 
 
 @dataclass
+class ContrastiveSettings:
+    """Pace prediction + contrastive learning (thesis 4.2.3, `pace_contrastive`)."""
+
+    mode: Literal["same_context", "same_pace"] = "same_context"
+    """same_context (Eq. 4.3): clips of one video are positives; same_pace (Eq. 4.4):
+    clips at one pace are positives."""
+    temperature: float = 0.5
+    """InfoNCE temperature on L2-normalised embeddings (the thesis gives none)."""
+    projection_hidden: int = 2048
+    """Hidden width of the nonlinear projection head; 0 = no head (pooled features)."""
+    projection_dim: int = 128
+    lambda_cls: float = 1.0
+    lambda_ctr: float = 0.1
+    gather: bool = True
+    """Under DDP, contrast against the embeddings of every worker (with gradients)."""
+
+    def validate(self, prefix: str) -> None:
+        _in_range(f"{prefix}.temperature", self.temperature, 1e-4, None)
+        _in_range(f"{prefix}.projection_hidden", self.projection_hidden, 0, None)
+        _in_range(f"{prefix}.projection_dim", self.projection_dim, 1, None)
+        _in_range(f"{prefix}.lambda_cls", self.lambda_cls, 0.0, None)
+        _in_range(f"{prefix}.lambda_ctr", self.lambda_ctr, 0.0, None)
+
+
+@dataclass
 class PretextConfig:
     """The self-supervised task and its settings."""
 
@@ -165,12 +190,14 @@ class PretextConfig:
     num_classes: int = 0
     """supervised (fine-tuning): number of action classes; 0 = from the manifest's labels."""
     statistics: StatisticsSettings = field(default_factory=StatisticsSettings)
+    contrastive: ContrastiveSettings = field(default_factory=ContrastiveSettings)
 
     def validate(self, prefix: str) -> None:
         from rayssl.pretext import PRETEXTS
 
         _in_range(f"{prefix}.num_classes", self.num_classes, 0, None)
         self.statistics.validate(f"{prefix}.statistics")
+        self.contrastive.validate(f"{prefix}.contrastive")
 
         if self.name not in PRETEXTS:
             raise ConfigError(

@@ -3,11 +3,13 @@ dict; the training loop never branches on names)."""
 
 from rayssl.pretext.base import ClipPlan, Pretext
 from rayssl.pretext.pace import PacePretext
+from rayssl.pretext.pace_contrastive import PaceContrastivePretext
 from rayssl.pretext.statistics import StatisticsPretext
 from rayssl.pretext.supervised import SupervisedTask
 
 PRETEXTS: dict[str, type[Pretext]] = {
     "pace": PacePretext,
+    "pace_contrastive": PaceContrastivePretext,
     "statistics": StatisticsPretext,
     "supervised": SupervisedTask,
 }
@@ -25,6 +27,7 @@ def build_pretext(cfg, clip_len: int, short_video: str = "resample_pace") -> Pre
 __all__ = [
     "PRETEXTS",
     "ClipPlan",
+    "PaceContrastivePretext",
     "PacePretext",
     "Pretext",
     "StatisticsPretext",
