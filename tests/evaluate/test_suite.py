@@ -207,31 +207,34 @@ def test_job_entry_points_refuse_bad_configs(tmp_path):
     assert out.returncode == 2 and "retrieval.kz: unknown key" in out.stderr
 
 
-@pytest.mark.slow
-def test_evaluate_job_entry_point(tiny_manifest, tmp_path):
-    out = _job(
-        [
-            str(ROOT / "jobs" / "evaluate.py"),
-            "--checkpoint",
-            "random",
-            "--suite",
-            str(SUITE),
-            "--out",
-            str(tmp_path / "ev"),
-            f"data.manifest={tiny_manifest}",
-            f"run.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
-            "model.width=0.0625",
-            "data.augment.resize=[32,43]",
-            "data.augment.crop=[32,32]",
-            "features.inference.clips=uniform:2",
-            "similarity.enabled=false",
-            "finetune.enabled=false",
-            "attention.enabled=false",
-        ],
-        tmp_path,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    [line] = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+def test_evaluate_job_entry_point(ray_local, tiny_manifest, tmp_path, monkeypatch, capsys):
+    """jobs/evaluate.py as `ray job submit` runs it, in-process on the session's Ray (a
+    subprocess would start a Ray of its own: ~20 s more; `make demo` submits it for real)."""
+    import runpy
+    import sys
+
+    argv = [
+        "--checkpoint",
+        "random",
+        "--suite",
+        str(SUITE),
+        "--out",
+        str(tmp_path / "ev"),
+        f"data.manifest={tiny_manifest}",
+        f"run.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
+        "model.width=0.0625",
+        "data.augment.resize=[32,43]",
+        "data.augment.crop=[32,32]",
+        "features.inference.clips=uniform:2",
+        "similarity.enabled=false",
+        "finetune.enabled=false",
+        "attention.enabled=false",
+    ]
+    monkeypatch.setattr(sys, "argv", ["jobs/evaluate.py", *argv])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(ROOT / "jobs" / "evaluate.py"), run_name="__main__")
+    assert done.value.code == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("RESULT ")]
     result = json.loads(line[len("RESULT ") :])
     assert result["results"] == json.loads((tmp_path / "ev" / "results.json").read_text())
     assert "retrieval/pool5/top1" in result["results"] and result["mlflow_run_id"]
