@@ -39,6 +39,7 @@ __all__ = [
     "CurriculumLike",
     "check_curriculum",
     "curriculum_subset",
+    "easiest",
     "order_by_difficulty",
     "pacing_schedule",
     "stage_at",
@@ -237,9 +238,15 @@ def curriculum_subset(table: pa.Table, fraction: float) -> pa.Table:
     Raises:
         ValueError: ``fraction`` outside (0, 1], or no ``difficulty`` column.
     """
+    return easiest(order_by_difficulty(table), fraction)
+
+
+def easiest(ordered: pa.Table, fraction: float) -> pa.Table:
+    """The first ``max(1, ceil(fraction * n))`` rows of a table already in easy-first
+    order (:func:`order_by_difficulty`): the training loop orders once per run and
+    slices per epoch instead of sorting every epoch."""
     if not _is_number(fraction) or not 0.0 < float(fraction) <= 1.0:
         raise ValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
-    ordered = order_by_difficulty(table)
     n = ordered.num_rows
     if n == 0:
         return ordered

@@ -45,7 +45,7 @@ from rayssl.evaluate.monitor import RetrievalMonitor
 from rayssl.launch import quiet_ray_data
 from rayssl.pretext import build_pretext
 from rayssl.train.checkpoint import load_training_state, restore_training_state, save_training_state
-from rayssl.train.curriculum import curriculum_subset, order_by_difficulty, stage_at
+from rayssl.train.curriculum import easiest, order_by_difficulty, stage_at
 from rayssl.train.step import (
     DeviceSettings,
     PretextModel,
@@ -313,7 +313,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if ordered is not None:
             # The stage is a function of the epoch, so a resumed run lands in its stage.
             stage, fraction = stage_at(cfg.curriculum, epoch)
-            epoch_videos = curriculum_subset(ordered, fraction)
+            epoch_videos = easiest(ordered, fraction)  # sorted once, above
             stage_metrics = {
                 "curriculum/stage": stage,
                 "curriculum/fraction": fraction,
