@@ -78,7 +78,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-finetune", action="store_true")
     ap.add_argument(
-        "--pretexts", default="pace", help="comma-separated: pace, statistics (one row each)"
+        "--pretexts",
+        default="pace",
+        help="comma-separated: pace, statistics, pace_contrastive (one row each)",
     )
     ap.add_argument(
         "--reuse", help="transfer.json of an earlier run on the same data: its columns are kept"
@@ -113,7 +115,11 @@ def main() -> int:
 
     from rayssl.launch import pretrain
 
-    configs = {"pace": "debug.yaml", "statistics": "stats_debug.yaml"}
+    configs = {
+        "pace": "debug.yaml",
+        "statistics": "stats_debug.yaml",
+        "pace_contrastive": "pace_ctr_debug.yaml",
+    }
     reused = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
     columns: dict[str, dict] = dict(reused.get("results", {}))
     pretrained: dict[str, dict] = dict(reused.get("pretrain", {}))

@@ -181,23 +181,65 @@ class ContrastiveSettings:
 
 
 @dataclass
+class MultitaskSettings:
+    """Several pretexts in one run (`pretext.name: multitask`): one clip plan, one
+    backbone pass, a weighted sum of the tasks' losses."""
+
+    tasks: list[str] = field(default_factory=lambda: ["pace", "statistics"])
+    """The first task plans the clips (pace or pace_contrastive); the others label the
+    first clip from its pixels (statistics)."""
+    weights: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    """One loss weight per task, in the order of `tasks`."""
+
+    def validate(self, prefix: str) -> None:
+        if len(self.tasks) < 2:
+            raise ConfigError(f"{prefix}.tasks: expected at least two tasks, got {self.tasks}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"{prefix}.tasks: duplicate tasks in {self.tasks}")
+        if len(self.weights) != len(self.tasks):
+            raise ConfigError(
+                f"{prefix}.weights: expected one weight per task ({len(self.tasks)}), "
+                f"got {self.weights}"
+            )
+        for i, w in enumerate(self.weights):
+            _in_range(f"{prefix}.weights[{i}]", w, 0.0, None)
+        if sum(self.weights) <= 0:
+            raise ConfigError(f"{prefix}.weights: all weights are 0")
+
+
+@dataclass
 class PretextConfig:
     """The self-supervised task and its settings."""
 
     name: str = "pace"
     paces: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0])
-    """Playback paces; label = index. Values < 1 are slow motion (1/2 repeats frames)."""
+    """Playback paces; label = index. Values < 1 are slow motion (1/2 repeats frames).
+    The thesis's ablations: slow-fast [1/3, 1/2, 1, 2, 3], pace step 2 [1, 3, 5, 7]."""
+    backwards: Literal["none", "same_class", "extra_classes"] = "none"
+    """Play clips backwards with probability `backwards_prob` (thesis table 4.4):
+    same_class keeps the pace's label; extra_classes adds a class per pace (+-p)."""
+    backwards_prob: float = 0.5
     num_classes: int = 0
     """supervised (fine-tuning): number of action classes; 0 = from the manifest's labels."""
     statistics: StatisticsSettings = field(default_factory=StatisticsSettings)
     contrastive: ContrastiveSettings = field(default_factory=ContrastiveSettings)
+    multitask: MultitaskSettings = field(default_factory=MultitaskSettings)
 
     def validate(self, prefix: str) -> None:
         from rayssl.pretext import PRETEXTS
 
         _in_range(f"{prefix}.num_classes", self.num_classes, 0, None)
+        _in_range(f"{prefix}.backwards_prob", self.backwards_prob, 0.0, 1.0)
         self.statistics.validate(f"{prefix}.statistics")
         self.contrastive.validate(f"{prefix}.contrastive")
+        if self.name == "multitask":
+            self.multitask.validate(f"{prefix}.multitask")
+            from rayssl.pretext.multitask import check_tasks
+
+            try:
+                check_tasks(self.multitask.tasks)
+            except ValueError as e:
+                raise ConfigError(f"{prefix}.multitask.tasks: {e}") from None
 
         if self.name not in PRETEXTS:
             raise ConfigError(
@@ -445,6 +487,9 @@ class RunSettings:
     AWS_ENDPOINT_URL_S3."""
     dataset_name: str = ""
     """Tag for MLflow (e.g. ucf101, k400); '' = the manifest's file name."""
+    parent_run_id: str = ""
+    """MLflow run to nest this run under (a sweep's study run sets it); the run then
+    lives in the parent's experiment."""
 
     def validate(self, prefix: str) -> None:
         if not self.name or "/" in self.name:

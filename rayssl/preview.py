@@ -1,8 +1,9 @@
 """`rayssl preview`: run the training clip pipeline on a few clips and save them.
 
-Writes DIR/clips.npz (clips, indices, labels, paces, videos, class_labels) and
-DIR/preview.png, a contact sheet with one row per clip, so a user can check exactly
-what the model is fed.
+Writes DIR/clips.npz (clips, indices, labels, paces, videos, class_labels; stats for
+tasks with statistics; clips2, labels2, paces2 for contrastive pairs; a backwards clip
+has a negative pace) and DIR/preview.png, a contact sheet with one row per clip (and
+one for a pair's second clip), so a user can check exactly what the model is fed.
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ def run_preview(
         "videos": np.array([uri_of[str(s["video_id"])] for s in valid]),
         "class_labels": np.array([int(s["class_label"]) for s in valid], dtype=np.int64),
     }
+    if valid and "stats" in valid[0]:
+        arrays["stats"] = np.stack([np.asarray(s["stats"], dtype=np.int64) for s in valid])
+    if valid and "clip2" in valid[0]:  # contrastive pairs
+        arrays["clips2"] = _stack([s["clip2"] for s in valid])
+        arrays["labels2"] = np.array([int(s["label2"]) for s in valid], dtype=np.int64)
+        arrays["paces2"] = np.array([float(s["pace2"]) for s in valid], dtype=np.float32)
     # numpy's stub types **kwds as the allow_pickle bool
     np.savez_compressed(out / "clips.npz", **arrays)  # type: ignore[arg-type]
     _contact_sheet(valid, out / "preview.png")
@@ -82,8 +89,9 @@ def run_preview(
 
 
 def _labels(samples: list[dict[str, Any]]) -> np.ndarray:
-    """The task's labels: (N,) for pace (its index), (N, 27) for statistics."""
-    if samples and "stats" in samples[0]:
+    """The task's labels: (N,) for pace (its index; multi-task runs too, which also
+    write "stats"), (N, 27) for statistics alone."""
+    if samples and "stats" in samples[0] and "label" not in samples[0]:
         return np.stack([np.asarray(s["stats"], dtype=np.int64) for s in samples])
     return np.array([int(s.get("label", -1)) for s in samples], dtype=np.int64)
 
@@ -112,27 +120,45 @@ def _contact_sheet(samples: list[dict[str, Any]], path: Path, max_frames: int = 
     thumb_h = 112 if "stats" in samples[0] else 64  # room to draw the statistics
     rows = []
     for s in samples:
-        clip = s["clip"]
-        step = max(1, math.ceil(clip.shape[0] / max_frames))
-        frames = clip[::step]
-        scale = thumb_h / frames.shape[1]
-        thumb_w = max(1, int(round(frames.shape[2] * scale)))
-        strip = np.concatenate([cv2.resize(f, (thumb_w, thumb_h)) for f in frames], axis=1)
+        strip = _strip(s["clip"], thumb_h, max_frames)
+        parts = [str(s["video_id"])]
+        if "pace" in s:
+            parts.append(_pace_caption(s, ""))
         if "stats" in s:
-            text = f"{s['video_id']}  " + _statistics_caption(np.asarray(s["stats"]))
+            parts.append(_statistics_caption(np.asarray(s["stats"])))
             strip = np.concatenate(
-                [strip, _statistics_panels(clip, np.asarray(s["stats"]), thumb_h)], axis=1
+                [strip, _statistics_panels(s["clip"], np.asarray(s["stats"]), thumb_h)], axis=1
             )
-        else:
-            pace, label = float(s.get("pace", 0)), int(s.get("label", -1))
-            text = f"{s['video_id']}  pace={pace:g} label={label}"
-        bar = np.full((18, strip.shape[1], 3), 255, np.uint8)
-        cv2.putText(bar, text[:160], (2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-        rows.append(np.concatenate([bar, strip], axis=0))
+        rows.append(_captioned(strip, "  ".join(parts)))
+        if "clip2" in s:  # the second clip of a contrastive pair, from the same decode
+            caption = f"{s['video_id']}  second clip: {_pace_caption(s, '2')}"
+            rows.append(_captioned(_strip(s["clip2"], thumb_h, max_frames), caption))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     sheet = np.concatenate(rows, axis=0)
     cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+
+
+def _strip(clip: np.ndarray, thumb_h: int, max_frames: int) -> np.ndarray:
+    """A clip's frames side by side (at most max_frames), thumb_h pixels high."""
+    step = max(1, math.ceil(clip.shape[0] / max_frames))
+    frames = clip[::step]
+    thumb_w = max(1, int(round(frames.shape[2] * thumb_h / frames.shape[1])))
+    return np.concatenate([cv2.resize(f, (thumb_w, thumb_h)) for f in frames], axis=1)
+
+
+def _captioned(strip: np.ndarray, text: str) -> np.ndarray:
+    bar = np.full((18, strip.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, text[:160], (2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    return np.concatenate([bar, strip], axis=0)
+
+
+def _pace_caption(sample: dict[str, Any], suffix: str) -> str:
+    """'pace=2 label=1', with 'backwards' for a reversed clip (its pace is negative)."""
+    pace = float(sample.get(f"pace{suffix}", 0))
+    label = int(sample.get(f"label{suffix}", -1))
+    direction = " backwards" if pace < 0 else ""
+    return f"pace={abs(pace):g}{direction} label={label}"
 
 
 # ----------------------------------------------------------- statistics annotations

@@ -11,6 +11,11 @@ Short-video policy: a video shorter than a pace's span cannot hold that pace.
     always the pace the frames really have); counted as `resampled`.
   * "skip": the clip is skipped; counted.
 A video too short for every pace is skipped under both policies.
+
+Backwards clips (thesis table 4.4, `play_backwards`): with probability `backwards_prob`
+a clip's indices are reversed (the same frames played in reverse). `same_class` keeps
+the pace's label ("random backwards", 4 classes for 4 paces); `extra_classes` gives a
+backwards clip at pace p its own class, K + label for K paces (+-p, 8 classes).
 """
 
 from __future__ import annotations
@@ -89,6 +94,26 @@ def draw_pace_clip(
     span = pace_span(clip_len, pace)
     start = int(rng.integers(num_frames - span + 1))
     return PaceDraw(pace_indices(start, clip_len, pace), label, pace, resampled)
+
+
+BACKWARDS_MODES = ("none", "same_class", "extra_classes")
+
+
+def maybe_backwards(
+    draw: PaceDraw, mode: str, prob: float, num_paces: int, rng: np.random.Generator
+) -> PaceDraw:
+    """Reverse `draw` with probability `prob` under `mode` (see the module docstring).
+
+    A backwards draw has reversed indices, `pace` negated, and under `extra_classes` the
+    label `num_paces + label`. Mode "none" consumes no random number (forward-only runs
+    draw exactly the clips they drew before backwards clips existed).
+    """
+    if mode not in BACKWARDS_MODES:
+        raise ValueError(f"backwards: unknown mode {mode!r}; one of {list(BACKWARDS_MODES)}")
+    if mode == "none" or rng.random() >= prob:
+        return draw
+    label = draw.label + num_paces if mode == "extra_classes" else draw.label
+    return PaceDraw(draw.indices[::-1].copy(), label, -draw.pace, draw.resampled)
 
 
 def eval_clip_starts(num_frames: int, clip_len: int, num_clips: int = 10) -> np.ndarray:

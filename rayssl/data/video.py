@@ -194,6 +194,7 @@ def read_frames(
     keyframes: Sequence[int] | None = None,
     keyframe_pts: Sequence[int] | None = None,
     threads: int = 1,
+    gap_seek: bool = True,
 ) -> np.ndarray:
     """Return exactly the frames at `indices` (display order, 0-based), as RGB uint8.
 
@@ -205,6 +206,10 @@ def read_frames(
             them the reader seeks to the keyframe before the first index; without them
             it decodes from the start.
         threads: decoder threads.
+        gap_seek: with keyframes, where a keyframe lies between two wanted frames (the
+            two clips of a contrastive pair far apart), seek to it instead of decoding
+            the gap; all in one open of the file. False decodes from the keyframe before
+            the first index through the last, in one pass.
 
     Returns:
         (len(indices), H, W, 3) uint8 array; row i is frame indices[i].
@@ -219,27 +224,44 @@ def read_frames(
     if idx.min() < 0:
         raise ValueError(f"negative frame index {int(idx.min())}")
     wanted = np.unique(idx)
-    first, last = int(wanted[0]), int(wanted[-1])
+    last = int(wanted[-1])
 
-    start_index, start_pts = 0, None
-    if keyframes and keyframe_pts and len(keyframes) == len(keyframe_pts):
-        k = bisect_right(list(keyframes), first) - 1
-        if k > 0:
-            start_index, start_pts = int(keyframes[k]), int(keyframe_pts[k])
+    have_keys = bool(keyframes and keyframe_pts and len(keyframes) == len(keyframe_pts))
+    key_list = [int(k) for k in keyframes] if have_keys and keyframes else []
+    pts_list = [int(p) for p in keyframe_pts] if have_keys and keyframe_pts else []
+    segments = _segments(wanted, key_list) if gap_seek and have_keys else [wanted]
 
     container = _open(source)
     try:
         stream = _video_stream(container, threads)
-        frames = None
-        if start_pts is not None:
-            frames = _decode_range(container, stream, wanted, start_index, start_pts, size)
-        if frames is None:  # no keyframe info, or the seek could not be verified
-            container.seek(0)
-            frames = _decode_range(container, stream, wanted, 0, None, size)
-        if frames is None:
-            raise VideoError("decode_error", "decoder could not restart at frame 0")
+        frames: dict[int, np.ndarray] | None = {}
+        for segment in segments:
+            k = bisect_right(key_list, int(segment[0])) - 1
+            if k > 0:
+                got = _decode_range(container, stream, segment, key_list[k], pts_list[k], size)
+            else:  # no keyframe info, or the segment starts in the first GOP
+                container.seek(0)
+                got = _decode_range(container, stream, segment, 0, None, size)
+            if got is None:  # the seek could not be verified
+                frames = None
+                break
+            assert frames is not None
+            frames.update(got)
     finally:
         container.close()
+    if frames is None:
+        # A seek could not be verified: decode everything from the start, in one pass,
+        # with a fresh demuxer and decoder.
+        if hasattr(source, "seek"):
+            source.seek(0)
+        container = _open(source)
+        try:
+            stream = _video_stream(container, threads)
+            frames = _decode_range(container, stream, wanted, 0, None, size)
+        finally:
+            container.close()
+        if frames is None:
+            raise VideoError("decode_error", "decoder could not restart at frame 0")
 
     missing = [int(i) for i in wanted if int(i) not in frames]
     if missing:
@@ -249,6 +271,30 @@ def read_frames(
             f"(asked up to {last})",
         )
     return np.stack([frames[int(i)] for i in idx])
+
+
+#: Seek over a gap between wanted frames only when it skips more than this many frames:
+#: a seek (demuxer seek, decoder flush, restart at a keyframe) costs about as much as
+#: decoding one or two GOPs of frames. Measured on pairs of pace clips of 300-frame
+#: 240x320 videos (MPEG-4 GOP 12, H.264): thresholds 12-24 decoded 25-45% more clips per
+#: core than never seeking and ~20% more than always seeking; 96 lost most of the gain.
+SEEK_MIN_SKIP = 24
+
+
+def _segments(
+    wanted: np.ndarray, keyframes: list[int], min_skip: int = SEEK_MIN_SKIP
+) -> list[np.ndarray]:
+    """Split sorted `wanted` indices where a keyframe lies more than `min_skip` frames
+    after one wanted frame and at or before the next: seeking to it skips decoding the
+    frames between."""
+    if len(keyframes) < 2 or len(wanted) < 2:
+        return [wanted]
+    keys = np.asarray(keyframes, dtype=np.int64)
+    # keyframe at or before each wanted frame
+    pos = np.searchsorted(keys, wanted, side="right") - 1
+    before = np.where(pos >= 0, keys[np.maximum(pos, 0)], -1)
+    cuts = np.nonzero(before[1:] - wanted[:-1] > min_skip)[0] + 1
+    return np.split(wanted, cuts)
 
 
 def _decode_range(
@@ -292,6 +338,8 @@ def _decode_range(
     except (av.error.FFmpegError, ValueError):
         # A broken tail: whatever was decoded is kept; missing frames are reported.
         pass
+    if index is None:  # the stream ended before the keyframe we seeked to: not landed
+        return None
     return out
 
 

@@ -2,12 +2,14 @@
 dict; the training loop never branches on names)."""
 
 from rayssl.pretext.base import ClipPlan, Pretext
+from rayssl.pretext.multitask import MultitaskPretext
 from rayssl.pretext.pace import PacePretext
 from rayssl.pretext.pace_contrastive import PaceContrastivePretext
 from rayssl.pretext.statistics import StatisticsPretext
 from rayssl.pretext.supervised import SupervisedTask
 
 PRETEXTS: dict[str, type[Pretext]] = {
+    "multitask": MultitaskPretext,
     "pace": PacePretext,
     "pace_contrastive": PaceContrastivePretext,
     "statistics": StatisticsPretext,
@@ -27,6 +29,7 @@ def build_pretext(cfg, clip_len: int, short_video: str = "resample_pace") -> Pre
 __all__ = [
     "PRETEXTS",
     "ClipPlan",
+    "MultitaskPretext",
     "PaceContrastivePretext",
     "PacePretext",
     "Pretext",

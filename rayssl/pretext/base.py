@@ -12,9 +12,13 @@ CPU half (runs in Ray Data workers, numpy only):
     yields exactly one row, which keeps DDP workers in step and epochs exact).
 
 GPU half (plain torch):
-  * `build_head(feature_dim, dropout)` and `compute(backbone, head, batch)` -> (loss, metrics)
+  * `build_head(feature_dim, dropout)`;
+  * `inputs(batch)`: the clips the backbone runs on, stacked (default: "clip");
+  * `loss(features, head, batch)` -> (loss, metrics) from `Features` of those inputs,
     where metrics are detached scalar tensors (summed over valid samples, with a
-    `num_valid` count, so they can be all-reduced exactly).
+    `num_valid` count, so they can be all-reduced exactly). `compute(backbone, head,
+    batch)` runs the backbone once and calls `loss`; a multi-task run shares one
+    `Features` between its tasks.
 
 The training loop never branches on a task's name; `rayssl.pretext.PRETEXTS` maps
 names to classes.
@@ -62,10 +66,74 @@ def masked_cross_entropy(logits, labels, valid) -> tuple[Any, dict[str, Any]]:
     }
 
 
+class Features:
+    """The backbone's outputs for a batch of clips (N, 3, T, H, W), each computed once.
+
+    `map` is the last stage's output (N, C, T', H', W') (`VideoBackbone.forward_map`),
+    `pooled` the global average (N, C). Asking for `pooled` first runs the plain forward
+    pass; once `map` exists `pooled` is its pool, so a multi-task run asks for `map`
+    first and every task shares one backbone pass. `head(n)` is the view of the first
+    n rows (the first clip of every sample when the inputs stack two clips).
+    """
+
+    def __init__(self, backbone, clips, rows: int | None = None) -> None:
+        self._backbone = backbone
+        self._clips = clips
+        self._rows = rows
+        self._map = None
+        self._pooled = None
+
+    def _take(self, t):
+        return t if self._rows is None else t[: self._rows]
+
+    @property
+    def map(self):
+        if self._map is None:
+            self._map = self._backbone.forward_map(self._clips)
+        return self._take(self._map)
+
+    @property
+    def pooled(self):
+        import torch
+
+        if self._pooled is None:
+            if self._map is None:
+                self._pooled = self._backbone(self._clips)
+            else:
+                pool = getattr(self._backbone, "global_pool", None)
+                self._pooled = (
+                    torch.flatten(pool(self._map), 1) if pool else self._map.mean(dim=(2, 3, 4))
+                )
+        return self._take(self._pooled)
+
+    def head(self, n: int) -> Features:
+        """The first n rows; computing either output computes it for all rows."""
+        return _FeatureRows(self, n)
+
+
+class _FeatureRows(Features):
+    def __init__(self, parent: Features, rows: int) -> None:
+        self._parent = parent
+        self._n = rows
+
+    @property
+    def map(self):
+        return self._parent.map[: self._n]
+
+    @property
+    def pooled(self):
+        return self._parent.pooled[: self._n]
+
+
 class Pretext(ABC):
-    """Base class; subclasses set `name` and implement plan / head / compute."""
+    """Base class; subclasses set `name` and implement plan / build_head / loss."""
 
     name: ClassVar[str] = ""
+    #: the task's targets can be computed from the pixels of any clip (`label_clip`),
+    #: so a multi-task run can add it to another task's clips
+    labels_any_clip: ClassVar[bool] = False
+    #: the head reads the spatial feature map, not only the pooled features
+    uses_map: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, clip_len: int, short_video: str = "resample_pace") -> None:
         self.cfg = cfg
@@ -98,11 +166,24 @@ class Pretext(ABC):
         """Shape and dtype of every array `make_sample` returns."""
         return {"clip": (clip_shape, np.uint8)}
 
+    def label_clip(self, clip: np.ndarray) -> dict[str, np.ndarray]:
+        """Targets computed from an augmented clip's pixels (tasks with
+        `labels_any_clip`)."""
+        raise NotImplementedError(f"{self.name}: targets do not come from the pixels")
+
     # ---------------------------------------------------------------- GPU half
     @abstractmethod
     def build_head(self, feature_dim: int, dropout: float = 0.0):  # -> torch.nn.Module
         """The task's head on top of the pooled backbone features (`model.dropout`)."""
 
+    def inputs(self, batch: dict):
+        """The clips the backbone runs on, (N, 3, T, H, W)."""
+        return batch["clip"]
+
     @abstractmethod
-    def compute(self, backbone, head, batch: dict) -> tuple[Any, dict[str, Any]]:
+    def loss(self, features: Features, head, batch: dict) -> tuple[Any, dict[str, Any]]:
         """Loss (mean over valid samples) and summed metrics with `num_valid`."""
+
+    def compute(self, backbone, head, batch: dict) -> tuple[Any, dict[str, Any]]:
+        """Run the backbone once on `inputs(batch)` and return `loss`."""
+        return self.loss(Features(backbone, self.inputs(batch)), head, batch)

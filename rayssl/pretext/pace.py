@@ -1,8 +1,10 @@
 """Pace prediction (thesis ch. 4): classify the playback pace of a clip.
 
 CPU half: draw a pace and a start that fits (`rayssl.data.sampling.draw_pace_clip`),
-the label is the pace's index. GPU half: a linear classifier on the pooled backbone
-features, cross-entropy over the valid samples of the batch.
+the label is the pace's index; with `pretext.backwards` some clips play backwards
+(`rayssl.data.sampling.maybe_backwards`: same label, or K + label as extra classes).
+GPU half: a linear classifier on the pooled backbone features, cross-entropy over the
+valid samples of the batch.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from rayssl.data.sampling import draw_pace_clip
-from rayssl.pretext.base import ClipPlan, Pretext, masked_cross_entropy
+from rayssl.data.sampling import draw_pace_clip, maybe_backwards
+from rayssl.pretext.base import ClipPlan, Features, Pretext, masked_cross_entropy
 
 
 class PacePretext(Pretext):
@@ -25,10 +27,10 @@ class PacePretext(Pretext):
 
     @property
     def num_classes(self) -> int:
-        return len(self.paces)
+        return num_pace_classes(self.cfg)
 
     def plan(self, num_frames: int, rng: np.random.Generator) -> ClipPlan | None:
-        draw = draw_pace_clip(num_frames, self.clip_len, self.paces, rng, self.short_video)
+        draw = draw_pace(self.cfg, num_frames, self.clip_len, rng, self.short_video)
         if draw is None:
             return None
         return ClipPlan(
@@ -49,11 +51,26 @@ class PacePretext(Pretext):
 
         return ClassifierHead(feature_dim, self.num_classes, dropout=dropout)
 
-    def compute(self, backbone, head, batch: dict) -> tuple[Any, dict[str, Any]]:
+    def loss(self, features: Features, head, batch: dict) -> tuple[Any, dict[str, Any]]:
         """Cross-entropy of the pace label on valid samples (`masked_cross_entropy`).
 
         batch: "clip" (B, 3, T, H, W) float on device, "label" (B,) int64,
         "valid" (B,) bool.
         """
-        logits = head(backbone(batch["clip"]))  # (B, num_classes)
+        logits = head(features.pooled)  # (B, num_classes)
         return masked_cross_entropy(logits, batch["label"], batch["valid"])
+
+
+def num_pace_classes(cfg: Any) -> int:
+    """Pace classes of a PretextConfig: one per pace, twice that with backwards clips
+    as extra classes."""
+    return len(cfg.paces) * (2 if cfg.backwards == "extra_classes" else 1)
+
+
+def draw_pace(cfg: Any, num_frames: int, clip_len: int, rng, short_video: str):
+    """A pace clip of a PretextConfig's paces, played backwards as `cfg.backwards` says."""
+    paces = [float(p) for p in cfg.paces]
+    draw = draw_pace_clip(num_frames, clip_len, paces, rng, short_video)
+    if draw is None:
+        return None
+    return maybe_backwards(draw, cfg.backwards, cfg.backwards_prob, len(paces), rng)

@@ -28,14 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from rayssl.data.sampling import draw_pace_clip, stable_hash
-from rayssl.pretext.base import ClipPlan, Pretext
+from rayssl.data.sampling import stable_hash
+from rayssl.pretext.base import ClipPlan, Features, Pretext
 from rayssl.pretext.contrastive_loss import (
     gather_for_contrastive,
     masked_info_nce,
     same_context_mask,
     same_pace_mask,
 )
+from rayssl.pretext.pace import draw_pace, num_pace_classes
 
 #: Redraws of the second pace before accepting an equal one (a video where one pace fits).
 _PACE_REDRAWS = 8
@@ -76,19 +77,24 @@ class PaceContrastivePretext(Pretext):
 
     # ---------------------------------------------------------------- CPU half
     def plan(self, num_frames: int, rng: np.random.Generator) -> ClipPlan | None:
-        first = draw_pace_clip(num_frames, self.clip_len, self.paces, rng, self.short_video)
+        first = draw_pace(self.cfg, num_frames, self.clip_len, rng, self.short_video)
         if first is None:
             return None
         second = None
         for _ in range(_PACE_REDRAWS):
-            second = draw_pace_clip(num_frames, self.clip_len, self.paces, rng, self.short_video)
+            second = draw_pace(self.cfg, num_frames, self.clip_len, rng, self.short_video)
             if second is None or second.label != first.label:
                 break
         if second is None:
             return None
         return ClipPlan(
             clips=[first.indices, second.indices],
-            targets={"label": np.int64(first.label), "label2": np.int64(second.label)},
+            targets={
+                "label": np.int64(first.label),
+                "label2": np.int64(second.label),
+                "pace": np.float32(first.pace),
+                "pace2": np.float32(second.pace),
+            },
             resampled=first.resampled or second.resampled,
         )
 
@@ -98,23 +104,29 @@ class PaceContrastivePretext(Pretext):
             "clip2": (clip_shape, np.uint8),
             "label": ((), np.int64),
             "label2": ((), np.int64),
+            "pace": ((), np.float32),
+            "pace2": ((), np.float32),
         }
 
     # ---------------------------------------------------------------- GPU half
     def build_head(self, feature_dim: int, dropout: float = 0.0):
         s = self.settings
         return PaceContrastiveHead(
-            feature_dim, len(self.paces), s.projection_hidden, s.projection_dim, dropout
+            feature_dim, num_pace_classes(self.cfg), s.projection_hidden, s.projection_dim, dropout
         )
 
-    def compute(self, backbone, head, batch: dict) -> tuple[Any, dict[str, Any]]:
+    def inputs(self, batch: dict):
+        """Both clips of every sample as one batch: rows 0..B-1 the first clips."""
+        return torch.cat([batch["clip"], batch["clip2"]])
+
+    def loss(self, features: Features, head, batch: dict) -> tuple[Any, dict[str, Any]]:
         """batch: "clip", "clip2" (B, 3, T, H, W) float, "label", "label2" (B,) int64,
         "valid" (B,) bool, "video_id" (B,) strings (host)."""
         import torch.nn.functional as F
 
         s = self.settings
         n = batch["clip"].shape[0]
-        logits, z = head(backbone(torch.cat([batch["clip"], batch["clip2"]])))
+        logits, z = head(features.pooled)
         labels = torch.cat([batch["label"], batch["label2"]]).clamp(min=0)
         valid = torch.cat([batch["valid"], batch["valid"]])
         ce = F.cross_entropy(logits.float(), labels, reduction="none")  # (2B,)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from rayssl.data.transforms import AugmentConfig, augment_clip
-from rayssl.pretext.base import ClipPlan, Pretext
+from rayssl.pretext.base import ClipPlan, Features, Pretext
 
 NUM_MOTION = 14
 NUM_APPEARANCE = 13
@@ -55,6 +55,8 @@ def consecutive_clip(num_frames: int, clip_len: int, rng: np.random.Generator) -
 class StatisticsPretext(Pretext):
     name = "statistics"
     accuracy_name = "label_acc"
+    labels_any_clip = True
+    uses_map = True
 
     def __init__(self, cfg: Any, clip_len: int, short_video: str = "resample_pace") -> None:
         super().__init__(cfg, clip_len, short_video)
@@ -79,12 +81,17 @@ class StatisticsPretext(Pretext):
         augment: AugmentConfig | None,
         train: bool = True,
     ) -> dict[str, np.ndarray]:
+        clip = augment_clip(frames[0], augment, rng, train=train) if augment else frames[0]
+        return {"clip": clip, **self.label_clip(clip)}
+
+    def label_clip(self, clip: np.ndarray) -> dict[str, np.ndarray]:
+        """{"stats": (27,) int64}: flow between the clip's consecutive frames, then the
+        labels of `rayssl.data.statistics.statistics_labels`."""
         from rayssl.data.flow import compute_flow
         from rayssl.data.statistics import statistics_labels
 
-        clip = augment_clip(frames[0], augment, rng, train=train) if augment else frames[0]
         flow = compute_flow(clip, self.settings.flow)
-        return {"clip": clip, "stats": statistics_labels(clip, flow).astype(np.int64)}
+        return {"stats": statistics_labels(clip, flow).astype(np.int64)}
 
     def target_spec(self, clip_shape):
         return {"clip": (clip_shape, np.uint8), "stats": ((NUM_LABELS,), np.int64)}
@@ -124,12 +131,12 @@ class StatisticsPretext(Pretext):
         scaled = torch.cat([out_m, out_a], dim=1)
         return torch.round(scaled * (classes - 1)).clamp(min=0).minimum(classes - 1).long()
 
-    def compute(self, backbone, head, batch: dict) -> tuple[Any, dict[str, Any]]:
+    def loss(self, features: Features, head, batch: dict) -> tuple[Any, dict[str, Any]]:
         """batch: "clip" (B, 3, T, H, W) float, "stats" (B, 27) int64, "valid" (B,) bool."""
         import torch
         import torch.nn.functional as F
 
-        out_m, out_a = head(backbone.forward_map(batch["clip"]))
+        out_m, out_a = head(features.map)
         labels = batch["stats"].long().clamp(min=0)  # placeholders are masked below
         valid = batch["valid"].float()
         classes = torch.as_tensor(self.classes, device=labels.device)

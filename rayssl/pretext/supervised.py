@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rayssl.pretext.base import ClipPlan, Pretext, masked_cross_entropy
+from rayssl.pretext.base import ClipPlan, Features, Pretext, masked_cross_entropy
 
 
 class SupervisedTask(Pretext):
@@ -42,11 +42,11 @@ class SupervisedTask(Pretext):
 
         return ClassifierHead(feature_dim, self.num_classes, dropout=dropout)
 
-    def compute(self, backbone, head, batch: dict) -> tuple[Any, dict[str, Any]]:
+    def loss(self, features: Features, head, batch: dict) -> tuple[Any, dict[str, Any]]:
         """Cross-entropy of the class label on valid samples.
 
         batch: "clip" (B, 3, T, H, W) float, "class_label" (B,) int64, "valid" (B,) bool.
         """
-        logits = head(backbone(batch["clip"]))  # (B, num_classes)
+        logits = head(features.pooled)  # (B, num_classes)
         labels = batch["class_label"].clamp(min=0)  # placeholders carry -1; they are masked
         return masked_cross_entropy(logits, labels, batch["valid"])

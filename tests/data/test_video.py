@@ -22,6 +22,7 @@ from rayssl.data.synthetic import (
 from rayssl.data.video import (
     ERROR_REASONS,
     VideoError,
+    _segments,
     probe_video,
     read_all_frames,
     read_frames,
@@ -151,6 +152,41 @@ def test_read_frames_accepts_list_and_numpy(video):
     b = read_frames(str(video.path), np.array([30, 31, 30], dtype=np.int32), **kw)
     assert np.array_equal(a, b)
     check_exact(video, a, np.array([30, 31, 30]))
+
+
+def test_wrong_keyframe_pts_past_the_last_keyframe(video):
+    """A seek whose target is beyond the last frame's pts (the last keyframe's pts off by
+    one) ends the stream before landing: that is a failed landing, not an empty read."""
+    p = video.probe
+    wrong = [t + 1 for t in p.keyframe_pts]
+    for idx in ([NUM_FRAMES - 1], [3, NUM_FRAMES - 1], [p.keyframes[-1]]):
+        out = read_frames(video.path, idx, keyframes=p.keyframes, keyframe_pts=wrong)
+        check_exact(video, out, np.asarray(idx))
+
+
+def test_segments_split_where_a_keyframe_lies_between_wanted_frames():
+    keys = [0, 12, 24, 36, 48, 60]
+    split = [s.tolist() for s in _segments(np.array([3, 4, 30, 31, 33]), keys, min_skip=0)]
+    assert split == [[3, 4], [30, 31, 33]]
+    assert [s.tolist() for s in _segments(np.array([11, 12]), keys, 0)] == [[11], [12]]
+    assert [s.tolist() for s in _segments(np.array([13, 20, 23]), keys, 0)] == [[13, 20, 23]]
+    assert [s.tolist() for s in _segments(np.array([5, 40]), [], 0)] == [[5, 40]]
+    # by default a seek must skip more than SEEK_MIN_SKIP frames
+    assert len(_segments(np.array([3, 30]), keys)) == 1
+    assert [s.tolist() for s in _segments(np.array([3, 60]), keys)] == [[3], [60]]
+
+
+def test_pair_of_distant_clips_in_one_open_is_exact(video):
+    """The two clips of a contrastive pair far apart in the video: one open, a seek over
+    the gap (gap_seek, the default) or one pass through it; both exact."""
+    p = video.probe
+    kw = {"keyframes": p.keyframes, "keyframe_pts": p.keyframe_pts}
+    for a, b, pace in [(0, 90, 2), (10, 100, 1), (70, 2, 3), (40, 44, 4)]:
+        span = 15 * pace + 1
+        b = min(b, NUM_FRAMES - span)
+        idx = np.concatenate([a + np.arange(16), b + np.arange(16) * pace])
+        check_exact(video, read_frames(video.path, idx, **kw), idx)
+        check_exact(video, read_frames(video.path, idx, gap_seek=False, **kw), idx)
 
 
 def test_wrong_keyframe_pts_shifted_by_one_still_exact(video):

@@ -51,7 +51,14 @@ def test_plan_draws_two_paces_of_one_video():
     # Only pace 1 fits a 16-frame video: both clips at pace 1 rather than no sample.
     plan = task.plan(16, rng)
     assert plan.targets["label"] == plan.targets["label2"] == 0
-    assert set(task.target_spec((16, 8, 8, 3))) == {"clip", "clip2", "label", "label2"}
+    assert set(task.target_spec((16, 8, 8, 3))) == {
+        "clip",
+        "clip2",
+        "label",
+        "label2",
+        "pace",
+        "pace2",
+    }
 
 
 def _batch(n=4, size=32, seed=0):
