@@ -9,6 +9,8 @@ rayssl score M.parquet --out SCORED.parquet [--clips uniform:1] [--flow dis]
 rayssl finetune --checkpoint X --config configs/finetune_ucf101.yaml [key=value ...]
 rayssl features --checkpoint X --manifest M --layers pool3 pool5 --clips uniform:10 --out F.parquet
 rayssl evaluate --checkpoint X --suite configs/eval_ucf101.yaml --out DIR [--baseline]
+rayssl sweep --config configs/sweep_debug.yaml [key=value ...]
+rayssl compare [--experiment E] [--parent RUN] [--runs ID ...] [--tag k=v] [--plot METRIC]
 
 `key=value` config overrides are accepted anywhere on the command line.
 """
@@ -323,6 +325,21 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0 if summary["ok"] else 1
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rayssl.tune.sweep import load_sweep, run_sweep
+
+    result = run_sweep(load_sweep(args.config, args.overrides))
+    print(result.pop("table"))
+    print(json.dumps(result, default=str))
+    return 0 if result["trials_done"] == result["trials"] else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rayssl.tune.compare import main as compare_main
+
+    return compare_main(list(args.args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rayssl", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -403,6 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="run an evaluation suite on a checkpoint")
     add_evaluate_arguments(e)
     e.set_defaults(func=cmd_evaluate)
+
+    w = sub.add_parser("sweep", help="a Ray Tune study: pre-train + evaluate every trial")
+    w.add_argument("--config", required=True, help="sweep YAML (configs/sweep_*.yaml)")
+    w.add_argument("overrides", nargs="*", help="key=value sweep overrides")
+    w.set_defaults(func=cmd_sweep)
+
+    c = sub.add_parser(
+        "compare",
+        help="compare MLflow runs: a table, or a metric's curves (--help)",
+        add_help=False,
+    )
+    c.add_argument("args", nargs=argparse.REMAINDER, help="rayssl.tune.compare's arguments")
+    c.set_defaults(func=cmd_compare)
     return p
 
 
@@ -425,6 +455,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rayssl.data.manifest import ManifestError
     from rayssl.evaluate.checkpoint import CheckpointError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:  # its own parser: options after the subcommand are its own
+        from rayssl.tune.compare import main as compare_main
+
+        return compare_main(argv[1:])
     args = parse_args(build_parser(), argv)
     try:
         return int(args.func(args))

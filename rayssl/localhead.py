@@ -155,8 +155,13 @@ def submit_job(
         f"--address={head.dashboard_url}",
         f"--working-dir={working_dir}",
     ]
-    if env_vars:
-        cmd.append("--runtime-env-json=" + json.dumps({"env_vars": dict(env_vars)}))
+    # Every process of the job gets this head's address: Ray's state API (which Ray
+    # Train's placement-group cleaner uses to check the controller is alive) otherwise
+    # picks the newest cluster on the machine, finds no controller there, and removes
+    # the run's placement group, killing its workers (seen with a second local cluster
+    # started while a job ran).
+    job_env = {"RAY_ADDRESS": head.address, **dict(env_vars or {})}
+    cmd.append("--runtime-env-json=" + json.dumps({"env_vars": job_env}))
     if submission_id:
         cmd.append(f"--submission-id={submission_id}")
     if not wait:
@@ -222,3 +227,24 @@ def stop_job(head: Head, submission_id: str, timeout_s: float = 120.0) -> None:
         timeout=timeout_s,
         check=True,
     )
+
+
+def job_status(head: Head, submission_id: str, timeout_s: float = 60.0) -> str:
+    """`ray job status`: PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED ('' if unknown)."""
+    out = subprocess.run(
+        [
+            str(Path(_bin_dir()) / "ray"),
+            "job",
+            "status",
+            f"--address={head.dashboard_url}",
+            submission_id,
+        ],
+        env=head.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    for state in ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"):
+        if f"': {state}" in out.stdout + out.stderr:
+            return state
+    return ""

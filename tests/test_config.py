@@ -335,6 +335,11 @@ def test_every_shipped_config_loads():
         if path.name.startswith("eval_"):  # evaluation suites (rayssl evaluate --suite)
             load_suite(path).validate()
             continue
+        if path.name.startswith("sweep_"):  # Tune studies (rayssl sweep), every trial
+            from rayssl.tune.sweep import check_sweep, load_sweep
+
+            assert len(check_sweep(load_sweep(path))) >= 2, path
+            continue
         cfg = load_config(path)
         assert isinstance(cfg, Config), path
         # Re-validating the loaded object must not fail either.

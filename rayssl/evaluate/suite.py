@@ -524,7 +524,7 @@ def log_to_mlflow(
     import mlflow
 
     from rayssl.config import flatten
-    from rayssl.train.tracking import PRETRAIN_RUN_TAG, git_commit
+    from rayssl.train.tracking import PRETRAIN_RUN_TAG, experiment_id, git_commit
 
     client = mlflow.MlflowClient(suite.run.tracking_uri)
     tags = {
@@ -544,8 +544,7 @@ def log_to_mlflow(
         except mlflow.exceptions.MlflowException:
             exp_id = None  # the pre-training run lives in another tracking store
     if exp_id is None:
-        exp = client.get_experiment_by_name(suite.run.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(suite.run.experiment)
+        exp_id = experiment_id(client, suite.run.experiment)
     run = client.create_run(exp_id, run_name=f"{suite.run.name}-{source.label}", tags=tags)
     run_id = run.info.run_id
     params = {k: str(v)[:500] for k, v in flatten(dataclasses.asdict(suite)).items()}

@@ -71,6 +71,21 @@ def run_tags(cfg: Config, commit: str) -> dict[str, str]:
     }
 
 
+#: MLflow 3's UI opens an experiment without this tag as a GenAI one (traces, prompts);
+#: rayssl's experiments are model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(client, name: str, artifact_location: str = "") -> str:
+    """The id of experiment `name`, created (as a model-training experiment) if new."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(
+        name, artifact_location=artifact_location or None, tags=EXPERIMENT_KIND
+    )
+
+
 class Tracker:
     """Rank 0's MLflow logger; every method is a no-op when `enabled` is False."""
 
@@ -98,15 +113,12 @@ class Tracker:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
             return
-        exp = self.client.get_experiment_by_name(cfg.run.experiment)
-        exp_id = (
-            exp.experiment_id
-            if exp
-            else self.client.create_experiment(
-                cfg.run.experiment, artifact_location=cfg.run.artifact_location or None
-            )
-        )
         tags = run_tags(cfg, commit)
+        if cfg.run.parent_run_id:
+            exp_id = self.client.get_run(cfg.run.parent_run_id).info.experiment_id
+            tags["mlflow.parentRunId"] = cfg.run.parent_run_id
+        else:
+            exp_id = experiment_id(self.client, cfg.run.experiment, cfg.run.artifact_location)
         # A restart that found no checkpoint (killed before the first one was
         # registered) continues the unfinished MLflow run of the same job.
         unfinished = self.client.search_runs(

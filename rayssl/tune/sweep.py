@@ -1,0 +1,443 @@
+"""`rayssl sweep`: a Ray Tune study over any config keys (data fraction x backbone x
+pretext x seed for scaling laws), each trial pre-training and then evaluating.
+
+A sweep file (`configs/sweep_*.yaml`) names a pre-training config, an evaluation suite,
+the downstream metric (a key of the suite's results, e.g. `linear/pool5/accuracy`) and
+the axes: every combination of their values is one trial (a grid). A trial is a Tune
+function trainable that
+
+1. pre-trains: the Ray Train job of `rayssl pretrain` (`launch.pretrain`) with the
+   trial's overrides, named `<study>-<trial>` so a retried or resumed trial continues
+   from its own checkpoint; its MLflow run is a child of the study's run;
+2. evaluates the final checkpoint with the suite (`evaluate.suite.evaluate_checkpoint`,
+   an MLflow run nested under the trial's run);
+3. tags the trial's run (`rayssl.sweep.*`: fraction, backbone, pretext, seed, trial),
+   logs the metric as `downstream/<metric>` and the compute (`compute/clips_seen`,
+   `compute/wall_hours`, `compute/cpu_hours`, `compute/gpu_hours`: reserved resources x
+   wall time), and reports the metric to Tune.
+
+The driver (`run_sweep`) checks every trial's config before anything starts, opens (or
+finds again) the study's parent MLflow run, runs the Tuner (or restores it: trials that
+finished are not run again; errored ones are retried), then fits the scaling law from
+MLflow (`tune.scaling_law`) and logs the report to the parent run.
+
+Fractions are `data.fraction`: nested seeded subsets (`data.sampling.fraction_mask`:
+the videos of 1/8 are inside those of 1/4 for one `run.seed`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rayssl.config import Config, ConfigError, load_config, read_yaml, typed_from_dict
+from rayssl.config import _in_range as in_range
+
+#: Test hook: "<folder>:<trial>" makes that trial wait, once, at its start: it writes
+#: <folder>/paused and waits for <folder>/release (or 10 minutes), so a test can kill the
+#: driver at a known point instead of racing the clock.
+PAUSE_ENV = "RAYSSL_TEST_SWEEP_PAUSE"
+STUDY_TAG = "rayssl.sweep.study"
+#: CPU a trial's own process reserves (it only waits for its Train and Data work, which
+#: reserve their own); Tune refuses a trial that reserves nothing.
+TRIAL_CPU = 0.05
+TAG_PREFIX = "rayssl.sweep."
+
+
+@dataclass
+class Axis:
+    """One swept config key and its values (`data.fraction`, `model.backbone`, ...)."""
+
+    key: str = ""
+    values: list[Any] = field(default_factory=list)
+
+    def validate(self, prefix: str) -> None:
+        if not self.key:
+            raise ConfigError(f"{prefix}.key: expected a config key such as data.fraction")
+        if not self.values:
+            raise ConfigError(f"{prefix}.values: expected at least one value")
+
+
+@dataclass
+class StudySettings:
+    name: str = "sweep"
+    """Study name: Tune's experiment folder, the parent MLflow run; submitting the same
+    name again resumes the study."""
+    storage_path: str = "runs"
+    """Where Tune's state and every trial's checkpoints go (local path or s3://)."""
+    experiment: str = "rayssl-sweeps"
+    tracking_uri: str = ""
+    """MLflow URI; '' = $MLFLOW_TRACKING_URI or sqlite:///mlruns.db."""
+    max_failures: int = 1
+    """Retries of a failed trial before it is reported as failed (the study goes on)."""
+    max_concurrent: int = 0
+    """Trials at once; 0 = as many as the cluster's CPUs and GPUs hold."""
+    data_cpus_per_trial: float = 1.0
+    """CPUs a trial's decoding needs on top of its train workers (for max_concurrent 0
+    and the CPU-hours of the report)."""
+
+    def validate(self, prefix: str) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"{prefix}.name: expected a non-empty name without '/'")
+        in_range(f"{prefix}.max_failures", self.max_failures, 0, None)
+        in_range(f"{prefix}.max_concurrent", self.max_concurrent, 0, None)
+        in_range(f"{prefix}.data_cpus_per_trial", self.data_cpus_per_trial, 0.0, None)
+
+
+@dataclass
+class SweepConfig:
+    pretrain: str = "debug.yaml"
+    """The pre-training config every trial starts from (relative to the sweep file)."""
+    evaluation: str = "eval_debug.yaml"
+    """The evaluation suite run on every trial's checkpoint (relative to the sweep file)."""
+    metric: str = "linear/pool5/accuracy"
+    """The downstream metric: a key of the suite's results."""
+    mode: str = "max"
+    manifest: str = ""
+    """If set, `data.manifest` of both the pre-training and the evaluation."""
+    pretrain_overrides: list[str] = field(default_factory=list)
+    evaluation_overrides: list[str] = field(default_factory=list)
+    axes: list[Axis] = field(default_factory=list)
+    study: StudySettings = field(default_factory=StudySettings)
+
+    def validate(self) -> SweepConfig:
+        if self.mode not in ("max", "min"):
+            raise ConfigError(f"mode: expected max or min, got {self.mode!r}")
+        if not self.axes:
+            raise ConfigError("axes: expected at least one axis (e.g. data.fraction)")
+        keys = [a.key for a in self.axes]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"axes: a key appears twice in {keys}")
+        for i, a in enumerate(self.axes):
+            a.validate(f"axes[{i}]")
+        self.study.validate("study")
+        return self
+
+
+@dataclass(frozen=True)
+class Trial:
+    slug: str  # unique, readable: fraction-0.5_backbone-c3d_seed-0
+    values: dict[str, Any]  # axis key -> value
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{k}={_yaml_value(v)}" for k, v in self.values.items()]
+
+
+def _yaml_value(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ",".join(_yaml_value(x) for x in v) + "]"
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+    """Read a sweep file; relative `pretrain` / `evaluation` paths become absolute."""
+    path = Path(path)
+    cfg = typed_from_dict(SweepConfig, read_yaml(path), overrides)
+    base = path.resolve().parent
+    for name in ("pretrain", "evaluation"):
+        p = Path(getattr(cfg, name))
+        if not p.is_absolute():
+            p = base / p
+        if not p.exists():
+            raise ConfigError(f"{name}: {p} does not exist")
+        setattr(cfg, name, str(p))
+    return cfg
+
+
+def trials(cfg: SweepConfig) -> list[Trial]:
+    """Every combination of the axes' values, in order (the first axis varies slowest)."""
+    out = []
+    for combo in itertools.product(*(a.values for a in cfg.axes)):
+        values = {a.key: v for a, v in zip(cfg.axes, combo, strict=True)}
+        slug = "_".join(f"{k.split('.')[-1]}-{_yaml_value(v)}" for k, v in values.items())
+        out.append(Trial(slug.replace("/", "-").replace(" ", ""), values))
+    if len({t.slug for t in out}) != len(out):
+        raise ConfigError("axes: two trials get the same name; use distinct values")
+    return out
+
+
+def trial_config(cfg: SweepConfig, trial: Trial, parent_run_id: str = "") -> Config:
+    """The pre-training config of one trial (validated, as `rayssl pretrain` would)."""
+    from rayssl.launch import resolve_paths
+
+    study = cfg.study
+    runs = f"{study.storage_path.rstrip('/')}/{study.name}/trials"
+    overrides = [*cfg.pretrain_overrides]
+    if cfg.manifest:
+        overrides.append(f"data.manifest={cfg.manifest}")
+    overrides += trial.overrides
+    overrides += [
+        f"run.name={study.name}-{trial.slug}",
+        f"run.storage_path={runs}",
+        f"run.experiment={study.experiment}",
+        f"run.parent_run_id={parent_run_id}",
+    ]
+    if study.tracking_uri:
+        overrides.append(f"run.tracking_uri={study.tracking_uri}")
+    try:
+        return resolve_paths(load_config(cfg.pretrain, overrides))
+    except ConfigError as e:
+        raise ConfigError(f"trial {trial.slug}: {e}") from None
+
+
+def evaluation_suite(cfg: SweepConfig, trial_cfg: Config):
+    from rayssl.evaluate.suite import load_suite
+
+    overrides = [*cfg.evaluation_overrides]
+    if cfg.manifest:
+        overrides.append(f"data.manifest={cfg.manifest}")
+    overrides += [
+        f"run.tracking_uri={trial_cfg.run.tracking_uri}",
+        f"run.experiment={trial_cfg.run.experiment}",
+        f"run.seed={trial_cfg.run.seed}",
+    ]
+    return load_suite(cfg.evaluation, overrides)
+
+
+def check_sweep(cfg: SweepConfig) -> list[Trial]:
+    """Every trial's config and the suite load and validate: errors before any work."""
+    grid = trials(cfg)
+    for t in grid:
+        tcfg = trial_config(cfg, t)
+        evaluation_suite(cfg, tcfg)
+        if not tcfg.data.manifest:
+            raise ConfigError(f"trial {t.slug}: data.manifest is empty; set `manifest`")
+    return grid
+
+
+# --------------------------------------------------------------------------- a trial
+
+
+def _maybe_pause(slug: str) -> None:
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return
+    folder, name = spec.rsplit(":", 1)
+    if name != slug or Path(folder, "paused").exists():
+        return
+    Path(folder, "paused").write_text(f"pid {os.getpid()} at the start of trial {slug}\n")
+    deadline = time.monotonic() + 600
+    while not Path(folder, "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def trial_tags(cfg: Config, slug: str, study_key: str) -> dict[str, str]:
+    return {
+        TAG_PREFIX + "trial": slug,
+        TAG_PREFIX + "fraction": str(cfg.data.fraction),
+        TAG_PREFIX + "backbone": cfg.model.backbone,
+        TAG_PREFIX + "pretext": cfg.pretext.name,
+        TAG_PREFIX + "seed": str(cfg.run.seed),
+        STUDY_TAG: study_key,
+    }
+
+
+def compute_used(cfg: Config, wall_s: float, clips_seen: float, data_cpus: float) -> dict:
+    """Reserved resources x wall time of a trial's pre-training."""
+    hours = wall_s / 3600.0
+    workers = max(cfg.train.num_workers, 1)
+    gpus = workers * cfg.train.gpus_per_worker if cfg.train.use_gpu else 0.0
+    return {
+        "compute/clips_seen": clips_seen,
+        "compute/wall_hours": hours,
+        "compute/cpu_hours": hours * (workers * cfg.train.cpus_per_worker + data_cpus),
+        "compute/gpu_hours": hours * gpus,
+    }
+
+
+def run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str) -> None:
+    """Tune function trainable: pre-train, evaluate, log, report (see the module doc)."""
+    import mlflow
+    from ray import tune
+
+    from rayssl.evaluate.suite import evaluate_checkpoint
+    from rayssl.launch import pretrain
+    from rayssl.train.tracking import default_tracking_uri
+
+    cfg = _sweep_from_dict(sweep)
+    trial = Trial(config["trial"]["slug"], dict(config["trial"]["values"]))
+    _maybe_pause(trial.slug)
+    tcfg = trial_config(cfg, trial, parent_run_id)
+    t0 = time.monotonic()
+    result = pretrain(tcfg)
+    wall_s = time.monotonic() - t0
+    if not result["checkpoint"]:
+        raise RuntimeError(f"trial {trial.slug}: pre-training reported no checkpoint")
+    suite = evaluation_suite(cfg, tcfg)
+    with tempfile.TemporaryDirectory() as out:
+        ev = evaluate_checkpoint(suite, result["checkpoint"], out, Path(cfg.evaluation).parent)
+    if cfg.metric not in ev["results"]:
+        raise KeyError(
+            f"metric {cfg.metric!r} is not a result of {cfg.evaluation}; it has "
+            f"{sorted(ev['results'])}"
+        )
+    value = float(ev["results"][cfg.metric])
+    uri = default_tracking_uri(tcfg)
+    client = mlflow.MlflowClient(uri)
+    run_id = result["mlflow_run_id"]
+    clips = sum(m.value for m in client.get_metric_history(run_id, "train/clips"))
+    metrics: dict[str, float] = {f"downstream/{cfg.metric}": value}
+    metrics.update(compute_used(tcfg, wall_s, clips, cfg.study.data_cpus_per_trial))
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, v)
+    study_key = f"{cfg.study.storage_path.rstrip('/')}/{cfg.study.name}"
+    tags = trial_tags(tcfg, trial.slug, study_key)
+    tags["rayssl.eval_run"] = ev["mlflow_run_id"]
+    for key, text in tags.items():
+        client.set_tag(run_id, key, text)
+    tune.report({"metric": value, **metrics, "mlflow_run_id": run_id})
+
+
+def _sweep_from_dict(d: dict[str, Any]) -> SweepConfig:
+    return typed_from_dict(SweepConfig, d)
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _parent_run(cfg: SweepConfig, uri: str, grid: list[Trial]) -> str:
+    """The study's MLflow run: found again by its tag when the study resumes."""
+    import mlflow
+
+    from rayssl.train.tracking import experiment_id
+
+    client = mlflow.MlflowClient(uri)
+    exp_id = experiment_id(client, cfg.study.experiment)
+    key = f"{cfg.study.storage_path.rstrip('/')}/{cfg.study.name}"
+    found = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{STUDY_TAG}` = '{key}' and tags.`rayssl.sweep.role` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = client.create_run(
+        exp_id,
+        run_name=cfg.study.name,
+        tags={STUDY_TAG: key, "rayssl.sweep.role": "study", "rayssl.sweep.trials": str(len(grid))},
+    )
+    params = {
+        "pretrain": Path(cfg.pretrain).name,
+        "evaluation": Path(cfg.evaluation).name,
+        "metric": cfg.metric,
+        **{f"axis.{a.key}": str(a.values) for a in cfg.axes},
+    }
+    for k, v in params.items():
+        client.log_param(run.info.run_id, k, v[:500])
+    return run.info.run_id
+
+
+def max_concurrent(cfg: SweepConfig, grid: list[Trial], resources: dict[str, float]) -> int:
+    """Trials at once: the study's setting, else what the cluster's CPUs (and GPUs) hold
+    for the most demanding trial."""
+    if cfg.study.max_concurrent:
+        return cfg.study.max_concurrent
+    need_cpu, need_gpu = 0.0, 0.0
+    for t in grid:
+        tc = trial_config(cfg, t)
+        workers = max(tc.train.num_workers, 1)
+        need_cpu = max(need_cpu, workers * tc.train.cpus_per_worker + cfg.study.data_cpus_per_trial)
+        if tc.train.use_gpu:
+            need_gpu = max(need_gpu, workers * tc.train.gpus_per_worker)
+    n = int(resources.get("CPU", 1) // max(need_cpu, 1e-9))
+    if need_gpu:
+        n = min(n, int(resources.get("GPU", 0) // need_gpu))
+    return max(1, min(n, len(grid)))
+
+
+def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
+    """Run (or resume) the study; returns the report and where everything went."""
+    import ray
+    from ray import tune
+
+    from rayssl.data import storage
+    from rayssl.launch import _init_ray
+    from rayssl.train.tracking import default_tracking_uri
+    from rayssl.tune.scaling_law import log_report, records_from_mlflow, report
+
+    grid = check_sweep(cfg)
+    uri = default_tracking_uri(trial_config(cfg, grid[0]))
+    cfg = replace(cfg, study=replace(cfg.study, tracking_uri=uri))
+    _init_ray()
+    parent = _parent_run(cfg, uri, grid)
+    fs, root = storage.get_filesystem(cfg.study.storage_path, storage.StorageOptions())
+    path = f"{root.rstrip('/')}/{cfg.study.name}"  # as the filesystem names it
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep=asdict(cfg), parent_run_id=parent), {"CPU": TRIAL_CPU}
+    )
+    t0 = time.monotonic()
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        print(f"sweep: resuming {path} (finished trials are kept)", flush=True)
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
+    else:
+        concurrent = max_concurrent(cfg, grid, ray.cluster_resources())
+        print(f"sweep: {len(grid)} trials, {concurrent} at a time, in {path}", flush=True)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search([asdict(t) for t in grid])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=concurrent,
+                trial_name_creator=lambda t: t.config["trial"]["slug"],
+                trial_dirname_creator=lambda t: t.config["trial"]["slug"],
+            ),
+            run_config=tune.RunConfig(
+                name=cfg.study.name,
+                storage_path=root,
+                storage_filesystem=fs,
+                failure_config=tune.FailureConfig(max_failures=cfg.study.max_failures),
+                verbose=1,
+            ),
+        )
+    results = tuner.fit()
+    errors: dict[str, str] = {}
+    for i in range(len(results)):
+        r = results[i]
+        if r.error is not None:
+            errors[Path(r.path).name if r.path else str(i)] = str(r.error)[:300]
+    records = records_from_mlflow(uri, parent, f"downstream/{cfg.metric}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "report"
+        summary = report(records, out, cfg.metric)
+        log_report(uri, parent, summary)
+        table = (out / "scaling_law.md").read_text()
+        local = _local_report_dir(cfg)
+        if local is not None:
+            local.mkdir(parents=True, exist_ok=True)
+            for f in out.iterdir():
+                (local / f.name).write_bytes(f.read_bytes())
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    done = sum(1 for r in records if r.status == "FINISHED" and math.isfinite(r.metric))
+    client.log_metric(parent, "sweep/trials_done", done)
+    client.log_metric(parent, "sweep/trials_failed", len(grid) - done)
+    client.set_terminated(parent, status="FINISHED" if done == len(grid) else "FAILED")
+    return {
+        "study": cfg.study.name,
+        "parent_run_id": parent,
+        "tracking_uri": storage.redact(uri),
+        "trials": len(grid),
+        "trials_done": done,
+        "errors": errors,
+        "report_dir": str(local) if local else "",
+        "table": table,
+        "seconds": time.monotonic() - t0,
+    }
+
+
+def _local_report_dir(cfg: SweepConfig) -> Path | None:
+    from rayssl.data import storage
+
+    if storage.is_s3(cfg.study.storage_path):
+        return None
+    return Path(cfg.study.storage_path) / cfg.study.name / "report"

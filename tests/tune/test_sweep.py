@@ -1,0 +1,214 @@
+"""`rayssl sweep`: the grid, the up-front checks, the resources, and the debug study for
+real: submitted with `ray job submit` to a local head, its driver killed (SIGKILL) while
+the last trial waits at its start, submitted again: it resumes without running the
+finished trial again, and MLflow holds one parent, one child per trial with the
+downstream metric, and the scaling-law report."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from rayssl.config import ConfigError
+from rayssl.tune.sweep import (
+    PAUSE_ENV,
+    check_sweep,
+    load_sweep,
+    max_concurrent,
+    trial_config,
+    trials,
+)
+from tests.conftest import ROOT, make_dataset
+
+SWEEP = ROOT / "configs" / "sweep_debug.yaml"
+
+
+def test_grid_names_and_overrides(tiny_manifest):
+    cfg = load_sweep(SWEEP, [f"manifest={tiny_manifest}"])
+    grid = trials(cfg)
+    assert [t.slug for t in grid] == [
+        "fraction-0.5_backbone-c3d_seed-0",
+        "fraction-0.5_backbone-r21d_seed-0",
+        "fraction-1.0_backbone-c3d_seed-0",
+        "fraction-1.0_backbone-r21d_seed-0",
+    ]
+    tc = trial_config(cfg, grid[1], parent_run_id="abc")
+    assert (tc.data.fraction, tc.model.backbone, tc.run.seed) == (0.5, "r21d", 0)
+    assert tc.run.name == "sweep_debug-fraction-0.5_backbone-r21d_seed-0"
+    assert tc.run.parent_run_id == "abc" and tc.optim.epochs == 2
+    assert tc.data.manifest == str(tiny_manifest)
+    assert len(check_sweep(cfg)) == 4
+
+
+def test_bad_sweeps_fail_before_any_work(tiny_manifest, tmp_path):
+    m = f"manifest={tiny_manifest}"
+    with pytest.raises(ConfigError, match=r"trial backbon-c3d: model.backbon: unknown key"):
+        check_sweep(load_sweep(SWEEP, [m, "axes=[{key: model.backbon, values: [c3d]}]"]))
+    with pytest.raises(ConfigError, match=r"trial fraction-2.*data.fraction"):
+        check_sweep(load_sweep(SWEEP, [m, "axes=[{key: data.fraction, values: [2]}]"]))
+    with pytest.raises(ConfigError, match="axes: expected at least one axis"):
+        load_sweep(SWEEP, [m, "axes=[]"])
+    with pytest.raises(ConfigError, match="evaluation: .* does not exist"):
+        load_sweep(SWEEP, [m, "evaluation=nope.yaml"])
+    with pytest.raises(ConfigError, match="study.max_failures"):
+        load_sweep(SWEEP, [m, "study.max_failures=-1"])
+
+
+def test_concurrency_fits_the_cluster(tiny_manifest):
+    cfg = load_sweep(SWEEP, [f"manifest={tiny_manifest}", "study.max_concurrent=0"])
+    grid = trials(cfg)
+    # a trial: 1 worker x 0.5 CPU + 1 data CPU
+    assert max_concurrent(cfg, grid, {"CPU": 4.0}) == 2
+    assert max_concurrent(cfg, grid, {"CPU": 1.0}) == 1
+    assert max_concurrent(cfg, grid, {"CPU": 64.0}) == 4  # never more than the trials
+    gpu = load_sweep(
+        SWEEP,
+        [
+            f"manifest={tiny_manifest}",
+            "study.max_concurrent=0",
+            "pretrain_overrides=[train.use_gpu=true]",
+        ],
+    )
+    assert max_concurrent(gpu, grid, {"CPU": 64.0, "GPU": 2.0}) == 2
+
+
+def test_cli_hands_compare_its_options(tmp_path, capsys):
+    from rayssl.cli import main as cli
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert cli(["compare", "--tracking-uri", uri, "--runs", "0123456789abcdef"]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def _children(tracking: str, parent: str) -> list:
+    client = mlflow.MlflowClient(tracking)
+    exp = client.get_run(parent).info.experiment_id
+    return client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+
+
+def _driver_pids(marker: str) -> list[int]:
+    """Pids of this machine's `jobs/sweep.py` processes whose command line has `marker`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        cmd = " ".join(argv)
+        # the interpreter itself, not the `/bin/sh -c` the job agent runs it with
+        if Path(argv[0]).name.startswith("python") and "jobs/sweep.py" in cmd and marker in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _tiny_sweep(path: Path, manifest: Path, storage: Path, study: str) -> Path:
+    """configs/sweep_debug.yaml at the test's tiny sizes (1 epoch, 32 px, 1/16 width)."""
+    import yaml
+
+    values = yaml.safe_load(SWEEP.read_text())
+    size = ["data.augment.resize=[32,43]", "data.augment.crop=[32,32]", "model.width=0.0625"]
+    values.update(
+        pretrain=str(ROOT / "configs" / values["pretrain"]),
+        evaluation=str(ROOT / "configs" / values["evaluation"]),
+        manifest=str(manifest),
+        pretrain_overrides=[
+            "optim.epochs=1",
+            "data.val_split=",
+            "data.clips_per_video=1",
+            "train.batch_size=4",
+            *size,
+        ],
+        evaluation_overrides=[
+            *values["evaluation_overrides"][:6],  # the debug sweep's: linear probe only
+            *size,
+        ],
+    )
+    values["axes"] = [  # two trials: one finishes, the other waits when the driver dies
+        {"key": "data.fraction", "values": [0.5, 1.0]},
+        {"key": "model.backbone", "values": ["c3d"]},
+        {"key": "run.seed", "values": [0]},
+    ]
+    values["study"].update(name=study, storage_path=str(storage))
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.slow
+def test_sweep_job_killed_and_resubmitted_resumes_without_redoing_trials(tmp_path):
+    from rayssl.cli import main as cli
+    from rayssl.localhead import job_status, local_ray_head, submit_job
+
+    manifest = make_dataset(tmp_path / "data", num_videos=12, num_frames=40)
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    study = "sweep_kill"
+    last = "fraction-1.0_backbone-c3d_seed-0"
+    sweep = _tiny_sweep(tmp_path / "sweep.yaml", manifest, tmp_path / "runs", study)
+    entry = ["python", "jobs/sweep.py", "--config", str(sweep)]
+    env = {"MLFLOW_TRACKING_URI": tracking, PAUSE_ENV: f"{pause}:{last}"}
+    with local_ray_head(num_cpus=4, env=env, log_path=tmp_path / "head.log") as head:
+        submit_job(head, entry, ROOT, env_vars=env, submission_id="sweep-1", wait=False)
+        deadline = time.monotonic() + 500
+        while not (pause / "paused").exists() and time.monotonic() < deadline:
+            time.sleep(2)
+            state = job_status(head, "sweep-1")
+            assert state in ("PENDING", "RUNNING", ""), f"the sweep job ended: {state}"
+        assert (pause / "paused").exists(), "the last trial never started"
+        pids = _driver_pids(str(sweep))
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)  # the driver dies; the paused trial with it
+        mlflow.set_tracking_uri(tracking)
+        parent = mlflow.search_runs(
+            experiment_names=["rayssl-sweeps"], filter_string="tags.`rayssl.sweep.role` = 'study'"
+        )
+        assert len(parent) == 1
+        parent_id = parent.iloc[0]["run_id"]
+        before = {
+            r.data.tags["rayssl.sweep.trial"]: r.info.run_id for r in _children(tracking, parent_id)
+        }
+        assert list(before) == ["fraction-0.5_backbone-c3d_seed-0"]  # done; the last paused
+
+        second = submit_job(head, entry, ROOT, env_vars=env, log_path=tmp_path / "job2.log")
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        assert "resuming" in second.stdout
+
+    children = _children(tracking, parent_id)
+    by_trial = {r.data.tags["rayssl.sweep.trial"]: r for r in children}
+    assert len(children) == 2 and set(by_trial) == {t.slug for t in trials(load_sweep(sweep))}
+    for slug, run_id in before.items():  # not run again: the same MLflow runs
+        assert by_trial[slug].info.run_id == run_id
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert math.isfinite(r.data.metrics["downstream/linear/pool5/accuracy"])
+        assert r.data.metrics["compute/clips_seen"] > 0
+        assert r.data.tags["rayssl.sweep.fraction"] in ("0.5", "1.0")
+        assert r.data.tags["rayssl.sweep.backbone"] == "c3d"
+    client = mlflow.MlflowClient(tracking)
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent_id, "scaling_law")}
+    assert {"scaling_law/scaling_law.png", "scaling_law/scaling_law.md"} <= artifacts
+    report = tmp_path / "runs" / study / "report"
+    assert (report / "scaling_law.png").stat().st_size > 1000
+    assert "c3d" in (report / "scaling_law.md").read_text()
+    exp = client.get_experiment(client.get_run(parent_id).info.experiment_id)
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+
+    out = Path(tmp_path / "compare.txt")
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli(["compare", "--tracking-uri", tracking, "--parent", parent_id]) == 0
+    out.write_text(buf.getvalue())
+    text = buf.getvalue()
+    assert all(slug in text or by_trial[slug].info.run_name in text for slug in by_trial)
