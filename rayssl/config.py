@@ -92,6 +92,10 @@ class DataConfig:
     rows_per_task: int = 4
     """Clips decoded per Ray Data batch."""
     prefetch_batches: int = 2
+    max_skip_fraction: float = 0.5
+    """Stop the run (a clear error, after the epoch's metrics are logged) when more than
+    this share of an epoch's training clips were skipped (corrupt, missing or too short
+    videos): training on what is left would not be the run you asked for. 1.0 = never."""
     progress_logs: bool = False
     """Ray Data's progress logs for every pipeline (one per epoch and worker): off keeps
     the job log readable; the per-epoch metrics say how the data side keeps up."""
@@ -109,6 +113,7 @@ class DataConfig:
         _in_range(f"{prefix}.num_cpus_per_task", self.num_cpus_per_task, 0.0, None)
         _in_range(f"{prefix}.rows_per_task", self.rows_per_task, 1, None)
         _in_range(f"{prefix}.prefetch_batches", self.prefetch_batches, 0, None)
+        _in_range(f"{prefix}.max_skip_fraction", self.max_skip_fraction, 0.0, 1.0)
         if "@" in self.endpoint_url:
             raise ConfigError(
                 f"{prefix}.endpoint_url: must hold only the URL; put credentials in the "

@@ -97,6 +97,31 @@ def _maybe_pause(epoch: int, rank: int) -> None:
         time.sleep(0.1)
 
 
+class SkipRateError(RuntimeError):
+    """Too many of an epoch's training clips were skipped (`data.max_skip_fraction`)."""
+
+
+def _check_skip_rate(
+    cfg: Config, epoch: int, sums: dict[str, float], skips: dict[str, float], tracker
+) -> None:
+    """Stop the run when the share of skipped clips passes `data.max_skip_fraction`
+    (every worker sees the same reduced sums, so all stop together). The epoch's
+    metrics, skip reasons included, are already logged and checkpointed."""
+    total = sums.get("num_samples", 0.0)
+    skipped = sums.get("num_skipped", 0.0)
+    if total <= 0 or skipped / total <= cfg.data.max_skip_fraction:
+        return
+    reasons = ", ".join(f"{r} {int(n)}" for r, n in sorted(skips.items()) if n)
+    tracker.set_tags({"failure": "skip_rate"})
+    tracker.finish("FAILED")
+    raise SkipRateError(
+        f"epoch {epoch + 1}: {int(skipped)} of {int(total)} training clips skipped "
+        f"({skipped / total:.0%} > data.max_skip_fraction {cfg.data.max_skip_fraction:.0%}); "
+        f"reasons: {reasons or 'unknown'}. Fix or drop those videos (rayssl manifest lists "
+        "unreadable ones) or raise data.max_skip_fraction."
+    )
+
+
 def _all_reduce(values: dict[str, float], device: torch.device) -> dict[str, float]:
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
@@ -391,6 +416,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report({**metrics, "mlflow_run_id": tracker.run_id or ""}, checkpoint=ckpt)
         _maybe_pause(epoch, rank)
+        _check_skip_rate(cfg, epoch, reduced, skips, tracker)
 
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
