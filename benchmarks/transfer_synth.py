@@ -3,9 +3,10 @@
 A labelled generated dataset (`rayssl synth`: classes are motion families, appearance is
 random per video) is split by a seeded hash into an unlabelled pre-training part and a
 labelled train / test part. A small backbone is pre-trained on CPU on the first part with
-each pretext of --pretexts (pace: configs/debug.yaml; statistics: configs/stats_debug.yaml
-at the same 48x64 frames and 40 px crops); then random init and every pre-trained model
-are compared on the labelled part with the evaluation suite: retrieval top-1/top-5 (test
+each pretext of --pretexts (pace: configs/debug.yaml; statistics: configs/stats_debug.yaml;
+pace_contrastive: configs/pace_ctr_debug.yaml; all at 48x64 frames and 40 px crops); then
+random init and every pre-trained model are compared on the labelled part with the
+evaluation suite: retrieval top-1/top-5 (test
 queries train), a linear probe (train -> test), and fine-tuning with the test protocol.
 
     .venv/bin/python benchmarks/transfer_synth.py --out /tmp/transfer [--epochs 40] [...]

@@ -265,6 +265,14 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str)
     trial = Trial(config["trial"]["slug"], dict(config["trial"]["values"]))
     _maybe_pause(trial.slug)
     tcfg = trial_config(cfg, trial, parent_run_id)
+    metric_key = f"downstream/{cfg.metric}"
+    earlier = finished_trial_run(default_tracking_uri(tcfg), parent_run_id, trial.slug, metric_key)
+    if earlier is not None:
+        # Tune saves its state every few seconds; a driver killed right after a trial
+        # finished restores it as unfinished. MLflow knows: report, do not redo.
+        print(f"trial {trial.slug}: finished earlier (MLflow run {earlier[0]}), not run again")
+        tune.report({"metric": earlier[1], metric_key: earlier[1], "mlflow_run_id": earlier[0]})
+        return
     t0 = time.monotonic()
     result = pretrain(tcfg)
     wall_s = time.monotonic() - t0
@@ -293,6 +301,30 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str)
     for key, text in tags.items():
         client.set_tag(run_id, key, text)
     tune.report({"metric": value, **metrics, "mlflow_run_id": run_id})
+
+
+def finished_trial_run(
+    uri: str, parent_run_id: str, slug: str, metric_key: str
+) -> tuple[str, float] | None:
+    """(run id, metric) of this study's finished run of trial `slug`, if it has one."""
+    import mlflow
+
+    if not parent_run_id:
+        return None
+    client = mlflow.MlflowClient(uri)
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs(
+        [exp_id],
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+            f"tags.`{TAG_PREFIX}trial` = '{slug}' and attributes.status = 'FINISHED'"
+        ),
+    )
+    for run in runs:
+        value = run.data.metrics.get(metric_key)
+        if value is not None and math.isfinite(value):
+            return run.info.run_id, float(value)
+    return None
 
 
 def _sweep_from_dict(d: dict[str, Any]) -> SweepConfig:

@@ -40,8 +40,3 @@ def test_run_stops_when_most_clips_are_skipped(ray_local, tmp_path):
     assert run["status"] == "FAILED" and run["tags.failure"] == "skip_rate"
     assert run["metrics.train/videos_skipped"] == 6  # the epoch's reasons were logged first
     assert run["metrics.epoch"] == 0  # it stopped after the first epoch
-
-    # the same data under a looser limit trains to the end
-    loose = [*overrides, "run.name=skips-loose", "data.max_skip_fraction=0.8", "optim.epochs=1"]
-    result = pretrain(load_config(ROOT / "configs" / "debug.yaml", loose))
-    assert result["metrics"]["train/videos_skipped"] == 6
