@@ -211,13 +211,15 @@ def _run(
         return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), err.read())
 
 
-def stop_job(head: Head, submission_id: str, timeout_s: float = 120.0) -> None:
-    """`ray job stop`: the driver is terminated, taking its Ray Train workers with it."""
-    subprocess.run(
+def _ray_job(
+    head: Head, command: str, submission_id: str, timeout_s: float, check: bool
+) -> subprocess.CompletedProcess:
+    """`ray job COMMAND --address=<head> SUBMISSION_ID`."""
+    return subprocess.run(
         [
             str(Path(_bin_dir()) / "ray"),
             "job",
-            "stop",
+            command,
             f"--address={head.dashboard_url}",
             submission_id,
         ],
@@ -225,25 +227,18 @@ def stop_job(head: Head, submission_id: str, timeout_s: float = 120.0) -> None:
         capture_output=True,
         text=True,
         timeout=timeout_s,
-        check=True,
+        check=check,
     )
+
+
+def stop_job(head: Head, submission_id: str, timeout_s: float = 120.0) -> None:
+    """`ray job stop`: the driver is terminated, taking its Ray Train workers with it."""
+    _ray_job(head, "stop", submission_id, timeout_s, check=True)
 
 
 def job_status(head: Head, submission_id: str, timeout_s: float = 60.0) -> str:
     """`ray job status`: PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED ('' if unknown)."""
-    out = subprocess.run(
-        [
-            str(Path(_bin_dir()) / "ray"),
-            "job",
-            "status",
-            f"--address={head.dashboard_url}",
-            submission_id,
-        ],
-        env=head.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
+    out = _ray_job(head, "status", submission_id, timeout_s, check=False)
     for state in ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"):
         if f"': {state}" in out.stdout + out.stderr:
             return state

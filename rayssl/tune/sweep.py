@@ -39,9 +39,10 @@ from typing import Any
 from rayssl.config import Config, ConfigError, load_config, read_yaml, typed_from_dict
 from rayssl.config import _in_range as in_range
 
-#: Test hook: "<folder>:<trial>" makes that trial wait, once, at its start: it writes
-#: <folder>/paused and waits for <folder>/release (or 10 minutes), so a test can kill the
-#: driver at a known point instead of racing the clock.
+#: Test hook: "<folder>:<trial>[:logged]" makes that trial wait, once, at its start (or,
+#: with `:logged`, after its results are in MLflow and before Tune hears of them): it
+#: writes <folder>/paused and waits for <folder>/release (or 10 minutes), so a test can
+#: kill the driver at a known point instead of racing the clock.
 PAUSE_ENV = "RAYSSL_TEST_SWEEP_PAUSE"
 STUDY_TAG = "rayssl.sweep.study"
 #: CPU a trial's own process reserves (it only waits for its Train and Data work, which
@@ -215,14 +216,14 @@ def check_sweep(cfg: SweepConfig) -> list[Trial]:
 # --------------------------------------------------------------------------- a trial
 
 
-def _maybe_pause(slug: str) -> None:
+def _maybe_pause(slug: str, point: str = "start") -> None:
     spec = os.environ.get(PAUSE_ENV)
     if not spec:
         return
-    folder, name = spec.rsplit(":", 1)
-    if name != slug or Path(folder, "paused").exists():
+    folder, name, *rest = spec.split(":")
+    if name != slug or (rest[0] if rest else "start") != point or Path(folder, "paused").exists():
         return
-    Path(folder, "paused").write_text(f"pid {os.getpid()} at the start of trial {slug}\n")
+    Path(folder, "paused").write_text(f"pid {os.getpid()}: trial {slug} at {point}\n")
     deadline = time.monotonic() + 600
     while not Path(folder, "release").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -300,6 +301,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str)
     tags["rayssl.eval_run"] = ev["mlflow_run_id"]
     for key, text in tags.items():
         client.set_tag(run_id, key, text)
+    _maybe_pause(trial.slug, "logged")
     tune.report({"metric": value, **metrics, "mlflow_run_id": run_id})
 
 

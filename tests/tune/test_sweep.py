@@ -1,8 +1,9 @@
 """`rayssl sweep`: the grid, the up-front checks, the resources, and the debug study for
-real: submitted with `ray job submit` to a local head, its driver killed (SIGKILL) while
-the last trial waits at its start, submitted again: it resumes without running the
-finished trial again, and MLflow holds one parent, one child per trial with the
-downstream metric, and the scaling-law report."""
+real: submitted with `ray job submit` to a local head, two trials at once, its driver
+killed (SIGKILL) while one trial waits between logging its results and reporting them
+to Tune, submitted again: it resumes without running any trial's work again, and
+MLflow holds one parent, one child per trial with the downstream metric, and the
+scaling-law report."""
 
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ def _tiny_sweep(path: Path, manifest: Path, storage: Path, study: str) -> Path:
         {"key": "model.backbone", "values": ["c3d"]},
         {"key": "run.seed", "values": [0]},
     ]
-    values["study"].update(name=study, storage_path=str(storage))
+    values["study"].update(name=study, storage_path=str(storage), max_concurrent=2)
     path.write_text(yaml.safe_dump(values))
     return path
 
@@ -155,18 +156,24 @@ def test_sweep_job_killed_and_resubmitted_resumes_without_redoing_trials(tmp_pat
     last = "fraction-1.0_backbone-c3d_seed-0"
     sweep = _tiny_sweep(tmp_path / "sweep.yaml", manifest, tmp_path / "runs", study)
     entry = ["python", "jobs/sweep.py", "--config", str(sweep)]
-    env = {"MLFLOW_TRACKING_URI": tracking, PAUSE_ENV: f"{pause}:{last}"}
+    # The last trial waits after its results reached MLflow, before Tune hears of them:
+    # the worst moment for a driver to die (Tune's saved state lags MLflow).
+    env = {"MLFLOW_TRACKING_URI": tracking, PAUSE_ENV: f"{pause}:{last}:logged"}
     with local_ray_head(num_cpus=4, env=env, log_path=tmp_path / "head.log") as head:
         submit_job(head, entry, ROOT, env_vars=env, submission_id="sweep-1", wait=False)
         deadline = time.monotonic() + 500
         polls = 0
-        while not (pause / "paused").exists() and time.monotonic() < deadline:
+        first = "fraction-0.5_backbone-c3d_seed-0"
+        reported = tmp_path / "runs" / study / first / "result.json"  # Tune writes it
+        while time.monotonic() < deadline and not (
+            (pause / "paused").exists() and reported.exists() and reported.stat().st_size
+        ):
             time.sleep(1)
             polls += 1
             if polls % 15 == 0:  # `ray job status` costs a CLI start: rarely
                 state = job_status(head, "sweep-1")
                 assert state in ("PENDING", "RUNNING", ""), f"the sweep job ended: {state}"
-        assert (pause / "paused").exists(), "the last trial never started"
+        assert (pause / "paused").exists(), "the last trial never finished its work"
         pids = _driver_pids(str(sweep))
         assert len(pids) == 1, pids
         os.kill(pids[0], signal.SIGKILL)  # the driver dies; the paused trial with it
@@ -179,19 +186,21 @@ def test_sweep_job_killed_and_resubmitted_resumes_without_redoing_trials(tmp_pat
         before = {
             r.data.tags["rayssl.sweep.trial"]: r.info.run_id for r in _children(tracking, parent_id)
         }
-        assert list(before) == ["fraction-0.5_backbone-c3d_seed-0"]  # done; the last paused
+        assert sorted(before) == [first, last]  # both trials' work is in MLflow
 
         second = submit_job(head, entry, ROOT, env_vars=env, log_path=tmp_path / "job2.log")
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         assert "resuming" in second.stdout
+        # Tune restored the paused trial as unfinished (the other too, if its state
+        # lagged): MLflow says both are done, so nothing is trained or evaluated again.
+        assert f"trial {last}: finished earlier" in second.stdout
 
     children = _children(tracking, parent_id)
     by_trial = {r.data.tags["rayssl.sweep.trial"]: r for r in children}
     assert len(children) == 2 and set(by_trial) == {t.slug for t in trials(load_sweep(sweep))}
     for slug, run_id in before.items():  # not run again: the same run, evaluated once
         assert by_trial[slug].info.run_id == run_id
-        assert len(_children(tracking, run_id)) == 1, "the finished trial was evaluated again"
-    assert len(_children(tracking, by_trial[last].info.run_id)) == 1
+        assert len(_children(tracking, run_id)) == 1, f"{slug} was evaluated again"
     for r in children:
         assert r.info.status == "FINISHED"
         assert math.isfinite(r.data.metrics["downstream/linear/pool5/accuracy"])
