@@ -169,7 +169,10 @@ class Pretext(ABC):
     def label_clip(self, clip: np.ndarray) -> dict[str, np.ndarray]:
         """Targets computed from an augmented clip's pixels (tasks with
         `labels_any_clip`)."""
-        raise NotImplementedError(f"{self.name}: targets do not come from the pixels")
+        raise TypeError(
+            f"{self.name}: its targets do not come from a clip's pixels "
+            "(labels_any_clip is False); it cannot label another task's clips"
+        )
 
     # ---------------------------------------------------------------- GPU half
     @abstractmethod
