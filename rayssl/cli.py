@@ -29,8 +29,10 @@ from rayssl.config import ConfigError, load_config
 def _init_ray() -> None:
     import ray
 
+    from rayssl.launch import init_local_or_existing
+
     if not ray.is_initialized():
-        ray.init(log_to_driver=False, include_dashboard=False)
+        init_local_or_existing(log_to_driver=False, include_dashboard=False)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -59,6 +59,61 @@ def quiet_ray_data(progress_logs: bool = False) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+def _ray_address_file() -> Path:
+    """Ray's record of the last `ray start` on this machine (ray_current_cluster)."""
+    try:
+        from ray._common.utils import get_ray_address_file
+
+        return Path(get_ray_address_file(None))
+    except ImportError:  # another Ray layout: its documented default
+        base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+        return Path(base) / "ray" / "ray_current_cluster"
+
+
+def stale_ray_address() -> str | None:
+    """The address Ray's ray_current_cluster file names when nothing listens there.
+
+    A head that died without `ray stop` leaves the file behind, and a plain ray.init()
+    then retries that address for minutes. None when RAY_ADDRESS is set, when there is
+    no file, or when something answers at the address.
+    """
+    import socket
+
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    try:
+        address = _ray_address_file().read_text().strip()
+    except OSError:
+        return None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host, int(port)), timeout=2.0):
+            return None
+    except OSError:
+        return address
+
+
+def init_local_or_existing(num_cpus: int | None = None, **kwargs: Any) -> None:
+    """ray.init(): the cluster of RAY_ADDRESS / `ray job submit` / a live `ray start`,
+    else a local one; a stale address file is reported and ignored, not retried."""
+    import ray
+
+    stale = stale_ray_address()
+    if stale:
+        print(
+            f"rayssl: no Ray cluster answers at {stale} (named by {_ray_address_file()}: "
+            "a head that stopped without `ray stop`?); starting a local Ray instance",
+            flush=True,
+        )
+    address = os.environ.get("RAY_ADDRESS", "")
+    if stale or (num_cpus and address in ("", "local")):
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+    else:
+        ray.init(**kwargs)
+
+
 def _init_ray() -> None:
     import ray
 
@@ -68,12 +123,8 @@ def _init_ray() -> None:
     # connects to that cluster. RAY_ADDRESS=local forces a fresh local one, whose
     # logical CPU count RAYSSL_NUM_CPUS may raise (decode tasks and train workers
     # share a small machine's cores).
-    address = os.environ.get("RAY_ADDRESS", "")
     num_cpus = os.environ.get("RAYSSL_NUM_CPUS")
-    if num_cpus and address in ("", "local"):
-        ray.init(address="local", num_cpus=int(num_cpus), log_to_driver=True)
-    else:
-        ray.init(log_to_driver=True)
+    init_local_or_existing(int(num_cpus) if num_cpus else None, log_to_driver=True)
 
 
 def build_trainer(cfg: Config):
