@@ -330,6 +330,14 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     """Cap on steps per epoch (0 = no cap); for smoke tests."""
     num_checkpoints_to_keep: int = 2
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every this many steps inside an epoch (0 = at epoch ends only). A
+    run resumed from such a checkpoint continues that epoch at its next draw: no draw of
+    the epoch is trained twice or skipped, even with a different worker count. A kill
+    loses at most one interval of work. Each checkpoint costs a pause of all workers."""
+    checkpoint_every_minutes: float = 0.0
+    """Also checkpoint inside an epoch once this many minutes passed since the last
+    checkpoint (0 = off); both may be set. Spot nodes: a few minutes."""
     torch_threads: int = 0
     """CPU threads for torch in each train worker; 0 = Ray's setting (OMP_NUM_THREADS =
     the worker's whole CPUs, 1 for a fractional worker). A CPU run whose decoding is light
@@ -345,6 +353,8 @@ class TrainConfig:
         _in_range(f"{prefix}.max_steps_per_epoch", self.max_steps_per_epoch, 0, None)
         _in_range(f"{prefix}.num_checkpoints_to_keep", self.num_checkpoints_to_keep, 1, None)
         _in_range(f"{prefix}.torch_threads", self.torch_threads, 0, None)
+        _in_range(f"{prefix}.checkpoint_every_steps", self.checkpoint_every_steps, 0, None)
+        _in_range(f"{prefix}.checkpoint_every_minutes", self.checkpoint_every_minutes, 0.0, None)
         if self.num_workers > 0 and self.batch_size % self.num_workers:
             raise ConfigError(
                 f"{prefix}.batch_size: {self.batch_size} is not divisible by "

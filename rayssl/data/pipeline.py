@@ -37,6 +37,10 @@ from rayssl.pretext.base import Pretext
 #: Why a draw became a masked placeholder row (counted per reason in training metrics).
 SKIP_REASONS = tuple(dict.fromkeys(("too_short", "augment_error", *ERROR_REASONS)))
 
+#: `skip_reason` of the rows that only even out the workers' shards (not a skip: never
+#: trained, never counted).
+PADDING = "padding"
+
 #: Manifest columns a draw row carries into the sampler.
 ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts", "height", "width")
 
@@ -183,12 +187,15 @@ def _as_list(v: Any) -> list[int] | None:
 def _sample_batch(batch: dict[str, np.ndarray], spec: SamplerSpec) -> dict[str, np.ndarray]:
     n = len(batch["video_id"])
     rows = [{k: batch[k][i] for k in batch} for i in range(n)]
-    samples = [sample_row(r, spec) for r in rows]
+    samples = [
+        _placeholder(spec, r, PADDING) if r.get("pad", False) else sample_row(r, spec) for r in rows
+    ]
     out: dict[str, np.ndarray] = {}
     for key in samples[0]:
         out[key] = np.stack([np.asarray(s[key]) for s in samples])
-    for key in ("video_id", "class_label", "epoch", "draw"):
-        out[key] = np.asarray(batch[key])
+    for key in ("video_id", "class_label", "epoch", "draw", "pos", "pad"):
+        if key in batch:
+            out[key] = np.asarray(batch[key])
     return out
 
 
@@ -208,6 +215,14 @@ def usable_videos(
     return table
 
 
+def epoch_order(n_draws: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The epoch's draw order: a (seed, epoch) permutation of the draws 0..n_draws-1
+    (draw k is video k // clips_per_video, draw number k % clips_per_video)."""
+    if not shuffle:
+        return np.arange(n_draws)
+    return np.random.default_rng([seed & 0xFFFFFFFF, epoch, 7]).permutation(n_draws)
+
+
 def epoch_rows(
     videos: pa.Table,
     clips_per_video: int,
@@ -216,30 +231,49 @@ def epoch_rows(
     rank: int = 0,
     world_size: int = 1,
     shuffle: bool = True,
+    done: np.ndarray | None = None,
 ) -> pa.Table:
     """Draw rows of one epoch for worker `rank` of `world_size`.
 
-    Every worker gets ceil(N / world_size) rows (the short shards wrap around), so
-    DDP workers take the same number of steps. Order is a (seed, epoch) permutation.
+    The epoch's draws are taken in a (seed, epoch) permutation and dealt round-robin to
+    the workers. `pos` is a draw's place in that permutation; `done` (bool, one entry
+    per place) marks draws a resumed epoch already trained: they are left out and the
+    rest are dealt over the current workers, however many there are now. Every worker
+    gets ceil(R / world_size) rows for the R draws left, so DDP workers take the same
+    number of steps; the few rows that even out the shards are `pad` rows, which carry
+    a real video's fields but are masked out (never trained, never counted).
     """
     n_videos = videos.num_rows
     if n_videos == 0:
         raise ValueError("no usable videos (check the manifest's errors, split and fraction)")
-    video_idx = np.repeat(np.arange(n_videos), clips_per_video)
-    draw = np.tile(np.arange(clips_per_video), n_videos)
-    order = (
-        np.random.default_rng([seed & 0xFFFFFFFF, epoch, 7]).permutation(len(video_idx))
-        if shuffle
-        else np.arange(len(video_idx))
-    )
-    per_worker = -(-len(order) // world_size)
-    take = order[(np.arange(per_worker) * world_size + rank) % len(order)]
-    rows = videos.select(list(ROW_COLUMNS)).take(pa.array(video_idx[take]))
+    n_draws = n_videos * clips_per_video
+    order = epoch_order(n_draws, seed, epoch, shuffle)
+    positions = np.arange(n_draws)
+    if done is not None:
+        if len(done) != n_draws:
+            raise ValueError(
+                f"epoch {epoch}: the checkpoint's progress covers {len(done)} draws, but the "
+                f"epoch has {n_draws} (did the manifest, split, fraction or "
+                "data.clips_per_video change since the checkpoint?)"
+            )
+        positions = positions[~np.asarray(done, dtype=bool)]
+    per_worker = -(-len(positions) // world_size)
+    slots = np.arange(per_worker) * world_size + rank
+    pad = slots >= len(positions)
+    if len(positions):
+        pos = positions[np.where(pad, slots % len(positions), slots)]
+    else:
+        pos = np.zeros(0, dtype=np.int64)
+    take = order[pos]
+    video_idx, draw = take // clips_per_video, take % clips_per_video
+    rows = videos.select(list(ROW_COLUMNS)).take(pa.array(video_idx))
     label = videos["label"] if "label" in videos.column_names else pa.array([-1] * n_videos)
     return (
-        rows.append_column("class_label", pa.array(np.asarray(label)[video_idx[take]]))
+        rows.append_column("class_label", pa.array(np.asarray(label)[video_idx]))
         .append_column("epoch", pa.array(np.full(per_worker, epoch, dtype=np.int64)))
-        .append_column("draw", pa.array(draw[take].astype(np.int64)))
+        .append_column("draw", pa.array(draw.astype(np.int64)))
+        .append_column("pos", pa.array(pos.astype(np.int64)))
+        .append_column("pad", pa.array(pad))
     )
 
 

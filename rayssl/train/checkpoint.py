@@ -6,9 +6,11 @@ A checkpoint is a directory holding `state.pt`; Ray Train copies it to the run's
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,7 +32,9 @@ def save_training_state(
     """Write the state after `epoch` finished; resuming starts at epoch + 1.
 
     `sampler` holds what the data pipeline needs to continue the same stream
-    (seed, next epoch); every clip's randomness derives from (seed, video, epoch, draw).
+    (seed, next epoch, and for a mid-epoch checkpoint the `in_epoch` progress of
+    epoch + 1, see `EpochProgress`); every clip's randomness derives from
+    (seed, video, epoch, draw).
     `config` is the run's config as a dict: evaluations rebuild the backbone from it.
     """
     path = Path(directory) / STATE_FILE
@@ -71,3 +75,49 @@ def restore_training_state(
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return int(state["epoch"]) + 1
+
+
+@dataclass
+class EpochProgress:
+    """How far a mid-epoch checkpoint got into its epoch.
+
+    `done` marks, per place in the epoch's draw order (`pipeline.epoch_order`), the
+    draws already trained by any worker; a resumed run deals out only the others. `sums`
+    and `skips` are the epoch's metric sums so far, reduced over workers, so the epoch's
+    logged metrics cover the whole epoch, not only the part after the restart.
+    """
+
+    epoch: int
+    steps: int
+    done: np.ndarray
+    sums: dict[str, float] = field(default_factory=dict)
+    skips: dict[str, float] = field(default_factory=dict)
+
+    def to_state(self) -> dict[str, Any]:
+        done = np.asarray(self.done, dtype=bool)
+        return {
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "num_draws": len(done),
+            "done_bits": np.packbits(done).tobytes(),
+            "sums": dict(self.sums),
+            "skips": dict(self.skips),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EpochProgress:
+        bits = np.frombuffer(state["done_bits"], dtype=np.uint8)
+        done = np.unpackbits(bits, count=int(state["num_draws"])).astype(bool)
+        return cls(
+            epoch=int(state["epoch"]),
+            steps=int(state["steps"]),
+            done=done,
+            sums={k: float(v) for k, v in state["sums"].items()},
+            skips={k: float(v) for k, v in state["skips"].items()},
+        )
+
+
+def epoch_progress(state: dict[str, Any]) -> EpochProgress | None:
+    """The mid-epoch progress of a loaded training state (None: an epoch-end state)."""
+    progress = state.get("sampler", {}).get("in_epoch")
+    return EpochProgress.from_state(progress) if progress else None

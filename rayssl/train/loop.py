@@ -9,6 +9,7 @@ numbers are exact, not rank-0 samples.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -44,7 +45,13 @@ from rayssl.evaluate.checkpoint import (
 from rayssl.evaluate.monitor import RetrievalMonitor
 from rayssl.launch import quiet_ray_data
 from rayssl.pretext import build_pretext
-from rayssl.train.checkpoint import load_training_state, restore_training_state, save_training_state
+from rayssl.train.checkpoint import (
+    EpochProgress,
+    epoch_progress,
+    load_training_state,
+    restore_training_state,
+    save_training_state,
+)
 from rayssl.train.curriculum import easiest, order_by_difficulty, stage_at
 from rayssl.train.step import (
     DeviceSettings,
@@ -56,10 +63,12 @@ from rayssl.train.step import (
     train_step,
     unwrap,
 )
+from rayssl.train.sysmetrics import FIELDS, SystemSampler, as_metrics
 from rayssl.train.tracking import PRETRAIN_RUN_TAG, Tracker
 
 #: Test hook: "<marker file>:<epoch>:<step>:<rank>" makes that worker SIGKILL itself
-#: once (the marker records it), to exercise worker-failure recovery for real.
+#: once (the marker records it) before training that step of the epoch, to exercise
+#: worker-failure recovery for real; several specs are separated by ";".
 KILL_ENV = "RAYSSL_TEST_KILL_WORKER"
 
 #: Rank 0 prints one line per epoch starting with this (the demo shows only these).
@@ -67,13 +76,11 @@ PROGRESS_PREFIX = "[rayssl]"
 
 
 def _maybe_die(epoch: int, step: int, rank: int) -> None:
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    marker, e, s, r = spec.rsplit(":", 3)
-    if (epoch, step, rank) == (int(e), int(s), int(r)) and not Path(marker).exists():
-        Path(marker).write_text(f"killed pid {os.getpid()} at epoch {epoch} step {step}\n")
-        os.kill(os.getpid(), signal.SIGKILL)
+    for spec in filter(None, os.environ.get(KILL_ENV, "").split(";")):
+        marker, e, s, r = spec.rsplit(":", 3)
+        if (epoch, step, rank) == (int(e), int(s), int(r)) and not Path(marker).exists():
+            Path(marker).write_text(f"killed pid {os.getpid()} at epoch {epoch} step {step}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 #: Test hook: "<folder>:<epoch>" makes the job wait, once, after reporting that epoch's
@@ -122,11 +129,13 @@ def _check_skip_rate(
     )
 
 
-def _all_reduce(values: dict[str, float], device: torch.device) -> dict[str, float]:
+def _all_reduce(
+    values: dict[str, float], device: torch.device, op: str = "sum"
+) -> dict[str, float]:
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return dict(zip(keys, t.tolist(), strict=True))
 
 
@@ -142,11 +151,35 @@ class _Sums:
         for k, v in metrics.items():
             self.values[k] += float(v)
         valid = np.asarray(batch["valid"], dtype=bool)
-        self.values["num_samples"] += len(valid)
-        self.values["num_skipped"] += int((~valid).sum())
+        # pad rows only even out the workers' shards: neither samples nor skips
+        real = ~np.asarray(batch["pad"], dtype=bool) if "pad" in batch else np.ones_like(valid)
+        self.values["num_samples"] += int(real.sum())
+        self.values["num_skipped"] += int((~valid & real).sum())
         self.values["num_resampled"] += int(np.asarray(batch["resampled"], dtype=bool).sum())
-        for reason in np.asarray(batch["skip_reason"])[~valid]:
+        for reason in np.asarray(batch["skip_reason"])[~valid & real]:
             self.skips[str(reason)] += 1
+
+
+def _reduced_progress(state: EpochState, device: torch.device) -> EpochProgress:
+    """The epoch's progress over all workers: the draws any of them trained (a max over
+    workers) and the metric sums so far (a sum; rank 0 holds what was carried)."""
+    done = torch.from_numpy(state.done.astype(np.uint8)).to(device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(done, op=dist.ReduceOp.MAX)
+    sums = _all_reduce(
+        {**state.sums.values, "wait_s": state.wait_s, "total_s": state.total_s}, device
+    )
+    skips = _all_reduce({r: state.sums.skips.get(r, 0) for r in SKIP_REASONS}, device)
+    return EpochProgress(state.epoch, state.steps, done.cpu().numpy().astype(bool), sums, skips)
+
+
+def _all_gather_one(value: float, device: torch.device, world: int) -> list[float]:
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    out = [torch.zeros_like(t) for _ in range(world)]
+    dist.all_gather(out, t)
+    return [float(x.item()) for x in out]
 
 
 def _epoch_metrics(prefix: str, sums: dict[str, float], acc_name: str) -> dict[str, float]:
@@ -171,6 +204,94 @@ def _iterate(ds, batch_size: int, prefetch: int):
     )
 
 
+#: Test hook: a folder where every worker appends one JSON line per training step (the
+#: draws it trained), so a test can check that a resumed epoch trains each draw once.
+TRACE_ENV = "RAYSSL_TEST_TRACE"
+
+
+def _trace(batch: dict[str, np.ndarray], epoch: int, step: int, global_step: int, rank: int):
+    folder = os.environ.get(TRACE_ENV)
+    if not folder:
+        return
+    keep = ~np.asarray(batch["pad"], dtype=bool) if "pad" in batch else slice(None)
+    line = {
+        "pid": os.getpid(),
+        "rank": rank,
+        "epoch": epoch,
+        "step": step,
+        "global_step": global_step,
+        "draws": [
+            [str(v), int(d)]
+            for v, d in zip(batch["video_id"][keep], batch["draw"][keep], strict=True)
+        ],
+    }
+    with open(Path(folder) / f"trace-{os.getpid()}.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+class EpochState:
+    """One worker's progress through an epoch: steps taken (counting those before a
+    mid-epoch restart), the draw places it trained since the last checkpoint, its
+    metric sums, and the data-wait and wall time. Rank 0 starts from the sums a
+    mid-epoch checkpoint carried, so the epoch's reduced sums cover all of it."""
+
+    def __init__(self, epoch: int, n_draws: int, rank: int, resumed: EpochProgress | None):
+        self.epoch = epoch
+        self.sums = _Sums()
+        self.steps = 0
+        self.done = np.zeros(n_draws, dtype=bool)
+        self.wait_s = 0.0
+        self.total_s = 0.0
+        if resumed is not None and resumed.epoch == epoch:
+            self.steps = resumed.steps
+            self.done = resumed.done.copy()
+            if rank == 0:
+                for k, v in resumed.sums.items():
+                    if k == "wait_s":
+                        self.wait_s = v
+                    elif k == "total_s":
+                        self.total_s = v
+                    else:
+                        self.sums.values[k] += v
+                for r, n in resumed.skips.items():
+                    self.sums.skips[r] += int(n)
+        self.resumed_done = self.done.copy()
+
+    def mark(self, batch: dict[str, np.ndarray]) -> None:
+        if "pos" in batch:
+            pad = np.asarray(batch.get("pad", np.zeros(len(batch["pos"]), bool)), dtype=bool)
+            self.done[np.asarray(batch["pos"])[~pad]] = True
+
+
+class CheckpointSchedule:
+    """When to checkpoint inside an epoch (`train.checkpoint_every_steps` / `_minutes`).
+
+    Every worker must take part in a checkpoint (ray.train.report is collective), so the
+    time-based decision is rank 0's clock, shared by an all-reduce each step.
+    """
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        self.every_steps = cfg.train.checkpoint_every_steps
+        self.every_s = cfg.train.checkpoint_every_minutes * 60.0
+        self.device = device
+        self.last = time.monotonic()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.every_steps or self.every_s)
+
+    def due(self, steps_in_epoch: int) -> bool:
+        if self.every_steps and steps_in_epoch % self.every_steps == 0:
+            return True
+        if not self.every_s:
+            return False
+        flag = {"due": float(time.monotonic() - self.last >= self.every_s)}
+        return _all_reduce(flag, self.device, op="max")["due"] > 0
+
+    def reset(self) -> None:
+        self.last = time.monotonic()
+
+
 def run_epoch(
     acc_name: str,
     model,
@@ -179,47 +300,81 @@ def run_epoch(
     settings: DeviceSettings,
     cfg: Config,
     batch_size: int,
-    epoch: int,
+    state: EpochState,
     rank: int,
     world: int,
     tracker: Tracker,
     global_step: int,
-) -> tuple[_Sums, float, float, int]:
-    """Train over one epoch's dataset; returns sums, data-wait seconds, total seconds."""
-    sums = _Sums()
-    wait_s = 0.0
-    t_epoch = time.perf_counter()
-    t_last = t_epoch
-    window_clips, window_t0 = 0, t_epoch
-    for step, batch in enumerate(_iterate(ds, batch_size, cfg.data.prefetch_batches)):
-        if cfg.train.max_steps_per_epoch and step >= cfg.train.max_steps_per_epoch:
+    schedule: CheckpointSchedule | None = None,
+    on_checkpoint=None,
+    sampler: SystemSampler | None = None,
+    end_step: int | None = None,
+) -> int:
+    """Train over one epoch's dataset, updating `state`; returns the global step.
+
+    `on_checkpoint(state, global_step)` runs (on every worker) when `schedule` says a
+    mid-epoch checkpoint is due; `sampler` adds every worker's system metrics to the
+    step logs (a collective: every worker samples at the same steps)."""
+    if end_step is None:
+        end_step = sys.maxsize
+    if cfg.train.max_steps_per_epoch:
+        end_step = min(end_step, cfg.train.max_steps_per_epoch)
+    t_epoch = time.perf_counter() - state.total_s
+    t_last = time.perf_counter()
+    window_clips, window_t0 = 0, t_last
+    for batch in _iterate(ds, batch_size, cfg.data.prefetch_batches):
+        if cfg.train.max_steps_per_epoch and state.steps >= cfg.train.max_steps_per_epoch:
             break
         t_batch = time.perf_counter()
-        wait_s += t_batch - t_last
-        _maybe_die(epoch, step, rank)
+        state.wait_s += t_batch - t_last
+        _maybe_die(state.epoch, state.steps, rank)
         metrics = train_step(model, batch_to_device(batch, settings), optimizer, settings)
         if settings.device.type == "cuda":
             torch.cuda.synchronize(settings.device)
-        sums.add_batch(batch, metrics)
-        t_last = time.perf_counter()
+        state.sums.add_batch(batch, metrics)
+        state.mark(batch)
+        _trace(batch, state.epoch, state.steps, global_step, rank)
+        state.steps += 1
         global_step += 1
-        window_clips += len(batch["valid"])
-        if rank == 0 and global_step % cfg.train.log_every_steps == 0:
-            n = max(float(metrics["num_valid"]), 1.0)
-            elapsed = t_last - window_t0
-            tracker.log_metrics(
-                {
-                    "step/loss": float(metrics["loss_sum"]) / n,
-                    f"step/{acc_name}": float(metrics["correct"]) / n,
-                    # rank 0's rate times the worker count: an estimate of the global rate
-                    "step/clips_per_s": window_clips * world / max(elapsed, 1e-9),
-                    "step/data_wait_frac": wait_s / max(t_last - t_epoch, 1e-9),
-                    "step/lr": optimizer.param_groups[0]["lr"],
-                },
-                step=global_step,
-            )
+        t_last = time.perf_counter()
+        state.total_s = t_last - t_epoch
+        window_clips += len(batch["valid"]) - int(np.asarray(batch.get("pad", []), bool).sum())
+        if global_step % cfg.train.log_every_steps == 0:
+            system = _gather_system(sampler, settings.device, world) if sampler else {}
+            if rank == 0:
+                n = max(float(metrics["num_valid"]), 1.0)
+                elapsed = t_last - window_t0
+                tracker.log_metrics(
+                    {
+                        "step/loss": float(metrics["loss_sum"]) / n,
+                        f"step/{acc_name}": float(metrics["correct"]) / n,
+                        # rank 0's rate times the worker count: an estimate of the global rate
+                        "step/clips_per_s": window_clips * world / max(elapsed, 1e-9),
+                        "step/data_wait_frac": state.wait_s / max(state.total_s, 1e-9),
+                        "step/lr": optimizer.param_groups[0]["lr"],
+                        **system,
+                    },
+                    step=global_step,
+                )
             window_clips, window_t0 = 0, t_last
-    return sums, wait_s, time.perf_counter() - t_epoch, global_step
+        last = state.steps >= end_step  # the epoch-end checkpoint follows at once
+        if schedule is not None and schedule.enabled and not last and schedule.due(state.steps):
+            on_checkpoint(state, global_step)
+            schedule.reset()
+            t_last = time.perf_counter()  # the checkpoint's time is not data wait
+    state.total_s = time.perf_counter() - t_epoch
+    return global_step
+
+
+def _gather_system(sampler: SystemSampler, device: torch.device, world: int) -> dict:
+    """Every worker's system sample, gathered to all (rank 0 logs them)."""
+    row = torch.tensor([sampler.sample()[k] for k in FIELDS], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        rows = [torch.zeros_like(row) for _ in range(world)]
+        dist.all_gather(rows, row)
+    else:
+        rows = [row]
+    return as_metrics([r.tolist() for r in rows])
 
 
 def evaluate(model, ds, settings: DeviceSettings, batch_size: int, prefetch: int) -> _Sums:
@@ -294,14 +449,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model: torch.nn.Module = build_model(cfg, pretext)
     optimizer, scheduler = build_optimizer(model, cfg)
     start_epoch, mlflow_run_id, global_step = 0, None, 0
+    resumed: EpochProgress | None = None
     init = _initial_backbone(cfg, cast(PretextModel, model))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = load_training_state(d)
-        start_epoch = restore_training_state(state, model, optimizer, scheduler)
-        mlflow_run_id = state["extra"].get("mlflow_run_id")
-        global_step = int(state["extra"].get("global_step", 0))
+            saved = load_training_state(d)
+        start_epoch = restore_training_state(saved, model, optimizer, scheduler)
+        mlflow_run_id = saved["extra"].get("mlflow_run_id")
+        global_step = int(saved["extra"].get("global_step", 0))
+        resumed = epoch_progress(saved)
     model = model.to(device)
     if settings.channels_last:
         # torch's stub omits Module.to(memory_format=...)
@@ -327,11 +484,52 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     batch_size = max(1, cfg.train.batch_size // world)
     acc_name = getattr(pretext, "accuracy_name", "acc")
     if rank == 0:
-        tracker.log_metrics(
-            {"data/videos": videos.num_rows, "data/start_epoch": start_epoch}, step=start_epoch
-        )
+        start = {"data/videos": videos.num_rows, "data/start_epoch": start_epoch}
+        if resumed is not None:
+            start["data/start_step_in_epoch"] = resumed.steps
+        tracker.log_metrics(start, step=start_epoch)
 
     ordered = order_by_difficulty(videos) if cfg.curriculum.enabled else None
+    schedule = CheckpointSchedule(cfg, device)
+    sampler = SystemSampler(device)
+
+    def report(state: EpochState | None, epoch: int, metrics: dict[str, Any]) -> None:
+        """Report a checkpoint (every worker takes part): after epoch `epoch` finished
+        (state None), or in the middle of `state.epoch`."""
+        sampler_state: dict[str, Any] = {"seed": cfg.run.seed, "next_epoch": epoch + 1}
+        if state is not None:
+            sampler_state["in_epoch"] = _reduced_progress(state, device).to_state()
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if rank == 0:
+                save_training_state(
+                    d,
+                    model=unwrap(model),
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    epoch=epoch,
+                    sampler=sampler_state,
+                    extra={"mlflow_run_id": tracker.run_id, "global_step": global_step},
+                    config=cfg.to_dict(),
+                )
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report({**metrics, "mlflow_run_id": tracker.run_id or ""}, checkpoint=ckpt)
+
+    def mid_epoch_checkpoint(state: EpochState, step: int) -> None:
+        nonlocal global_step
+        global_step = step
+        t0 = time.perf_counter()
+        # epoch = the last finished one: resuming starts at state.epoch, with its progress
+        report(state, state.epoch - 1, {"epoch_in_progress": state.epoch, "step": step})
+        if rank == 0:
+            tracker.log_metrics(
+                {
+                    "checkpoint/steps_in_epoch": state.steps,
+                    "checkpoint/seconds": time.perf_counter() - t0,
+                },
+                step=step,
+            )
+
     for epoch in range(start_epoch, cfg.optim.epochs):
         stage_metrics: dict[str, float] = {}
         epoch_videos = videos
@@ -344,25 +542,47 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "curriculum/fraction": fraction,
                 "curriculum/videos": epoch_videos.num_rows,
             }
-        rows = epoch_rows(epoch_videos, cfg.data.clips_per_video, cfg.run.seed, epoch, rank, world)
-        ds = build_clip_dataset(rows, spec, cfg.data)
+        n_draws = epoch_videos.num_rows * cfg.data.clips_per_video
+        state = EpochState(epoch, n_draws, rank, resumed)
+        if resumed is not None and resumed.epoch == epoch and rank == 0:
+            sys.stdout.write(
+                f"{PROGRESS_PREFIX} epoch {epoch + 1}: resuming after {int(resumed.done.sum())} "
+                f"of {n_draws} draws ({resumed.steps} steps)\n"
+            )
         lr = optimizer.param_groups[0]["lr"]
-        sums, wait_s, total_s, global_step = run_epoch(
-            acc_name,
-            model,
-            optimizer,
-            ds,
-            settings,
-            cfg,
-            batch_size,
-            epoch,
-            rank,
-            world,
-            tracker,
-            global_step,
-        )
+        if not state.done.all():
+            rows = epoch_rows(
+                epoch_videos,
+                cfg.data.clips_per_video,
+                cfg.run.seed,
+                epoch,
+                rank,
+                world,
+                done=state.done,
+            )
+            global_step = run_epoch(
+                acc_name,
+                model,
+                optimizer,
+                build_clip_dataset(rows, spec, cfg.data),
+                settings,
+                cfg,
+                batch_size,
+                state,
+                rank,
+                world,
+                tracker,
+                global_step,
+                schedule,
+                mid_epoch_checkpoint,
+                sampler,
+                end_step=state.steps + -(-rows.num_rows // batch_size),
+            )
         scheduler.step()
-        reduced = _all_reduce({**sums.values, "wait_s": wait_s, "total_s": total_s}, device)
+        sums = state.sums
+        reduced = _all_reduce(
+            {**sums.values, "wait_s": state.wait_s, "total_s": state.total_s}, device
+        )
         metrics = _epoch_metrics("train", reduced, acc_name)
         metrics.update(
             {
@@ -395,26 +615,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics.update({f"train/skipped_{r}": n for r, n in skips.items() if n})
         if monitor is not None and monitor.due(epoch):
             metrics.update(monitor.run(cast(PretextModel, unwrap(model)).backbone, device))
+        node_rss = _all_gather_one(sampler.ray_node_rss_mb(), device, world)
+        metrics.update(
+            {f"system/worker{r}/node_ray_rss_mb": v for r, v in enumerate(node_rss) if v >= 0}
+        )
         if rank == 0:
             tracker.log_metrics(metrics, step=epoch)
             # Not print(): Ray Train's patched print both logs and tees, doubling the line.
             sys.stdout.write(progress_line(metrics, cfg.optim.epochs, acc_name) + "\n")
             sys.stdout.flush()
-        with tempfile.TemporaryDirectory() as d:
-            ckpt = None
-            if rank == 0:
-                save_training_state(
-                    d,
-                    model=unwrap(model),
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    epoch=epoch,
-                    sampler={"seed": cfg.run.seed, "next_epoch": epoch + 1},
-                    extra={"mlflow_run_id": tracker.run_id, "global_step": global_step},
-                    config=cfg.to_dict(),
-                )
-                ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report({**metrics, "mlflow_run_id": tracker.run_id or ""}, checkpoint=ckpt)
+        report(None, epoch, metrics)
+        schedule.reset()
         _maybe_pause(epoch, rank)
         _check_skip_rate(cfg, epoch, reduced, skips, tracker)
 
