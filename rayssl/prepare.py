@@ -135,7 +135,12 @@ def _frame_rate(stream: av.VideoStream) -> Fraction:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate or rate <= 0:
         return _DEFAULT_FPS
-    return Fraction(rate).limit_denominator(_MAX_FPS_DENOMINATOR)
+    # Rounded to a denominator <= 1001, but at least 1/1001 fps: a time-lapse slower than
+    # 1/2002 fps (a frame every 33 minutes) would round to 0 fps, a 1/0 time base.
+    return max(
+        Fraction(rate).limit_denominator(_MAX_FPS_DENOMINATOR),
+        Fraction(1, _MAX_FPS_DENOMINATOR),
+    )
 
 
 def _decoded_frames(
@@ -154,6 +159,8 @@ def _decoded_frames(
         if not container.streams.video:
             raise VideoError("no_video_stream", "container has no video stream")
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # as rayssl.data.video._video_stream
+            raise VideoError("decode_error", "no decoder for the video stream's codec")
         stream.codec_context.thread_type = "AUTO" if threads > 1 else "NONE"
         stream.codec_context.thread_count = threads
         rate = _frame_rate(stream)

@@ -280,6 +280,9 @@ def probe_entry(entry: dict[str, Any], options: storage.StorageOptions | None = 
         row["error"], row["error_detail"] = "missing", storage.redact(str(e))
     except storage.StorageError as e:
         row["error"], row["error_detail"] = "storage_error", storage.redact(str(e))
+    except Exception as e:  # one file the decoder trips over must not lose the whole job
+        detail = storage.redact(f"{type(e).__name__}: {e}")[:300]
+        row["error"], row["error_detail"] = "decode_error", detail
     return row
 
 

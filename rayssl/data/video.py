@@ -9,8 +9,9 @@ container frame counts lie. This module therefore
 * reads a clip by seeking to the last keyframe at or before the first frame needed
   (using the recorded pts), checking that the decoder landed exactly there, and
   decoding forward in display order, counting frames. If the landing cannot be
-  verified it decodes from the start instead. Either way the frames returned are the
-  frames the indices name, which tests check against a sequential decode.
+  verified (or the demuxer refuses to seek) it decodes from the start instead. Either
+  way the frames returned are the frames the indices name, which tests check against
+  a sequential decode.
 
 Only the frames a clip needs are converted to RGB (and resized, when a size is given).
 """
@@ -97,6 +98,8 @@ def _video_stream(container: av.container.InputContainer, threads: int) -> av.Vi
         raise VideoError("no_video_stream", "container has no video stream")
     stream = container.streams.video[0]
     ctx = stream.codec_context
+    if ctx is None:  # FFmpeg knows no decoder for this codec (or its header is broken)
+        raise VideoError("decode_error", "no decoder for the video stream's codec")
     if threads > 1:
         ctx.thread_type = "AUTO"
         ctx.thread_count = threads
@@ -212,7 +215,9 @@ def read_frames(
             the first index through the last, in one pass.
 
     Returns:
-        (len(indices), H, W, 3) uint8 array; row i is frame indices[i].
+        (len(indices), H, W, 3) uint8 array; row i is frame indices[i]. Without `size`,
+        H x W is the size of the lowest index (frames of a stream whose resolution
+        changes are resized to it).
 
     Raises:
         VideoError: `decode_error` if the video ends or breaks before a requested
@@ -240,9 +245,12 @@ def read_frames(
             if k > 0:
                 got = _decode_range(container, stream, segment, key_list[k], pts_list[k], size)
             else:  # no keyframe info, or the segment starts in the first GOP
-                container.seek(0)
-                got = _decode_range(container, stream, segment, 0, None, size)
-            if got is None:  # the seek could not be verified
+                got = (
+                    _decode_range(container, stream, segment, 0, None, size)
+                    if _seek(container, 0)
+                    else None
+                )
+            if got is None:  # the seek failed or could not be verified
                 frames = None
                 break
             assert frames is not None
@@ -270,7 +278,25 @@ def read_frames(
             f"frames {missing[:4]}{'...' if len(missing) > 4 else ''} not decodable "
             f"(asked up to {last})",
         )
-    return np.stack([frames[int(i)] for i in idx])
+    # A stream whose resolution changes mid-way (and no `size`): one clip, one size.
+    first = frames[int(wanted[0])]
+    shape = (first.shape[1], first.shape[0])
+    return np.stack(
+        [
+            f if f.shape == first.shape else cv2.resize(f, shape, interpolation=cv2.INTER_LINEAR)
+            for f in (frames[int(i)] for i in idx)
+        ]
+    )
+
+
+def _seek(container: av.container.InputContainer, *args, **kwargs) -> bool:
+    """`container.seek`; False when the demuxer cannot seek (a broken AVI header makes
+    FFmpeg refuse every seek with EPERM although the file decodes from the start)."""
+    try:
+        container.seek(*args, **kwargs)
+    except av.error.FFmpegError:
+        return False
+    return True
 
 
 #: Seek over a gap between wanted frames only when it skips more than this many frames:
@@ -314,8 +340,10 @@ def _decode_range(
     last = int(wanted[-1])
     out: dict[int, np.ndarray] = {}
     reformatter = VideoReformatter()
-    if start_pts is not None:
-        container.seek(start_pts, stream=stream, backward=True, any_frame=False)
+    if start_pts is not None and not _seek(
+        container, start_pts, stream=stream, backward=True, any_frame=False
+    ):
+        return None
     index = None if start_pts is not None else start_index
     try:
         for frame in container.decode(stream):
