@@ -352,6 +352,8 @@ def _row_probe(row: dict[str, Any]) -> VideoProbe:
         codec=str(row.get("codec") or ""),
         keyframes=[int(k) for k in row.get("keyframes") or []],
         keyframe_pts=[int(k) for k in row.get("keyframe_pts") or []],
+        pts_start=int(row.get("pts_start") or 0),
+        pts_step=int(row.get("pts_step") or 0),
     )
 
 
@@ -373,6 +375,8 @@ def _base_row(item: dict[str, Any]) -> dict[str, Any]:
         "keyframes": [],
         "keyframe_pts": [],
         "source": item["source"],
+        "pts_start": 0,
+        "pts_step": 0,
         "status": "failed",
         "bytes_in": 0,
         "bytes_out": 0,

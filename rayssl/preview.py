@@ -56,6 +56,7 @@ def run_preview(
         train=True,
         decode_threads=cfg.data.decode_threads,
         storage_options=options,
+        skip_nonref=cfg.data.skip_nonref,
     )
     sizes_vary = not cfg.data.augment.enabled and not cfg.data.augment.resize
     data_cfg = replace(cfg.data, rows_per_task=1) if sizes_vary else cfg.data

@@ -66,8 +66,18 @@ SCHEMA = pa.schema(
         ("keyframes", pa.list_(pa.int64())),
         ("keyframe_pts", pa.list_(pa.int64())),
         ("source", pa.string()),
+        ("pts_start", pa.int64()),
+        ("pts_step", pa.int64()),
     ]
 )
+
+#: Columns added after the first manifests were written, with the value an old manifest
+#: gets on reading (`read_manifest`): `pts_step` 0 = no pts grid, the reader counts
+#: frames and decodes all of them (the path it always had).
+ADDED_COLUMNS: dict[str, tuple[pa.DataType, Any]] = {
+    "pts_start": (pa.int64(), 0),
+    "pts_step": (pa.int64(), 0),
+}
 
 
 class ManifestError(ValueError):
@@ -247,6 +257,8 @@ def probe_columns(probe: VideoProbe) -> dict[str, Any]:
         "codec": probe.codec,
         "keyframes": list(probe.keyframes),
         "keyframe_pts": list(probe.keyframe_pts),
+        "pts_start": probe.pts_start,
+        "pts_step": probe.pts_step,
     }
 
 
@@ -269,6 +281,8 @@ def probe_entry(entry: dict[str, Any], options: storage.StorageOptions | None = 
         "keyframes": [],
         "keyframe_pts": [],
         "source": entry.get("source", ""),
+        "pts_start": 0,
+        "pts_step": 0,
     }
     try:
         data = storage.read_bytes(entry["uri"], options=options)
@@ -332,6 +346,18 @@ def read_manifest(uri: str, options=None) -> pa.Table:
     missing = {"uri", "video_id", "num_frames", "error"} - set(table.column_names)
     if missing:
         raise ManifestError(f"{uri}: not a rayssl manifest (missing columns {sorted(missing)})")
+    return migrate(table)
+
+
+def migrate(table: pa.Table) -> pa.Table:
+    """Add the columns of `ADDED_COLUMNS` a manifest written before them lacks (with the
+    value that keeps the old behaviour); nulls in them become that value too."""
+    for name, (dtype, default) in ADDED_COLUMNS.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([default] * table.num_rows, dtype))
+        elif table[name].null_count:
+            filled = table[name].fill_null(pa.scalar(default, dtype))
+            table = table.set_column(table.column_names.index(name), name, filled)
     return table
 
 

@@ -20,6 +20,7 @@ of a draw come from `clip_rng(seed, video_id, epoch, draw)`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -41,8 +42,13 @@ SKIP_REASONS = tuple(dict.fromkeys(("too_short", "augment_error", *ERROR_REASONS
 #: trained, never counted).
 PADDING = "padding"
 
+#: Test hook: when set, every sample names the Ray node that decoded it (`decode_node`).
+TRACE_NODE_ENV = "RAYSSL_TEST_TRACE"
+
 #: Manifest columns a draw row carries into the sampler.
 ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts", "height", "width")
+#: ... and those an old manifest may lack (then the reader counts frames, skips none).
+OPTIONAL_ROW_COLUMNS = ("pts_start", "pts_step")
 
 
 def augment_config(settings: AugmentSettings) -> AugmentConfig | None:
@@ -73,6 +79,9 @@ class SamplerSpec:
     train: bool = True
     decode_threads: int = 1
     storage_options: storage.StorageOptions | None = None
+    #: Let the reader drop the non-reference frames a clip does not use (rows with a pts
+    #: grid only; `read_frames`' `skip_nonref`).
+    skip_nonref: bool = True
 
     @property
     def decode_size(self) -> tuple[int, int] | None:
@@ -123,6 +132,7 @@ def read_row_frames(
     size: tuple[int, int] | None,
     options: storage.StorageOptions | None,
     threads: int = 1,
+    skip_nonref: bool = True,
 ) -> np.ndarray:
     """Frames `wanted` ((N,) indices) of a manifest row's video as (N, H, W, 3) uint8, in
     one decode; raises `RowSkip` with the reason when the video cannot be read."""
@@ -134,6 +144,9 @@ def read_row_frames(
             keyframes=_as_list(row.get("keyframes")),
             keyframe_pts=_as_list(row.get("keyframe_pts")),
             threads=threads,
+            pts_start=int(row.get("pts_start") or 0),
+            pts_step=int(row.get("pts_step") or 0),
+            skip_nonref=skip_nonref,
         )
     except VideoError as e:
         raise RowSkip(e.reason) from e
@@ -162,6 +175,7 @@ def sample_row(row: dict[str, Any], spec: SamplerSpec) -> dict[str, Any]:
             spec.decode_size,
             spec.storage_options,
             spec.decode_threads,
+            spec.skip_nonref,
         )
     except RowSkip as e:
         return _placeholder(spec, row, e.reason)
@@ -196,6 +210,10 @@ def _sample_batch(batch: dict[str, np.ndarray], spec: SamplerSpec) -> dict[str, 
     for key in ("video_id", "class_label", "epoch", "draw", "pos", "pad"):
         if key in batch:
             out[key] = np.asarray(batch[key])
+    if os.environ.get(TRACE_NODE_ENV):  # tests: where was this decoded?
+        import ray
+
+        out["decode_node"] = np.asarray([ray.get_runtime_context().get_node_id()] * n)
     return out
 
 
@@ -266,7 +284,8 @@ def epoch_rows(
         pos = np.zeros(0, dtype=np.int64)
     take = order[pos]
     video_idx, draw = take // clips_per_video, take % clips_per_video
-    rows = videos.select(list(ROW_COLUMNS)).take(pa.array(video_idx))
+    columns = list(ROW_COLUMNS) + [c for c in OPTIONAL_ROW_COLUMNS if c in videos.column_names]
+    rows = videos.select(columns).take(pa.array(video_idx))
     label = videos["label"] if "label" in videos.column_names else pa.array([-1] * n_videos)
     return (
         rows.append_column("class_label", pa.array(np.asarray(label)[video_idx]))
@@ -283,12 +302,25 @@ def build_clip_dataset(rows: pa.Table, spec: SamplerSpec, data_cfg: DataConfig):
 
     block_rows = max(data_cfg.rows_per_task, 1)
     blocks = [rows.slice(i, block_rows) for i in range(0, rows.num_rows, block_rows)]
-    ds = ray.data.from_arrow(blocks)
-    return ds.map_batches(
+    source = ray.data.from_arrow(blocks)
+    extra: dict[str, Any] = {}
+    if data_cfg.decode_resources:
+        extra["resources"] = dict(data_cfg.decode_resources)
+    ds = source.map_batches(
         _sample_batch,  # type: ignore[arg-type]  # Ray types fn as 1-arg; fn_kwargs passes spec
         fn_kwargs={"spec": spec},
         batch_size=block_rows,
         batch_format="numpy",
         num_cpus=data_cfg.num_cpus_per_task,
         zero_copy_batch=True,
+        **extra,
     )
+    if data_cfg.decode_cpus_per_worker or data_cfg.object_store_mb_per_worker:
+        from ray.data import ExecutionResources
+
+        # this dataset's own context: the limits bind this worker's pipeline only
+        ds.context.execution_options.resource_limits = ExecutionResources.for_limits(
+            cpu=data_cfg.decode_cpus_per_worker or None,
+            object_store_memory=data_cfg.object_store_mb_per_worker * 1024 * 1024 or None,
+        )
+    return ds

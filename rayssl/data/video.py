@@ -11,7 +11,11 @@ container frame counts lie. This module therefore
   decoding forward in display order, counting frames. If the landing cannot be
   verified (or the demuxer refuses to seek) it decodes from the start instead. Either
   way the frames returned are the frames the indices name, which tests check against
-  a sequential decode.
+  a sequential decode;
+* when the probe found every frame's pts on a grid (frame i at `pts_start + i *
+  pts_step`, one packet per frame), identifies frames by pts instead of by counting,
+  and tells the decoder to drop the non-reference frames (B-frames nothing else is
+  predicted from) that the clip does not use: a pace-p clip decodes fewer frames.
 
 Only the frames a clip needs are converted to RGB (and resized, when a size is given).
 """
@@ -60,6 +64,11 @@ class VideoProbe:
     `keyframes` are display indices of decodable keyframes and `keyframe_pts` their
     presentation timestamps in the stream's time base; both empty when the stream
     carries no usable timestamps (then readers decode from the start).
+
+    `pts_step` > 0 says that frame i (display order) has pts `pts_start + i * pts_step`
+    for every frame, and that the demuxer's packets carry exactly these pts, one packet
+    per frame; then a reader can name a frame, and the packet that codes it, by its pts
+    (and drop unused non-reference frames). 0 when that does not hold.
     """
 
     num_frames: int
@@ -69,6 +78,8 @@ class VideoProbe:
     codec: str
     keyframes: list[int] = field(default_factory=list)
     keyframe_pts: list[int] = field(default_factory=list)
+    pts_start: int = 0
+    pts_step: int = 0
 
 
 def _open(source: Source) -> av.container.InputContainer:
@@ -139,18 +150,29 @@ def probe_video(source: Source, threads: int = 1) -> VideoProbe:
         keyframe_pts: list[int] = []
         last_pts: int | None = None
         pts_ok = True
+        frame_pts: list[int] = []
+        packet_pts: list[int] = []
+        packets_ok = True
         try:
-            for frame in container.decode(stream):
-                if num_frames == 0:
-                    height, width = frame.height, frame.width
-                pts = frame.pts
-                if pts is None or (last_pts is not None and pts <= last_pts):
-                    pts_ok = False
-                last_pts = pts
-                if frame.key_frame and pts is not None:
-                    keyframes.append(num_frames)
-                    keyframe_pts.append(int(pts))
-                num_frames += 1
+            for packet in container.demux(stream):
+                if packet.size:
+                    if packet.pts is None:
+                        packets_ok = False
+                    else:
+                        packet_pts.append(int(packet.pts))
+                for frame in packet.decode():
+                    if num_frames == 0:
+                        height, width = frame.height, frame.width
+                    pts = frame.pts
+                    if pts is None or (last_pts is not None and pts <= last_pts):
+                        pts_ok = False
+                    else:
+                        frame_pts.append(int(pts))
+                    last_pts = pts
+                    if frame.key_frame and pts is not None:
+                        keyframes.append(num_frames)
+                        keyframe_pts.append(int(pts))
+                    num_frames += 1
         except (av.error.FFmpegError, ValueError) as e:
             if num_frames == 0:
                 raise VideoError("decode_error", _short(e)) from e
@@ -159,6 +181,7 @@ def probe_video(source: Source, threads: int = 1) -> VideoProbe:
             raise VideoError("zero_frames", "no frame decoded")
         if not pts_ok:
             keyframes, keyframe_pts = [], []
+        pts_start, pts_step = _pts_grid(frame_pts, packet_pts) if pts_ok and packets_ok else (0, 0)
         return VideoProbe(
             num_frames=num_frames,
             fps=_fps(stream),
@@ -167,9 +190,22 @@ def probe_video(source: Source, threads: int = 1) -> VideoProbe:
             codec=stream.codec_context.name,
             keyframes=keyframes,
             keyframe_pts=keyframe_pts,
+            pts_start=pts_start,
+            pts_step=pts_step,
         )
     finally:
         container.close()
+
+
+def _pts_grid(frame_pts: list[int], packet_pts: list[int]) -> tuple[int, int]:
+    """(pts_start, pts_step) when frame i has pts start + i * step and the packets carry
+    exactly the frames' pts (one packet per frame); else (0, 0)."""
+    if len(frame_pts) < 2 or sorted(packet_pts) != frame_pts:
+        return 0, 0
+    start, step = frame_pts[0], frame_pts[1] - frame_pts[0]
+    if step <= 0 or any(p != start + i * step for i, p in enumerate(frame_pts)):
+        return 0, 0
+    return start, step
 
 
 def _to_rgb(
@@ -198,6 +234,9 @@ def read_frames(
     keyframe_pts: Sequence[int] | None = None,
     threads: int = 1,
     gap_seek: bool = True,
+    pts_start: int | None = None,
+    pts_step: int | None = None,
+    skip_nonref: bool = True,
 ) -> np.ndarray:
     """Return exactly the frames at `indices` (display order, 0-based), as RGB uint8.
 
@@ -213,6 +252,12 @@ def read_frames(
             two clips of a contrastive pair far apart), seek to it instead of decoding
             the gap; all in one open of the file. False decodes from the keyframe before
             the first index through the last, in one pass.
+        pts_start, pts_step: from `probe_video` (the manifest's `pts_start`, `pts_step`).
+            With pts_step > 0 and `skip_nonref`, frames are named by pts and the decoder
+            drops the non-reference frames that are not asked for (a pace clip's
+            B-frames between its frames). None / 0 (an old manifest): frames are counted
+            from the keyframe and every frame is decoded.
+        skip_nonref: False decodes every frame even with a pts grid.
 
     Returns:
         (len(indices), H, W, 3) uint8 array; row i is frame indices[i]. Without `size`,
@@ -235,6 +280,13 @@ def read_frames(
     key_list = [int(k) for k in keyframes] if have_keys and keyframes else []
     pts_list = [int(p) for p in keyframe_pts] if have_keys and keyframe_pts else []
     segments = _segments(wanted, key_list) if gap_seek and have_keys else [wanted]
+    grid: tuple[int, int] | None = None
+    if skip_nonref and pts_step and int(pts_step) > 0:
+        grid = (int(pts_start or 0), int(pts_step))
+        # The grid must name every keyframe as the keyframe lists do: a grid shifted by a
+        # frame would otherwise be consistent with every pts and name the wrong frames.
+        if any(p != grid[0] + k * grid[1] for k, p in zip(key_list, pts_list, strict=True)):
+            grid = None
 
     container = _open(source)
     try:
@@ -243,10 +295,12 @@ def read_frames(
         for segment in segments:
             k = bisect_right(key_list, int(segment[0])) - 1
             if k > 0:
-                got = _decode_range(container, stream, segment, key_list[k], pts_list[k], size)
+                got = _decode_range(
+                    container, stream, segment, key_list[k], pts_list[k], size, grid
+                )
             else:  # no keyframe info, or the segment starts in the first GOP
                 got = (
-                    _decode_range(container, stream, segment, 0, None, size)
+                    _decode_range(container, stream, segment, 0, None, size, grid)
                     if _seek(container, 0)
                     else None
                 )
@@ -330,12 +384,16 @@ def _decode_range(
     start_index: int,
     start_pts: int | None,
     size: tuple[int, int] | None,
+    grid: tuple[int, int] | None = None,
 ) -> dict[int, np.ndarray] | None:
-    """Decode forward from a keyframe, counting display indices.
+    """Decode forward from a keyframe, counting display indices (or, with a pts `grid`,
+    naming frames by pts and dropping unwanted non-reference frames).
 
     Returns the decoded frames by index, or None when the landing after the seek
     could not be verified (the caller then decodes from the start).
     """
+    if grid is not None:
+        return _decode_range_skip(container, stream, wanted, start_index, start_pts, size, grid)
     wanted_set = set(int(i) for i in wanted)
     last = int(wanted[-1])
     out: dict[int, np.ndarray] = {}
@@ -380,3 +438,86 @@ def read_all_frames(source: Source, size: tuple[int, int] | None = None) -> np.n
         return np.stack([_to_rgb(f, size, reformatter) for f in container.decode(stream)])
     finally:
         container.close()
+
+
+def _decode_range_skip(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    wanted: np.ndarray,
+    start_index: int,
+    start_pts: int | None,
+    size: tuple[int, int] | None,
+    grid: tuple[int, int],
+) -> dict[int, np.ndarray] | None:
+    """`_decode_range` for a stream whose frame i has pts `pts0 + i * step` (the probe
+    checked it, and that each packet carries its frame's pts).
+
+    Each packet whose pts names a frame that is not wanted is sent with
+    `skip_frame = NONREF`: the decoder drops it if nothing is predicted from it (a
+    B-frame) and decodes it otherwise, so the frames that are decoded are decoded
+    exactly as in a sequential decode. Decoded frames are named by pts, not by counting,
+    so a dropped frame cannot shift the index of the next one. Any surprise (a frame off
+    the grid or out of order, a wanted frame that did not come out although a later one
+    did, a landing elsewhere than expected) returns None: the caller decodes from the
+    start without dropping anything.
+    """
+    pts0, step = grid
+    # The landing anchors the grid: the keyframe seeked to (or frame 0 from the start)
+    # must be where the grid puts it.
+    expect = start_pts if start_pts is not None else pts0
+    if expect != pts0 + start_index * step:
+        return None
+    wanted_set = set(int(i) for i in wanted)
+    last = int(wanted[-1])
+    out: dict[int, np.ndarray] = {}
+    reformatter = VideoReformatter()
+    ctx = stream.codec_context
+    if start_pts is not None and not _seek(
+        container, start_pts, stream=stream, backward=True, any_frame=False
+    ):
+        return None
+    # After a seek the first frame at or after the keyframe's pts must be that keyframe;
+    # from the start (seek(0)) it must be frame 0.
+    landed = False
+    index = -1  # display index of the last decoded frame
+    skipping = False
+    try:
+        for packet in container.demux(stream):
+            skip = False
+            if packet.pts is not None:
+                i, r = divmod(int(packet.pts) - pts0, step)
+                skip = r == 0 and i not in wanted_set
+            if skip != skipping:
+                ctx.skip_frame = "NONREF" if skip else "DEFAULT"
+                skipping = skip
+            for frame in packet.decode():
+                pts = frame.pts
+                if pts is None:
+                    return None
+                if not landed:
+                    if pts < expect and start_pts is not None:
+                        continue  # an earlier landing (or leading frames): not ours
+                    if pts != expect or (start_pts is not None and not frame.key_frame):
+                        return None
+                    landed = True
+                i, r = divmod(int(pts) - pts0, step)
+                if r or i <= index:
+                    return None
+                index = i
+                if i in wanted_set:
+                    out[i] = _to_rgb(frame, size, reformatter)
+                if i >= last:
+                    break
+            if index >= last:
+                break
+    except (av.error.FFmpegError, ValueError):
+        # A broken tail: whatever was decoded is kept; missing frames are reported.
+        pass
+    finally:
+        if skipping:
+            ctx.skip_frame = "DEFAULT"
+    if not landed:
+        return None
+    if any(i <= index and i not in out for i in wanted_set):
+        return None  # a wanted frame was dropped or never came out: do not guess
+    return out
