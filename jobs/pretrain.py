@@ -21,11 +21,10 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args()
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
+        result = pretrain(load_config(args.config, args.overrides))
+    except ConfigError as e:  # bad keys or values, or what they name (rayssl.preflight)
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    result = pretrain(cfg)
     print("RESULT " + json.dumps(result, default=str))
     return 0
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rayssl.config import Config
+from rayssl.config import Config, ConfigError
 from rayssl.data import storage
 from rayssl.train.tracking import default_tracking_uri, git_commit
 
@@ -133,17 +133,25 @@ def build_trainer(cfg: Config):
 
     from rayssl.train.loop import train_loop_per_worker
 
-    resources = {"CPU": cfg.train.cpus_per_worker}
+    resources = {"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources}
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
     fs, path = storage.get_filesystem(
         cfg.run.storage_path, storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
     )
+    # Elastic training (Ray Train V2: num_workers=(min, max)) when train.min_workers is
+    # set below train.num_workers: a group that lost nodes restarts with the workers the
+    # cluster can hold, down to the minimum, and grows back when nodes return.
+    num_workers: int | tuple[int, int] = cfg.train.num_workers
+    if 0 < cfg.train.min_workers < cfg.train.num_workers:
+        num_workers = (cfg.train.min_workers, cfg.train.num_workers)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "commit": git_commit()},
         scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers,
+            # Ray Train V2's ScalingConfig (what ray.train exports at run time) takes a
+            # (min, max) tuple; mypy reads ray.train's V1 import of the same name.
+            num_workers=num_workers,  # type: ignore[arg-type]
             use_gpu=cfg.train.use_gpu,
             resources_per_worker=resources,
         ),
@@ -167,7 +175,7 @@ def prepare_config(cfg: Config) -> Config:
     """
     cfg = resolve_paths(cfg)
     if not cfg.data.manifest:
-        raise ValueError("data.manifest: set it to a manifest URI (rayssl manifest ... --out M)")
+        raise ConfigError("data.manifest: set it to a manifest URI (rayssl manifest ... --out M)")
     if cfg.model.init not in ("", "random"):
         from rayssl.evaluate.checkpoint import (
             build_backbone_from,
@@ -242,8 +250,13 @@ def pretrain(cfg: Config) -> dict[str, Any]:
 def run_training(cfg: Config) -> tuple[dict[str, Any], Config]:
     """Run (or resume) a training job of `cfg`'s task (a pretext, or supervised
     fine-tuning). Returns the final metrics and locations, and the config as run."""
+    from rayssl import preflight
+
     cfg = prepare_config(cfg)
+    preflight.check_data(cfg)
+    preflight.check_outputs(cfg)
     _init_ray()
+    preflight.check_cluster(cfg)
     result = build_trainer(cfg).fit()
     metrics = dict(result.metrics or {})
     summary = {

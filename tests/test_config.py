@@ -387,3 +387,38 @@ def test_progress_line():
         "[rayssl] epoch 3/14 | train loss 1.250 pace_acc 0.500 | val loss 1.500 pace_acc 0.625"
         " | 38.0 clips/s, data wait 5% | retrieval top1 0.400"
     )
+
+
+def test_resource_mappings_are_typed_and_checked():
+    cfg = load_config(
+        None,
+        [
+            "data.decode_resources={decode: 1}",
+            "train.worker_resources.trainer=0.5",
+            "train.num_workers=4",
+            "train.batch_size=8",
+            "train.min_workers=2",
+        ],
+    )
+    assert cfg.data.decode_resources == {"decode": 1.0}
+    assert cfg.train.worker_resources == {"trainer": 0.5}
+    assert cfg.train.min_workers == 2
+    with pytest.raises(ConfigError, match=r"data\.decode_resources\.decode: expected a number"):
+        load_config(None, ["data.decode_resources={decode: lots}"])
+    with pytest.raises(ConfigError, match=r"data\.decode_resources: expected a mapping"):
+        load_config(None, ["data.decode_resources=[decode]"])
+    with pytest.raises(ConfigError, match=r"train\.worker_resources\.GPU: a custom resource"):
+        load_config(None, ["train.worker_resources={GPU: 1}"])
+    with pytest.raises(ConfigError, match=r"data\.decode_resources\.decode: .*>= 0"):
+        load_config(None, ["data.decode_resources={decode: -1}"])
+    with pytest.raises(ConfigError, match=r"train\.min_workers"):
+        load_config(None, ["train.num_workers=2", "train.min_workers=3"])
+
+
+def test_checkpoint_intervals_are_checked():
+    cfg = load_config(
+        None, ["train.checkpoint_every_steps=500", "train.checkpoint_every_minutes=7.5"]
+    )
+    assert (cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes) == (500, 7.5)
+    with pytest.raises(ConfigError, match=r"train\.checkpoint_every_steps"):
+        load_config(None, ["train.checkpoint_every_steps=-1"])

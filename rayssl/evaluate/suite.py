@@ -457,6 +457,7 @@ def evaluate_checkpoint(
     """Run the enabled evaluations of `suite` on `checkpoint`; write DIR/results.json and
     the plots; log an MLflow run. Returns {"results", "report", "source", "mlflow_run_id"}.
     `suite_dir` (the suite file's folder) resolves a relative fine-tuning config."""
+    from rayssl import preflight
     from rayssl.launch import _init_ray, resolve_paths
 
     t0 = time.perf_counter()
@@ -469,6 +470,8 @@ def evaluate_checkpoint(
     table = load_manifest(suite.data.manifest, suite.data)
     check_labels(suite, table)
     table = needed_videos(suite, table)
+    # the results go to MLflow at the end: an unwritable store must not waste the run
+    preflight.check_tracking_uri(suite.run.tracking_uri)
     _init_ray()
 
     feats = _Features(suite, backbone, table, out)

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -160,6 +161,20 @@ class _Sums:
             self.skips[str(reason)] += 1
 
 
+def manifest_bad_counts(table, split: str) -> dict[str, float]:
+    """The run's split's videos that the manifest found unreadable, by reason
+    (`data/bad_<reason>`) and in all (`data/bad_videos`): never drawn, but counted."""
+    import pyarrow.compute as pc
+
+    if split and "split" in table.column_names:
+        table = table.filter(pc.equal(table["split"], split))
+    reasons = Counter(str(r) for r in table["error"].to_pylist() if r is not None)
+    return {
+        "data/bad_videos": float(sum(reasons.values())),
+        **{f"data/bad_{r}": float(n) for r, n in sorted(reasons.items())},
+    }
+
+
 def _reduced_progress(state: EpochState, device: torch.device) -> EpochProgress:
     """The epoch's progress over all workers: the draws any of them trained (a max over
     workers) and the metric sums so far (a sum; rank 0 holds what was carried)."""
@@ -216,6 +231,8 @@ def _trace(batch: dict[str, np.ndarray], epoch: int, step: int, global_step: int
     keep = ~np.asarray(batch["pad"], dtype=bool) if "pad" in batch else slice(None)
     line = {
         "pid": os.getpid(),
+        "node": ray.get_runtime_context().get_node_id(),
+        "decode_nodes": sorted({str(n) for n in batch.get("decode_node", [])}),
         "rank": rank,
         "epoch": epoch,
         "step": step,
@@ -340,7 +357,8 @@ def run_epoch(
         state.total_s = t_last - t_epoch
         window_clips += len(batch["valid"]) - int(np.asarray(batch.get("pad", []), bool).sum())
         if global_step % cfg.train.log_every_steps == 0:
-            system = _gather_system(sampler, settings.device, world) if sampler else {}
+            wait = state.wait_s / max(state.total_s, 1e-9)
+            system = _gather_system(sampler, settings.device, world, wait) if sampler else {}
             if rank == 0:
                 n = max(float(metrics["num_valid"]), 1.0)
                 elapsed = t_last - window_t0
@@ -357,6 +375,7 @@ def run_epoch(
                     step=global_step,
                 )
             window_clips, window_t0 = 0, t_last
+            t_last = time.perf_counter()  # logging's time is not data wait
         last = state.steps >= end_step  # the epoch-end checkpoint follows at once
         if schedule is not None and schedule.enabled and not last and schedule.due(state.steps):
             on_checkpoint(state, global_step)
@@ -366,9 +385,13 @@ def run_epoch(
     return global_step
 
 
-def _gather_system(sampler: SystemSampler, device: torch.device, world: int) -> dict:
-    """Every worker's system sample, gathered to all (rank 0 logs them)."""
-    row = torch.tensor([sampler.sample()[k] for k in FIELDS], dtype=torch.float64, device=device)
+def _gather_system(
+    sampler: SystemSampler, device: torch.device, world: int, data_wait_frac: float
+) -> dict:
+    """Every worker's system sample and data-wait share so far this epoch, gathered to
+    all (rank 0 logs them)."""
+    sample = {**sampler.sample(), "data_wait_frac": data_wait_frac}
+    row = torch.tensor([sample[k] for k in FIELDS], dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
         rows = [torch.zeros_like(row) for _ in range(world)]
         dist.all_gather(rows, row)
@@ -442,6 +465,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     settings = DeviceSettings.for_device(device, cfg)
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
+    if device.type == "cuda":
+        # fixed clip shapes: let cuDNN pick the fastest 3D convolution algorithms once
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
     quiet_ray_data(cfg.data.progress_logs)
     torch.manual_seed(cfg.run.seed)
 
@@ -476,15 +502,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     videos = usable_videos(table, cfg.data.split, cfg.data.fraction, cfg.run.seed)
     val_videos = usable_videos(table, cfg.data.val_split) if cfg.data.val_split else None
     spec = SamplerSpec(
-        pretext, cfg.data.augment, cfg.run.seed, True, cfg.data.decode_threads, options
+        pretext,
+        cfg.data.augment,
+        cfg.run.seed,
+        True,
+        cfg.data.decode_threads,
+        options,
+        skip_nonref=cfg.data.skip_nonref,
     )
-    val_spec = SamplerSpec(
-        pretext, cfg.data.augment, cfg.run.seed, False, cfg.data.decode_threads, options
-    )
+    val_spec = replace(spec, train=False)
     batch_size = max(1, cfg.train.batch_size // world)
     acc_name = getattr(pretext, "accuracy_name", "acc")
     if rank == 0:
-        start = {"data/videos": videos.num_rows, "data/start_epoch": start_epoch}
+        start = {
+            "data/videos": videos.num_rows,
+            "data/start_epoch": start_epoch,
+            **manifest_bad_counts(table, cfg.data.split),
+        }
         if resumed is not None:
             start["data/start_step_in_epoch"] = resumed.steps
         tracker.log_metrics(start, step=start_epoch)

@@ -93,7 +93,7 @@ def clip_to_input(clip_BTHWC: torch.Tensor, settings: DeviceSettings) -> torch.T
 
 
 #: Batch columns that are not tensors (kept on the host).
-_HOST_COLUMNS = {"video_id", "skip_reason", "uri", "pos", "pad"}
+_HOST_COLUMNS = {"video_id", "skip_reason", "uri", "pos", "pad", "decode_node"}
 
 
 def batch_to_device(batch: dict[str, np.ndarray], settings: DeviceSettings) -> dict[str, Any]:

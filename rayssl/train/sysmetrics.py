@@ -15,8 +15,16 @@ import contextlib
 import psutil
 import torch
 
-#: Per-worker fields, in the order they are gathered.
-FIELDS = ("rss_mb", "cpu_pct", "node_mem_pct", "node_cpu_pct", "gpu_util_pct", "gpu_mem_mb")
+#: Per-worker fields, in the order they are gathered (the loop adds the data-wait share).
+FIELDS = (
+    "rss_mb",
+    "cpu_pct",
+    "node_mem_pct",
+    "node_cpu_pct",
+    "gpu_util_pct",
+    "gpu_mem_mb",
+    "data_wait_frac",
+)
 
 _MB = 1024 * 1024
 

@@ -213,6 +213,26 @@ def check_sweep(cfg: SweepConfig) -> list[Trial]:
     return grid
 
 
+def check_trials_world(cfg: SweepConfig, grid: list[Trial]) -> None:
+    """What the trials name, checked before Ray starts (`rayssl.preflight`): manifests,
+    clips that fit, writable storage and tracking; once per distinct combination."""
+    from rayssl import preflight
+    from rayssl.launch import resolve_paths
+
+    checked: set[str] = set()
+    for t in grid:
+        rcfg = resolve_paths(trial_config(cfg, t))
+        key = repr((rcfg.data, rcfg.pretext, rcfg.run.storage_path, rcfg.run.tracking_uri))
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            preflight.check_data(rcfg)
+            preflight.check_outputs(rcfg)
+        except ConfigError as e:
+            raise ConfigError(f"trial {t.slug}: {e}") from e
+
+
 # --------------------------------------------------------------------------- a trial
 
 
@@ -400,6 +420,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     from rayssl.tune.scaling_law import log_report, records_from_mlflow, report
 
     grid = check_sweep(cfg)
+    check_trials_world(cfg, grid)
     uri = default_tracking_uri(trial_config(cfg, grid[0]))
     cfg = replace(cfg, study=replace(cfg.study, tracking_uri=uri))
     _init_ray()

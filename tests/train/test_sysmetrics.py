@@ -24,9 +24,13 @@ def test_ray_node_rss_is_unknown_outside_a_ray_worker():
 
 
 def test_as_metrics_names_every_worker_and_drops_unknown_gpu_figures():
-    rows = [[100.0, 50.0, 40.0, 30.0, -1.0, -1.0], [200.0, 60.0, 41.0, 31.0, 90.0, 5000.0]]
+    rows = [
+        [100.0, 50.0, 40.0, 30.0, -1.0, -1.0, 0.1],
+        [200.0, 60.0, 41.0, 31.0, 90.0, 5000.0, 0.2],
+    ]
     m = as_metrics(rows)
     assert m["system/worker0/rss_mb"] == 100.0 and m["system/worker1/rss_mb"] == 200.0
     assert "system/worker0/gpu_util_pct" not in m
     assert m["system/worker1/gpu_util_pct"] == 90.0 and m["system/worker1/gpu_mem_mb"] == 5000.0
+    assert m["system/worker1/data_wait_frac"] == 0.2
     assert len(m) == 2 * len(FIELDS) - 2

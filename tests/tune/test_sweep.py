@@ -20,6 +20,7 @@ from rayssl.config import ConfigError
 from rayssl.tune.sweep import (
     PAUSE_ENV,
     check_sweep,
+    check_trials_world,
     load_sweep,
     max_concurrent,
     trial_config,
@@ -45,6 +46,20 @@ def test_grid_names_and_overrides(tiny_manifest):
     assert tc.run.parent_run_id == "abc" and tc.optim.epochs == 2
     assert tc.data.manifest == str(tiny_manifest)
     assert len(check_sweep(cfg)) == 4
+
+
+def test_what_trials_name_is_checked_before_ray_starts(tiny_manifest, tmp_path):
+    base = [f"study.storage_path={tmp_path / 'study'}"]
+    cfg = load_sweep(SWEEP, [f"manifest={tiny_manifest}", *base])
+    check_trials_world(cfg, check_sweep(cfg))
+    gone = load_sweep(SWEEP, [f"manifest={tmp_path / 'gone.parquet'}", *base])
+    with pytest.raises(ConfigError, match=r"trial fraction-0.5_backbone-c3d_seed-0: data.manifest"):
+        check_trials_world(gone, check_sweep(gone))
+    long = load_sweep(
+        SWEEP, [f"manifest={tiny_manifest}", *base, "pretrain_overrides=['pretext.paces=[4]']"]
+    )
+    with pytest.raises(ConfigError, match=r"pretext.paces: no training video is long enough"):
+        check_trials_world(long, check_sweep(long))
 
 
 def test_bad_sweeps_fail_before_any_work(tiny_manifest, tmp_path):
