@@ -3,18 +3,32 @@
 One training step = forward + backward + SGD step of backbone + 4-way pace classifier
 on a batch of random clips (B, 3, clip_len, size, size). Modes:
 
-    fp32    TF32 off for matmuls and cuDNN convs (cuDNN convs default to TF32 on)
-    tf32    TF32 on for both (CUDA only; skipped on CPU)
-    bf16cl  bf16 autocast + channels_last_3d model and input
+    fp32    TF32 off for matmuls and cuDNN convs (cuDNN convs default to TF32 on): the
+            reference code's pattern on a GPU without TF32 (eager fp32)
+    tf32    TF32 on for both (CUDA only; skipped on CPU); stock PyTorch runs cuDNN
+            convolutions in TF32 already, so fp32 code on an Ampere+ GPU lands near here
+    bf16cl  bf16 autocast + channels_last_3d model and input (eager), on float clips
+            already on the device: the anchor's setting
+    rayssl  rayssl's training step as the loop runs it (rayssl/train/step.py,
+            train.bf16 + train.channels_last, the thesis configs): a uint8
+            (B, T, H, W, 3) batch from host memory, pinned and copied without blocking,
+            converted to float, normalised and laid out channels_last_3d on the device,
+            bf16 autocast, loss from float32 logits, SGD step, then a device sync (the loop
+            syncs every step to time its data wait), and cuDNN's default algorithm choice
+            (the loop does not set cudnn.benchmark; the other modes autotune). On CPU: no
+            pinning, fp32, as the loop
 
 For each model and mode it prints params (M, backbone only), forward GFLOPs per clip
 (FlopCounterMode on one clip, head included), clips/s, achieved TFLOP/s (a train step
 counted as 3x the forward FLOPs), peak memory (CUDA only) and, with --anchor, the
 ratio of clips/s to a reference run of the same model and mode.
 
-Runs from the repo (`python benchmarks/train_throughput.py`) or as a copy of the repo on
-a GPU machine that has only torch installed: it imports `rayssl.models` from the repo
-root and nothing else from rayssl.
+All modes run in one process, one after the other, for each model: the anchor's settings
+and rayssl's own step side by side. Runs from the repo (`python
+benchmarks/train_throughput.py`) or as a copy of the repo on a GPU machine that has only
+torch installed: it imports `rayssl.models` from the repo root and nothing else from
+rayssl (the `rayssl` mode repeats the few lines of rayssl/train/step.py it needs; a test
+checks that they agree).
 
     python benchmarks/train_throughput.py --anchor benchmarks/h100-anchor.json
     python benchmarks/train_throughput.py --device cpu --size 64 --batch-size 2 --steps 2
@@ -38,8 +52,11 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rayssl.models import BACKBONES, ClassifierHead, build_backbone  # noqa: E402
 
-MODES = ("fp32", "tf32", "bf16cl")
+MODES = ("fp32", "tf32", "bf16cl", "rayssl")
 NUM_PACES = 4
+#: rayssl/train/step.py's pixel normalisation (MEAN, STD), RGB.
+MEAN = (0.45, 0.45, 0.45)
+STD = (0.225, 0.225, 0.225)
 # (batch size, timed steps, warmup steps) when not given on the command line.
 DEFAULTS = {"cuda": (30, 20, 5), "cpu": (4, 3, 1)}
 
@@ -97,29 +114,56 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def clip_to_input(clip_bthwc: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, T, H, W, C) on the device -> normalised float (B, C, T, H, W): the same
+    operations as rayssl.train.step.clip_to_input."""
+    x = clip_bthwc.permute(0, 4, 1, 2, 3).float().div_(255.0)
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1, 1)
+    x = (x - mean) / std
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
 def measure(
     name: str, mode: str, args: argparse.Namespace, device: torch.device
 ) -> dict[str, float]:
     """Time `args.steps` training steps after `args.warmup` ones; clips/s and peak GiB."""
     set_tf32(mode == "tf32")
+    cuda = device.type == "cuda"
+    if cuda:  # the training loop leaves cuDNN's default: no autotuning of the convolutions
+        torch.backends.cudnn.benchmark = mode != "rayssl"
     model = build_model(name, args.width).to(device)
-    clips = torch.randn(args.batch_size, 3, args.clip_len, args.size, args.size, device=device)
+    shape = (args.batch_size, 3, args.clip_len, args.size, args.size)
+    clips = torch.randn(*shape, device=device) if mode != "rayssl" else None
     labels = torch.randint(0, NUM_PACES, (args.batch_size,), device=device)
     autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if mode == "bf16cl":
+    # rayssl: bf16 + channels_last on CUDA only (DeviceSettings.for_device), fp32 on CPU.
+    bf16 = mode == "bf16cl" or (mode == "rayssl" and cuda)
+    if bf16:
         model = model.to(memory_format=torch.channels_last_3d)
-        clips = clips.contiguous(memory_format=torch.channels_last_3d)
+        if clips is not None:
+            clips = clips.contiguous(memory_format=torch.channels_last_3d)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+    # The host batch the data pipeline hands over: uint8 clips (B, T, H, W, 3).
+    host = torch.randint(0, 256, (shape[0], shape[2], shape[3], shape[4], 3), dtype=torch.uint8)
     # The pace reference optimiser settings.
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-3)
 
     def step() -> None:
+        x = clips
+        if x is None:  # rayssl: batch_to_device + clip_to_input, every step
+            t = host.pin_memory() if cuda else host
+            x = clip_to_input(t.to(device, non_blocking=cuda), channels_last=bf16)
         with autocast:
-            logits = model(clips)
+            logits = model(x)
         loss = nn.functional.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if mode == "rayssl":
+            synchronize(device)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -180,6 +224,26 @@ def format_table(rows: list[dict], with_anchor: bool) -> str:
     )
 
 
+def speedups(rows: list[dict]) -> list[str]:
+    """Per model: each mode's clips/s over fp32's (the reference pattern), and rayssl's
+    step over the anchor's bf16cl setting (what the uint8 input path and the per-step
+    sync cost)."""
+    rates = {(r["model"], r["mode"]): r["clips_s"] for r in rows if "clips_s" in r}
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        base = rates.get((model, "fp32"))
+        parts = [
+            f"{mode} x{rates[model, mode] / base:.2f}"
+            for mode in MODES
+            if base and mode != "fp32" and (model, mode) in rates
+        ]
+        if (model, "rayssl") in rates and (model, "bf16cl") in rates:
+            parts.append(f"rayssl / bf16cl x{rates[model, 'rayssl'] / rates[model, 'bf16cl']:.2f}")
+        if parts:
+            lines.append(f"{model}: vs fp32: " + ", ".join(parts))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -187,8 +251,6 @@ def main(argv: list[str] | None = None) -> None:
     args.batch_size = args.batch_size or batch_size
     args.steps = args.steps or steps
     args.warmup = warmup if args.warmup is None else args.warmup
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     anchor = load_anchor(args.anchor) if args.anchor else {}
 
     print(
@@ -219,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
                 torch.cuda.empty_cache()
 
     print(format_table(rows, with_anchor=bool(anchor)))
+    for line in speedups(rows):
+        print(line)
     if args.json:
         config = {k: getattr(args, k) for k in ("batch_size", "clip_len", "size", "width")}
         config |= {"steps": args.steps, "warmup": args.warmup}

@@ -11,6 +11,7 @@ rayssl features --checkpoint X --manifest M --layers pool3 pool5 --clips uniform
 rayssl evaluate --checkpoint X --suite configs/eval_ucf101.yaml --out DIR [--baseline]
 rayssl sweep --config configs/sweep_debug.yaml [key=value ...]
 rayssl compare [--experiment E] [--parent RUN] [--runs ID ...] [--tag k=v] [--plot METRIC]
+rayssl capacity --config FILE --manifest M [--measure-train] [--gpus N --cpus-per-node C] [--json]
 
 `key=value` config overrides are accepted anywhere on the command line.
 """
@@ -342,6 +343,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return compare_main(list(args.args))
 
 
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from rayssl.capacity import CapacityError, ClusterShape, format_report, run_capacity
+
+    overrides = list(args.overrides)
+    if args.manifest:
+        overrides.append(f"data.manifest={args.manifest}")
+    cfg = load_config(args.config, overrides)
+    if args.gpus is not None and args.cpus_per_node is None:
+        print("error: --gpus needs --cpus-per-node", file=sys.stderr)
+        return 2
+    try:
+        shape = None
+        if args.gpus is not None:
+            workers_cpus = args.cpus_per_worker
+            shape = ClusterShape(
+                gpus=args.gpus,
+                nodes=args.nodes,
+                cpus_per_node=args.cpus_per_node,
+                cpus_per_worker=cfg.train.cpus_per_worker if workers_cpus is None else workers_cpus,
+                extra_cpus=args.extra_cpus,
+            )
+        report = run_capacity(
+            cfg,
+            seconds=args.seconds,
+            max_clips=args.clips,
+            train_clips_per_s=args.train_clips_per_s,
+            measure=args.measure_train,
+            device=args.device,
+            train_steps=args.train_steps,
+            anchor=args.anchor,
+            precision=args.precision,
+            shape=shape,
+        )
+    except CapacityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rayssl", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -427,6 +468,40 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--config", required=True, help="sweep YAML (configs/sweep_*.yaml)")
     w.add_argument("overrides", nargs="*", help="key=value sweep overrides")
     w.set_defaults(func=cmd_sweep)
+
+    k = sub.add_parser(
+        "capacity",
+        help="decode clips/s per core, training clips/s per GPU, CPUs per GPU, data wait",
+    )
+    k.add_argument("--config", default=None, help="YAML config (default: the defaults)")
+    k.add_argument("--manifest", default=None, help="manifest (default: data.manifest)")
+    k.add_argument("--seconds", type=float, default=10.0, help="decode for this long at most")
+    k.add_argument("--clips", type=int, default=200, help="decode this many clips at most")
+    rate = k.add_mutually_exclusive_group()
+    rate.add_argument("--train-clips-per-s", type=float, default=None, help="GPU clips/s, given")
+    rate.add_argument(
+        "--measure-train", action="store_true", help="time train steps on this machine's device"
+    )
+    rate.add_argument(
+        "--anchor",
+        default=None,
+        help="train_throughput.py JSON (default without the other two: the H100 anchor)",
+    )
+    k.add_argument(
+        "--precision", default=None, help="anchor mode: fp32 | tf32 | bf16 (default: config's)"
+    )
+    k.add_argument("--device", default="auto", help="--measure-train device: auto | cpu | cuda")
+    k.add_argument("--train-steps", type=int, default=3, help="--measure-train timed steps")
+    k.add_argument("--gpus", type=int, default=None, help="cluster shape: GPUs (one worker each)")
+    k.add_argument("--nodes", type=int, default=1, help="cluster shape: nodes holding the GPUs")
+    k.add_argument("--cpus-per-node", type=float, default=None, help="cluster shape: CPUs per node")
+    k.add_argument(
+        "--cpus-per-worker", type=float, default=None, help="default: train.cpus_per_worker"
+    )
+    k.add_argument("--extra-cpus", type=float, default=0.0, help="CPUs of CPU-only nodes, in all")
+    k.add_argument("--json", action="store_true", help="print the report as JSON")
+    k.add_argument("overrides", nargs="*", help="key=value config overrides")
+    k.set_defaults(func=cmd_capacity)
 
     c = sub.add_parser(
         "compare",
