@@ -48,11 +48,14 @@ def local_ray_head(
     auth_mode: str = "disabled",
     log_path: str | Path | None = None,
     timeout_s: float = 120.0,
+    stop_grace_s: float = 15.0,
 ) -> Iterator[Head]:
     """Start a Ray head on loopback; yield its addresses; kill it (by pid) on exit.
 
     `env` is added to the head's environment: jobs submitted to it inherit it (their
-    `python` is the first on this PATH, the current interpreter's environment).
+    `python` is the first on this PATH, the current interpreter's environment). On exit
+    the head gets SIGTERM and `stop_grace_s` to drain (Ray 2.60 drains for up to 30 s),
+    then SIGKILL.
     """
     port, dash_port = free_port(), free_port()
     full_env = dict(os.environ)
@@ -85,7 +88,7 @@ def local_ray_head(
         _wait_for_dashboard(proc, dashboard, timeout_s)
         yield Head(proc.pid, f"127.0.0.1:{port}", dashboard, full_env)
     finally:
-        _kill_session(proc)
+        _kill_session(proc, stop_grace_s)
         _forget_cluster(port)
         if log is not subprocess.DEVNULL:
             assert not isinstance(log, int)  # narrowing: not DEVNULL, so the opened file
