@@ -64,6 +64,7 @@ def test_local_mode_pretrain_logs_run_to_mlflow(ray_local, tiny_manifest, tmp_pa
     rss = _history(tracking, run["run_id"], "system/worker0/rss_mb")
     assert len(rss) == 1 and 50 < rss[0] < 20_000
     assert 0 < _history(tracking, run["run_id"], "system/worker0/node_mem_pct")[0] <= 100
+    assert 0 <= _history(tracking, run["run_id"], "system/worker0/data_wait_frac")[0] <= 1
     artifacts = {
         a.path for a in mlflow.MlflowClient(tracking).list_artifacts(run["run_id"], "weights")
     }

@@ -105,7 +105,7 @@ def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(tmp_path):
             "RAYSSL_TEST_PAUSE": f"{pause}:1",
         }
         # Credentials reach the job through the head's environment, as on a real cluster.
-        with local_ray_head(num_cpus=4, env={**env, **job_env}) as head:
+        with local_ray_head(num_cpus=4, env={**env, **job_env}, stop_grace_s=2) as head:
             out0 = submit_job(head, score, ROOT, env_vars=job_env, submission_id="s3-score")
             assert out0.returncode == 0, (out0.stdout + out0.stderr)[-4000:]
             scored_table = read_manifest(scored)

@@ -174,7 +174,9 @@ def test_sweep_job_killed_and_resubmitted_resumes_without_redoing_trials(tmp_pat
     # The last trial waits after its results reached MLflow, before Tune hears of them:
     # the worst moment for a driver to die (Tune's saved state lags MLflow).
     env = {"MLFLOW_TRACKING_URI": tracking, PAUSE_ENV: f"{pause}:{last}:logged"}
-    with local_ray_head(num_cpus=4, env=env, log_path=tmp_path / "head.log") as head:
+    with local_ray_head(
+        num_cpus=4, env=env, log_path=tmp_path / "head.log", stop_grace_s=2
+    ) as head:
         submit_job(head, entry, ROOT, env_vars=env, submission_id="sweep-1", wait=False)
         deadline = time.monotonic() + 500
         polls = 0
