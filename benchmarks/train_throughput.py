@@ -14,9 +14,9 @@ on a batch of random clips (B, 3, clip_len, size, size). Modes:
             (B, T, H, W, 3) batch from host memory, pinned and copied without blocking,
             converted to float, normalised and laid out channels_last_3d on the device,
             bf16 autocast, loss from float32 logits, SGD step, then a device sync (the loop
-            syncs every step to time its data wait), and cuDNN's default algorithm choice
-            (the loop does not set cudnn.benchmark; the other modes autotune). On CPU: no
-            pinning, fp32, as the loop
+            syncs every step to time its data wait), and cuDNN autotuning as the loop
+            sets it (`train.cudnn_benchmark`, default on). On CPU: no pinning, fp32, as
+            the loop
 
 For each model and mode it prints params (M, backbone only), forward GFLOPs per clip
 (FlopCounterMode on one clip, head included), clips/s, achieved TFLOP/s (a train step
@@ -132,8 +132,8 @@ def measure(
     """Time `args.steps` training steps after `args.warmup` ones; clips/s and peak GiB."""
     set_tf32(mode == "tf32")
     cuda = device.type == "cuda"
-    if cuda:  # the training loop leaves cuDNN's default: no autotuning of the convolutions
-        torch.backends.cudnn.benchmark = mode != "rayssl"
+    if cuda:  # every mode autotunes, as the training loop does (train.cudnn_benchmark)
+        torch.backends.cudnn.benchmark = True
     model = build_model(name, args.width).to(device)
     shape = (args.batch_size, 3, args.clip_len, args.size, args.size)
     clips = torch.randn(*shape, device=device) if mode != "rayssl" else None
