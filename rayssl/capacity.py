@@ -187,20 +187,12 @@ class DecodeMeasurement:
 def sampler_spec(cfg: Config):
     """The training `SamplerSpec` of a config (pretext, augmentation, seed, storage)."""
     from rayssl.data import storage
-    from rayssl.data.pipeline import SamplerSpec
+    from rayssl.data.pipeline import sampler_spec
     from rayssl.pretext import build_pretext
 
     pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
-    return SamplerSpec(
-        pretext,
-        cfg.data.augment,
-        cfg.run.seed,
-        True,
-        cfg.data.decode_threads,
-        options,
-        skip_nonref=cfg.data.skip_nonref,
-    )
+    return sampler_spec(cfg.data, pretext, cfg.run.seed, True, options)
 
 
 def draw_rows(cfg: Config, videos, count: int) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import numpy as np
 from rayssl.config import Config
 from rayssl.data import storage
 from rayssl.data.manifest import build_manifest, list_entries, read_manifest
-from rayssl.data.pipeline import SamplerSpec, build_clip_dataset, epoch_rows, usable_videos
+from rayssl.data.pipeline import build_clip_dataset, epoch_rows, sampler_spec, usable_videos
 from rayssl.pretext import build_pretext
 
 
@@ -49,15 +49,7 @@ def run_preview(
     per_video = max(1, math.ceil(num_clips / videos.num_rows))
     rows = epoch_rows(videos, per_video, cfg.run.seed, epoch).slice(0, num_clips)
     pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
-    spec = SamplerSpec(
-        pretext=pretext,
-        settings=cfg.data.augment,
-        seed=cfg.run.seed,
-        train=True,
-        decode_threads=cfg.data.decode_threads,
-        storage_options=options,
-        skip_nonref=cfg.data.skip_nonref,
-    )
+    spec = sampler_spec(cfg.data, pretext, cfg.run.seed, True, options)
     sizes_vary = not cfg.data.augment.enabled and not cfg.data.augment.resize
     data_cfg = replace(cfg.data, rows_per_task=1) if sizes_vary else cfg.data
     samples = build_clip_dataset(rows, spec, data_cfg).take_all()

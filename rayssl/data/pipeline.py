@@ -102,6 +102,25 @@ class SamplerSpec:
         return (t, h, w, 3)
 
 
+def sampler_spec(
+    data: DataConfig,
+    pretext: Pretext,
+    seed: int,
+    train: bool = True,
+    options: storage.StorageOptions | None = None,
+) -> SamplerSpec:
+    """The sampler of a run's data settings (training draws; `train=False`: held-out)."""
+    return SamplerSpec(
+        pretext,
+        data.augment,
+        seed,
+        train,
+        data.decode_threads,
+        options,
+        skip_nonref=data.skip_nonref,
+    )
+
+
 def _placeholder(spec: SamplerSpec, row: dict[str, Any], reason: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         name: np.zeros(shape, dtype=dtype)

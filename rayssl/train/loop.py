@@ -31,9 +31,9 @@ from rayssl.data import storage
 from rayssl.data.manifest import read_manifest
 from rayssl.data.pipeline import (
     SKIP_REASONS,
-    SamplerSpec,
     build_clip_dataset,
     epoch_rows,
+    sampler_spec,
     usable_videos,
 )
 from rayssl.evaluate.checkpoint import (
@@ -501,15 +501,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     table = read_manifest(cfg.data.manifest, options=options)
     videos = usable_videos(table, cfg.data.split, cfg.data.fraction, cfg.run.seed)
     val_videos = usable_videos(table, cfg.data.val_split) if cfg.data.val_split else None
-    spec = SamplerSpec(
-        pretext,
-        cfg.data.augment,
-        cfg.run.seed,
-        True,
-        cfg.data.decode_threads,
-        options,
-        skip_nonref=cfg.data.skip_nonref,
-    )
+    spec = sampler_spec(cfg.data, pretext, cfg.run.seed, True, options)
     val_spec = replace(spec, train=False)
     batch_size = max(1, cfg.train.batch_size // world)
     acc_name = getattr(pretext, "accuracy_name", "acc")
