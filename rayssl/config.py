@@ -130,13 +130,9 @@ class DataConfig:
         _in_range(
             f"{prefix}.object_store_mb_per_worker", self.object_store_mb_per_worker, 0.0, None
         )
-        for name, amount in self.decode_resources.items():
-            _in_range(f"{prefix}.decode_resources.{name}", amount, 0.0, None)
-            if name in ("CPU", "GPU", "memory", "object_store_memory"):
-                raise ConfigError(
-                    f"{prefix}.decode_resources.{name}: a custom resource name only "
-                    f"(CPUs are {prefix}.num_cpus_per_task)"
-                )
+        _check_custom_resources(
+            f"{prefix}.decode_resources", self.decode_resources, f"{prefix}.num_cpus_per_task"
+        )
         _in_range(f"{prefix}.rows_per_task", self.rows_per_task, 1, None)
         _in_range(f"{prefix}.prefetch_batches", self.prefetch_batches, 0, None)
         _in_range(f"{prefix}.max_skip_fraction", self.max_skip_fraction, 0.0, 1.0)
@@ -386,13 +382,11 @@ class TrainConfig:
         _in_range(f"{prefix}.min_workers", self.min_workers, 0, max(self.num_workers, 0))
         _in_range(f"{prefix}.cpus_per_worker", self.cpus_per_worker, 0.0, None)
         _in_range(f"{prefix}.gpus_per_worker", self.gpus_per_worker, 0.0, None)
-        for name, amount in self.worker_resources.items():
-            _in_range(f"{prefix}.worker_resources.{name}", amount, 0.0, None)
-            if name in ("CPU", "GPU", "memory", "object_store_memory"):
-                raise ConfigError(
-                    f"{prefix}.worker_resources.{name}: a custom resource name only "
-                    f"(see {prefix}.cpus_per_worker, use_gpu, gpus_per_worker)"
-                )
+        _check_custom_resources(
+            f"{prefix}.worker_resources",
+            self.worker_resources,
+            f"{prefix}.cpus_per_worker, use_gpu, gpus_per_worker",
+        )
         _in_range(f"{prefix}.max_failures", self.max_failures, -1, None)
         _in_range(f"{prefix}.log_every_steps", self.log_every_steps, 1, None)
         _in_range(f"{prefix}.max_steps_per_epoch", self.max_steps_per_epoch, 0, None)
@@ -586,6 +580,15 @@ class Config:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def _check_custom_resources(key: str, resources: dict[str, float], builtin_keys: str) -> None:
+    """Custom Ray resources: non-negative amounts, and no built-in resource names (those
+    have keys of their own, `builtin_keys`)."""
+    for name, amount in resources.items():
+        _in_range(f"{key}.{name}", amount, 0.0, None)
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ConfigError(f"{key}.{name}: a custom resource name only (see {builtin_keys})")
 
 
 def _in_range(key: str, value: float, lo: float | None, hi: float | None) -> None:
