@@ -37,6 +37,8 @@ from rayssl.config import Config
 
 #: `--precision` names -> the modes of benchmarks/train_throughput.py.
 PRECISIONS = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16cl", "bf16cl": "bf16cl"}
+# rayssl's own step and speed settings (benchmarks/train_throughput.py's other modes)
+PRECISIONS |= {m: m for m in ("rayssl", "fused", "conv2d", "best", "best2x")}
 
 #: The reference training measurement shipped with the repository.
 DEFAULT_ANCHOR = Path(__file__).resolve().parents[1] / "benchmarks" / "h100-anchor.json"
@@ -291,6 +293,7 @@ def measure_train(
         batch_to_device,
         build_model,
         build_optimizer,
+        place_model,
         train_step,
     )
 
@@ -305,10 +308,8 @@ def measure_train(
     try:
         torch.manual_seed(cfg.run.seed)
         pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
-        model: torch.nn.Module = build_model(cfg, pretext).to(device)
         settings = DeviceSettings.for_device(device, cfg)
-        if settings.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        model = place_model(build_model(cfg, pretext), settings, cfg)
         optimizer, _ = build_optimizer(model, cfg)
         batch_size = max(1, cfg.train.batch_size // max(1, cfg.train.num_workers))
         host = stack_batch(samples, batch_size)

@@ -488,7 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="train_throughput.py JSON (default without the other two: the H100 anchor)",
     )
     k.add_argument(
-        "--precision", default=None, help="anchor mode: fp32 | tf32 | bf16 (default: config's)"
+        "--precision",
+        default=None,
+        help="anchor mode: fp32 | tf32 | bf16, or a rayssl mode of a GPU benchmark run "
+        "(rayssl, fused, conv2d, best, best2x) (default: config's)",
     )
     k.add_argument("--device", default="auto", help="--measure-train device: auto | cpu | cuda")
     k.add_argument("--train-steps", type=int, default=3, help="--measure-train timed steps")

@@ -321,9 +321,29 @@ class OptimConfig:
     step_epochs: int = 6
     gamma: float = 0.1
     epochs: int = 18
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    """Scale `lr` with the global batch (train.batch_size): "linear" trains at
+    lr * batch_size / lr_batch_size (Goyal et al. 2017), "sqrt" at
+    lr * sqrt(batch_size / lr_batch_size); "none" trains at `lr` whatever the batch. For
+    larger per-GPU batches than the thesis's 30."""
+    lr_batch_size: int = 30
+    """The global batch `lr` is given for (the thesis: lr 1e-3 at batch 30)."""
+    fused: bool = False
+    """Fused optimiser kernels (torch.optim's fused=True: one kernel for every parameter
+    instead of a loop of small ones); the same update up to float rounding."""
+
+    def scaled_lr(self, batch_size: int) -> float:
+        """The learning rate a run with global batch `batch_size` trains at."""
+        ratio = batch_size / self.lr_batch_size
+        if self.lr_scaling == "linear":
+            return self.lr * ratio
+        if self.lr_scaling == "sqrt":
+            return self.lr * ratio**0.5
+        return self.lr
 
     def validate(self, prefix: str) -> None:
         _in_range(f"{prefix}.lr", self.lr, 1e-12, None)
+        _in_range(f"{prefix}.lr_batch_size", self.lr_batch_size, 1, None)
         _in_range(f"{prefix}.momentum", self.momentum, 0.0, 1.0)
         _in_range(f"{prefix}.weight_decay", self.weight_decay, 0.0, None)
         _in_range(f"{prefix}.step_epochs", self.step_epochs, 1, None)
@@ -357,6 +377,20 @@ class TrainConfig:
     cudnn_benchmark: bool = True
     """cuDNN autotuning of the convolutions on CUDA (clip shapes are fixed, so the
     search runs once; the H100 anchor figures were measured with it)."""
+    conv_impl: Literal["conv3d", "conv2d"] = "conv3d"
+    """How R(2+1)D's factorised convs run (other backbones have none): "conv3d" as the
+    reference code, "conv2d" as 2D convs over views of the same memory (same weights and
+    checkpoints, same result up to float rounding; see rayssl.models.CONV_IMPLS)."""
+    compile: bool = False
+    """torch.compile each backbone stage in place (checkpoints keep their keys). The
+    first steps of a run, and of the first evaluation, pay the compile time (tens of
+    seconds); the first epoch's clips/s includes it."""
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = "default"
+    """torch.compile mode (max-autotune searches kernels for minutes)."""
+    compile_backend: str = "inductor"
+    """torch.compile backend ("aot_eager" traces without generating code: for debugging)."""
     max_failures: int = 0
     """Worker-group restarts allowed (resume from the latest checkpoint)."""
     log_every_steps: int = 10
@@ -394,6 +428,15 @@ class TrainConfig:
         _in_range(f"{prefix}.torch_threads", self.torch_threads, 0, None)
         _in_range(f"{prefix}.checkpoint_every_steps", self.checkpoint_every_steps, 0, None)
         _in_range(f"{prefix}.checkpoint_every_minutes", self.checkpoint_every_minutes, 0.0, None)
+        if self.compile:
+            import torch._dynamo
+
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if self.compile_backend not in backends:
+                raise ConfigError(
+                    f"{prefix}.compile_backend: unknown torch.compile backend "
+                    f"{self.compile_backend!r}; one of {backends}"
+                )
         if self.num_workers > 0 and self.batch_size % self.num_workers:
             raise ConfigError(
                 f"{prefix}.batch_size: {self.batch_size} is not divisible by "

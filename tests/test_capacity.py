@@ -318,16 +318,29 @@ def test_gpu_benchmark_runs_with_only_torch_and_writes_an_anchor(tmp_path):
     absent = subprocess.run([*python, "-c", "import numpy"], env=env, capture_output=True)
     assert absent.returncode != 0 and b"No module named 'numpy'" in absent.stderr
     out = tmp_path / "anchor.json"
-    argv = ["--device", "cpu", "--models", "c3d", "--size", "32", "--width", "0.0625"]
+    argv = ["--device", "cpu", "--models", "c3d", "r21d", "--size", "32", "--width", "0.0625"]
     argv += ["--batch-size", "2", "--steps", "1", "--warmup", "0", "--json", str(out)]
+    # every kind of mode: the anchor's, rayssl's step, an R(2+1)D-only one, a compiled one
+    argv += ["--modes", "fp32", "tf32", "bf16cl", "rayssl", "conv2d", "best"]
+    argv += ["--compile-backend", "aot_eager"]  # tracing without a C++ build: quick
     script = str(ROOT / "benchmarks" / "train_throughput.py")
     done = subprocess.run([*python, script, *argv], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
-    rows = {r["mode"]: r for r in report["train"]}
-    assert set(rows) == {"fp32", "bf16cl", "rayssl"}  # tf32 is CUDA only
-    assert all(r["clips_s"] > 0 and math.isfinite(r["clips_s"]) for r in rows.values())
-    assert "rayssl / bf16cl" in done.stdout
+    runs = {(r["model"], r["mode"]) for r in report["train"]}
+    # tf32 is CUDA only, conv2d R(2+1)D only
+    assert runs == {(m, mode) for m in ("c3d", "r21d") for mode in ("fp32", "bf16cl", "rayssl")} | {
+        ("r21d", "conv2d"),
+        ("c3d", "best"),
+        ("r21d", "best"),
+    }
+    assert all(r["clips_s"] > 0 and math.isfinite(r["clips_s"]) for r in report["train"])
+    assert report["peak_tflops"]["fp32"] > 0
+    for r in report["train"]:
+        assert r["of_peak"] == pytest.approx(r["tflops"] / report["peak_tflops"]["fp32"])
+        assert r["first_step_s"] > 0
+    assert "rayssl / bf16cl" in done.stdout and "(target x2.0: " in done.stdout
+    rows = {r["mode"]: r for r in report["train"] if r["model"] == "c3d"}
     # `rayssl capacity --anchor` reads what it wrote, with the settings it ran at.
     rate, info = anchor_rate(out, "c3d", "bf16")
     assert rate == rows["bf16cl"]["clips_s"]

@@ -422,3 +422,22 @@ def test_checkpoint_intervals_are_checked():
     assert (cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes) == (500, 7.5)
     with pytest.raises(ConfigError, match=r"train\.checkpoint_every_steps"):
         load_config(None, ["train.checkpoint_every_steps=-1"])
+
+
+def test_speed_settings_are_checked():
+    """The GPU speed keys: a backend torch does not know, a conv formulation or compile
+    mode that does not exist, and an lr scaling without a batch are config errors."""
+    with pytest.raises(ConfigError, match="train.compile_backend.*inductr"):
+        load_config(None, ["train.compile=true", "train.compile_backend=inductr"])
+    # an unused backend name is not checked (nor is torch imported for it)
+    assert load_config(None, ["train.compile_backend=inductr"]).train.compile is False
+    with pytest.raises(ConfigError, match="train.conv_impl"):
+        load_config(None, ["train.conv_impl=conv1d"])
+    with pytest.raises(ConfigError, match="train.compile_mode"):
+        load_config(None, ["train.compile_mode=fastest"])
+    with pytest.raises(ConfigError, match="optim.lr_scaling"):
+        load_config(None, ["optim.lr_scaling=quadratic"])
+    with pytest.raises(ConfigError, match="optim.lr_batch_size"):
+        load_config(None, ["optim.lr_batch_size=0"])
+    cfg = load_config(None, ["optim.lr_scaling=linear", "train.batch_size=120"])
+    assert cfg.optim.scaled_lr(cfg.train.batch_size) == pytest.approx(4 * cfg.optim.lr)

@@ -8,7 +8,14 @@ from torch import nn
 
 from rayssl.models.c3d import C3D, c3d_bn
 from rayssl.models.heads import POOL_LAYERS, ClassifierHead, ProjectionHead, VideoBackbone
-from rayssl.models.resnet3d import Conv2Plus1d, ResNet3d, r2plus1d_vcop, r3d_vcop
+from rayssl.models.resnet3d import (
+    CONV_IMPLS,
+    Conv2Plus1d,
+    ResNet3d,
+    r2plus1d_vcop,
+    r3d_vcop,
+    set_conv_impl,
+)
 from rayssl.models.s3dg import S3DG, s3dg
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
@@ -31,6 +38,7 @@ def build_backbone(name: str, width: float = 1.0) -> nn.Module:
 
 __all__ = [
     "BACKBONES",
+    "CONV_IMPLS",
     "C3D",
     "POOL_LAYERS",
     "ClassifierHead",
@@ -44,4 +52,5 @@ __all__ = [
     "r2plus1d_vcop",
     "r3d_vcop",
     "s3dg",
+    "set_conv_impl",
 ]

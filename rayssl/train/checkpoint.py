@@ -67,12 +67,21 @@ def load_training_state(directory: str | Path, map_location: Any = "cpu") -> dic
     return state
 
 
+#: Optimizer param-group keys that say how the update runs, not what it is.
+OPTIMIZER_IMPL_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
 def restore_training_state(
     state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> int:
-    """Load a state into the objects; returns the epoch to start from."""
+    """Load a state into the objects; returns the epoch to start from. The optimizer
+    keeps how it runs (fused, foreach, ...: `OPTIMIZER_IMPL_KEYS`) as built from the
+    current config; `load_state_dict` alone would bring back the saved run's."""
     model.load_state_dict(state["model"])
+    impl = [{k: g[k] for k in OPTIMIZER_IMPL_KEYS if k in g} for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
+    for group, keep in zip(optimizer.param_groups, impl, strict=True):
+        group.update(keep)
     scheduler.load_state_dict(state["scheduler"])
     return int(state["epoch"]) + 1
 

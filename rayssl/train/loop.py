@@ -61,6 +61,7 @@ from rayssl.train.step import (
     build_model,
     build_optimizer,
     eval_step,
+    place_model,
     train_step,
     unwrap,
 )
@@ -485,10 +486,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         mlflow_run_id = saved["extra"].get("mlflow_run_id")
         global_step = int(saved["extra"].get("global_step", 0))
         resumed = epoch_progress(saved)
-    model = model.to(device)
-    if settings.channels_last:
-        # torch's stub omits Module.to(memory_format=...)
-        model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    model = place_model(cast(PretextModel, model), settings, cfg)
     model = ray.train.torch.prepare_model(model, move_to_device=False)
 
     tracker = Tracker(

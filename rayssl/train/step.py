@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rayssl.config import Config
-from rayssl.models import build_backbone
+from rayssl.models import build_backbone, set_conv_impl
 from rayssl.pretext.base import Pretext
 
 #: Pixel normalisation applied on the device (Kinetics statistics, RGB order).
@@ -44,17 +44,22 @@ def build_model(cfg: Config, pretext: Pretext) -> PretextModel:
 
 
 def build_optimizer(model: nn.Module, cfg: Config):
-    """SGD (momentum, weight decay; or AdamW) and the thesis's step schedule (per epoch)."""
+    """SGD (momentum, weight decay; or AdamW) and the thesis's step schedule (per epoch),
+    at the lr scaled for the global batch (`optim.lr_scaling`), fused if `optim.fused`."""
+    lr = cfg.optim.scaled_lr(cfg.train.batch_size)
+    # fused=None leaves torch's default (foreach on CUDA); fused=False would force it off
+    fused = True if cfg.optim.fused else None
     if cfg.optim.name == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+            model.parameters(), lr=lr, weight_decay=cfg.optim.weight_decay, fused=fused
         )
     else:
         opt = torch.optim.SGD(
             model.parameters(),
-            lr=cfg.optim.lr,
+            lr=lr,
             momentum=cfg.optim.momentum,
             weight_decay=cfg.optim.weight_decay,
+            fused=fused,
         )
     sched = torch.optim.lr_scheduler.StepLR(
         opt, step_size=cfg.optim.step_epochs, gamma=cfg.optim.gamma
@@ -79,6 +84,34 @@ class DeviceSettings:
         if self.bf16:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def place_model(model: PretextModel, settings: DeviceSettings, cfg: Config) -> PretextModel:
+    """`model` ready to train on `settings.device` with the config's speed settings, in
+    place: moved to the device, channels_last_3d (CUDA), R(2+1)D's conv formulation
+    (`train.conv_impl`), and the backbone compiled (`train.compile`). Returns `model`.
+
+    Compiling the backbone's entry points (`forward` and `forward_map`: one graph each)
+    rather than the whole model keeps the pretexts' Python (dict batches, per-task
+    losses) out of the graphs. Shapes are static (`dynamic=False`): clip shapes are
+    fixed, and a dynamic-shape graph of the 2D conv formulation fails in inductor.
+    `nn.Module.compile` keeps the state-dict keys, so checkpoints are the same with or
+    without compiling.
+    """
+    model.to(settings.device)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    set_conv_impl(model, cfg.train.conv_impl)
+    if cfg.train.compile:
+        mode, backend = cfg.train.compile_mode, cfg.train.compile_backend
+        backbone = cast(nn.Module, model.backbone)
+        backbone.compile(mode=mode, backend=backend, dynamic=False)
+        forward_map = getattr(backbone, "forward_map", None)
+        if forward_map is not None:
+            # an instance attribute: not a parameter or buffer, so not in the state dict
+            compiled = torch.compile(forward_map, mode=mode, backend=backend, dynamic=False)
+            setattr(backbone, "forward_map", compiled)  # noqa: B010
+    return model
 
 
 def clip_to_input(clip_BTHWC: torch.Tensor, settings: DeviceSettings) -> torch.Tensor:

@@ -150,3 +150,79 @@ def test_heads_shapes() -> None:
     projection = ProjectionHead(64, 32, 16)
     assert projection(features).shape == (5, 16)
     assert isinstance(projection.net[1], torch.nn.BatchNorm1d)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv2d_formulation_matches_conv3d(channels_last: bool) -> None:
+    """R(2+1)D's factorised convs run as 2D convs give the reference's outputs and
+    gradients with the same weights, strided and padded layers included."""
+    from rayssl.models import set_conv_impl
+
+    torch.manual_seed(0)
+    model = build_backbone("r21d", width=0.125).train()
+    # batch 4: at batch 2 the last stage's BN normalises 8 values per channel and the
+    # gradients are so ill-conditioned that fp32 rounding alone moves them by 4%
+    x = torch.randn(4, 3, 8, 32, 32)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    results = []
+    for impl in ("conv3d", "conv2d"):
+        assert set_conv_impl(model, impl) == 12  # stem + 2 per block x 4 + 3 shortcuts
+        model.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        feats = model.forward_features(xi, ("pool3", "pool5"))
+        (feats["pool3"].square().mean() + feats["pool5"].square().sum()).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results.append((feats, xi.grad, grads))
+    (f3, gx3, g3), (f2, gx2, g2) = results
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:  # fp32 rounding, relative to scale
+        return float((a - b).abs().max()) <= 1e-4 * float(b.abs().max())
+
+    for name in ("pool3", "pool5"):
+        assert f2[name].shape == f3[name].shape and close(f2[name], f3[name])
+    assert close(gx2, gx3)
+    assert all(close(a, b) for a, b in zip(g2, g3, strict=True))
+    # the BN running statistics moved the same way (both passes trained)
+    assert any(m.num_batches_tracked == 2 for m in model.modules() if hasattr(m, "running_mean"))
+
+
+def test_conv2d_formulation_keeps_channels_last_without_copies() -> None:
+    """On a channels_last_3d input the 2D formulation's reshapes are views: the output
+    keeps channels_last_3d, so the next layer gets the layout it was given."""
+    from rayssl.models import Conv2Plus1d
+
+    torch.manual_seed(0)
+    conv = Conv2Plus1d(8, 16, (3, 3, 3), (2, 2, 2), (1, 1, 1)).to(
+        memory_format=torch.channels_last_3d
+    )
+    conv.impl = "conv2d"
+    x = torch.randn(2, 8, 8, 12, 12).contiguous(memory_format=torch.channels_last_3d)
+    y = conv(x)
+    assert y.shape == (2, 16, 4, 6, 6)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_set_conv_impl_rejects_unknown_and_counts_none_on_plain_3d() -> None:
+    from rayssl.models import set_conv_impl
+
+    assert set_conv_impl(build_backbone("r3d", width=0.125), "conv2d") == 0
+    with pytest.raises(ValueError, match="conv3d"):
+        set_conv_impl(build_backbone("r21d", width=0.125), "conv1d")
+
+
+def test_aligned_mid_channels_are_multiples() -> None:
+    from rayssl.models import Conv2Plus1d, r2plus1d_vcop
+
+    mids = [
+        m.spatial.out_channels
+        for m in r2plus1d_vcop(mid_multiple=8).modules()
+        if isinstance(m, Conv2Plus1d)
+    ]
+    reference = [
+        m.spatial.out_channels for m in r2plus1d_vcop().modules() if isinstance(m, Conv2Plus1d)
+    ]
+    assert 83 in reference and 230 in reference  # the reference's odd widths
+    assert all(m % 8 == 0 for m in mids)
+    assert all(0 <= a - r < 8 for a, r in zip(mids, reference, strict=True))

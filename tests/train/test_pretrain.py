@@ -144,11 +144,16 @@ def scored_manifest(ray_local, tiny_manifest, tmp_path_factory) -> Path:
     return scored
 
 
+# The statistics run also compiles its backbone (train.compile; aot_eager: the tracing
+# without a C++ build): the pretext reaches it through forward_map, in train and eval.
+COMPILED = ["train.compile=true", "train.compile_backend=aot_eager"]
+
+
 @pytest.mark.parametrize(
-    ("config", "pretext", "acc"),
-    [(STATS_DEBUG, "statistics", "label_acc"), (DEBUG, "pace", "pace_acc")],
+    ("config", "pretext", "acc", "extra"),
+    [(STATS_DEBUG, "statistics", "label_acc", COMPILED), (DEBUG, "pace", "pace_acc", [])],
 )
-def test_local_mode_curriculum(scored_manifest, tmp_path, capsys, config, pretext, acc):
+def test_local_mode_curriculum(scored_manifest, tmp_path, capsys, config, pretext, acc, extra):
     """Either pretext in the real loop on a scored manifest with a single-step curriculum:
     the easiest half of the 9 training videos first, then all; stages logged."""
     from rayssl.launch import pretrain
@@ -162,6 +167,7 @@ def test_local_mode_curriculum(scored_manifest, tmp_path, capsys, config, pretex
             "pretext.statistics.hidden_dim=32",
             "curriculum.enabled=true",
             "curriculum.step_epochs=1",
+            *extra,
         ],
     )
     pretrain(cfg)
