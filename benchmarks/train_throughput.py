@@ -11,7 +11,8 @@ on a batch of random clips (B, 3, clip_len, size, size). Modes:
             already on the device: the anchor's setting
     rayssl  rayssl's training step as the loop runs it (rayssl/train/step.py,
             train.bf16 + train.channels_last, the thesis configs): a uint8
-            (B, T, H, W, 3) batch from host memory, pinned and copied without blocking,
+            (B, T, H, W, 3) batch from host memory, pinned and copied one step ahead on
+            a side stream (rayssl/train/prefetch.py, `train.device_prefetch=1`),
             converted to float, normalised and laid out channels_last_3d on the device,
             bf16 autocast, loss from float32 logits, SGD step, then a device sync (the loop
             syncs every step to time its data wait), and cuDNN autotuning as the loop
@@ -20,6 +21,8 @@ on a batch of random clips (B, 3, clip_len, size, size). Modes:
 
 rayssl's speed settings, each on top of the `rayssl` mode (CUDA: bf16 + channels_last):
 
+    inline  rayssl with the pinning and copy in the step (`train.device_prefetch=0`, the
+            loop before 2026-11-30; r21d only): what the prefetch thread saves
     fused   + a fused SGD step (`optim.fused`)
     conv2d  + R(2+1)D's factorised convs run as 2D convs (`train.conv_impl=conv2d`;
             r21d only: the other backbones have no factorised convs)
@@ -81,12 +84,24 @@ from rayssl.models import (  # noqa: E402
     r2plus1d_vcop,
     set_conv_impl,
 )
+from rayssl.train.prefetch import device_batches  # noqa: E402  (torch only)
 
-MODES = ("fp32", "tf32", "bf16cl", "rayssl", "fused", "conv2d", "aligned", "best", "best2x")
+MODES = (
+    "fp32",
+    "tf32",
+    "bf16cl",
+    "rayssl",
+    "inline",
+    "fused",
+    "conv2d",
+    "aligned",
+    "best",
+    "best2x",
+)
 #: Modes that torch.compile the backbone (not run on the CPU unless named in --modes).
 COMPILED = ("best", "best2x")
-#: Modes that only mean something for R(2+1)D (factorised convs).
-R21D_ONLY = ("conv2d", "aligned")
+#: Modes run for R(2+1)D only: factorised convs, or a diagnosis the target needs.
+R21D_ONLY = ("conv2d", "aligned", "inline")
 NUM_PACES = 4
 #: rayssl/train/step.py's pixel normalisation (MEAN, STD), RGB.
 MEAN = (0.45, 0.45, 0.45)
@@ -235,6 +250,18 @@ def measure(
         compile_backbone(model[0], args.compile_mode, args.compile_backend)
     # The host batch the data pipeline hands over: uint8 clips (B, T, H, W, 3).
     host = torch.randint(0, 256, (shape[0], shape[2], shape[3], shape[4], 3), dtype=torch.uint8)
+
+    def host_batches():
+        while True:
+            yield {"clip": host}
+
+    # rayssl: pinned and copied one step ahead (the loop's device_batches), or in the step
+    feed = device_batches(
+        host_batches(),
+        device,
+        lambda _, t: clip_to_input(t, channels_last=bf16),
+        depth=0 if mode == "inline" else 1,
+    )
     # The pace reference optimiser settings; fused as optim.fused.
     fused = True if mode in ("fused", "best", "best2x") else None
     optimizer = torch.optim.SGD(
@@ -243,9 +270,8 @@ def measure(
 
     def step() -> None:
         x = clips
-        if x is None:  # rayssl: batch_to_device + clip_to_input, every step
-            t = host.pin_memory() if cuda else host
-            x = clip_to_input(t.to(device, non_blocking=cuda), channels_last=bf16)
+        if x is None:  # rayssl: the next batch from device_batches
+            x = next(feed)[1]["clip"]
         with autocast:
             logits = model(x)
         loss = nn.functional.cross_entropy(logits.float(), labels)
@@ -269,6 +295,7 @@ def measure(
         step()
     synchronize(device)
     elapsed = time.perf_counter() - start
+    feed.close()  # stops the prefetch thread
     result = {"clips_s": batch_size * args.steps / elapsed, "batch_size": batch_size}
     result["first_step_s"] = first
     if device.type == "cuda":
@@ -367,7 +394,7 @@ def modes_for(name: str, args: argparse.Namespace, device: torch.device) -> list
         if mode == "tf32" and device.type != "cuda":
             print(f"note: {name}/tf32 skipped: TF32 is a CUDA tensor-core mode")
         elif mode in R21D_ONLY and name != "r21d":
-            print(f"note: {name}/{mode} skipped: only R(2+1)D has factorised convs")
+            print(f"note: {name}/{mode} skipped: run for R(2+1)D only")
         elif mode == "best2x" and name not in args.best2x_models:
             print(f"note: {name}/best2x skipped: --best2x-models {' '.join(args.best2x_models)}")
         else:

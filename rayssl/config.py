@@ -377,6 +377,9 @@ class TrainConfig:
     cudnn_benchmark: bool = True
     """cuDNN autotuning of the convolutions on CUDA (clip shapes are fixed, so the
     search runs once; the H100 anchor figures were measured with it)."""
+    device_prefetch: int = 1
+    """CUDA: batches pinned and copied to the GPU ahead of the step, on a side stream in
+    a background thread (0 = pin and copy in the step, as before 2026-11-30)."""
     conv_impl: Literal["conv3d", "conv2d"] = "conv3d"
     """How R(2+1)D's factorised convs run (other backbones have none): "conv3d" as the
     reference code, "conv2d" as 2D convs over views of the same memory (same weights and
@@ -428,6 +431,7 @@ class TrainConfig:
         _in_range(f"{prefix}.torch_threads", self.torch_threads, 0, None)
         _in_range(f"{prefix}.checkpoint_every_steps", self.checkpoint_every_steps, 0, None)
         _in_range(f"{prefix}.checkpoint_every_minutes", self.checkpoint_every_minutes, 0.0, None)
+        _in_range(f"{prefix}.device_prefetch", self.device_prefetch, 0, 8)
         if self.compile:
             import torch._dynamo
 

@@ -54,6 +54,7 @@ from rayssl.train.checkpoint import (
     save_training_state,
 )
 from rayssl.train.curriculum import easiest, order_by_difficulty, stage_at
+from rayssl.train.prefetch import device_batches
 from rayssl.train.step import (
     DeviceSettings,
     PretextModel,
@@ -61,6 +62,7 @@ from rayssl.train.step import (
     build_model,
     build_optimizer,
     eval_step,
+    input_converter,
     place_model,
     train_step,
     unwrap,
@@ -340,13 +342,19 @@ def run_epoch(
     t_epoch = time.perf_counter() - state.total_s
     t_last = time.perf_counter()
     window_clips, window_t0 = 0, t_last
-    for batch in _iterate(ds, batch_size, cfg.data.prefetch_batches):
+    batches = device_batches(
+        _iterate(ds, batch_size, cfg.data.prefetch_batches),
+        settings.device,
+        input_converter(settings),
+        depth=cfg.train.device_prefetch,
+    )
+    for batch, on_device in batches:
         if cfg.train.max_steps_per_epoch and state.steps >= cfg.train.max_steps_per_epoch:
             break
         t_batch = time.perf_counter()
         state.wait_s += t_batch - t_last
         _maybe_die(state.epoch, state.steps, rank)
-        metrics = train_step(model, batch_to_device(batch, settings), optimizer, settings)
+        metrics = train_step(model, on_device, optimizer, settings)
         if settings.device.type == "cuda":
             torch.cuda.synchronize(settings.device)
         state.sums.add_batch(batch, metrics)

@@ -17,6 +17,7 @@ from torch import nn
 from rayssl.config import Config
 from rayssl.models import build_backbone, set_conv_impl
 from rayssl.pretext.base import Pretext
+from rayssl.train.prefetch import Convert, copy_batch, is_host_column
 
 #: Pixel normalisation applied on the device (Kinetics statistics, RGB order).
 MEAN = (0.45, 0.45, 0.45)
@@ -125,24 +126,23 @@ def clip_to_input(clip_BTHWC: torch.Tensor, settings: DeviceSettings) -> torch.T
     return x
 
 
-#: Batch columns that are not tensors (kept on the host).
-_HOST_COLUMNS = {"video_id", "skip_reason", "uri", "pos", "pad", "decode_node"}
+def input_converter(settings: DeviceSettings) -> Convert:
+    """What each device column becomes: clips (uint8, BTHWC) model input, others as
+    they are."""
+
+    def convert(name: str, t: torch.Tensor) -> torch.Tensor:
+        return clip_to_input(t, settings) if name.startswith("clip") else t
+
+    return convert
 
 
 def batch_to_device(batch: dict[str, np.ndarray], settings: DeviceSettings) -> dict[str, Any]:
-    """Move a numpy batch from the data pipeline to the device; clips become model input."""
-    out: dict[str, Any] = {}
+    """Move a numpy batch from the data pipeline to the device; clips become model input.
+    (The training loop overlaps this with the previous step: `prefetch.device_batches`.)"""
     non_blocking = settings.device.type == "cuda"
-    for k, v in batch.items():
-        if k in _HOST_COLUMNS or v.dtype.kind in "OUS":
-            out[k] = v
-            continue
-        t = torch.from_numpy(np.ascontiguousarray(v))
-        if non_blocking:
-            t = t.pin_memory()
-        t = t.to(settings.device, non_blocking=non_blocking)
-        out[k] = clip_to_input(t, settings) if k.startswith("clip") else t
-    return out
+    copied = copy_batch(batch, settings.device, non_blocking=non_blocking)
+    convert = input_converter(settings)
+    return {k: v if is_host_column(k, v) else convert(k, v) for k, v in copied.items()}
 
 
 def train_step(
