@@ -1,15 +1,20 @@
 """The one command of a lent GPU machine (benchmarks/gpu_run.sh) runs end to end with
 only torch installed: here on the CPU with tiny settings, so the GPU run's device time
-is not spent finding a wrong flag or a missing import."""
+is not spent finding a wrong flag or a missing import; and `rayssl capacity` reads the
+throughput JSON it writes."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from rayssl.capacity import anchor_rate
 from tests.test_capacity import _torch_only_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +32,11 @@ def test_gpu_run_script_runs_both_benchmarks_with_only_torch(tmp_path):
         "PYTHONPATH": str(site),
         "PYTHON": str(python),
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
-        "TT_ARGS": "--device cpu --models c3d --modes fp32 rayssl --size 32 --width 0.0625 "
-        "--batch-size 2 --steps 1 --warmup 0",
+        # every kind of mode: the anchor's, rayssl's step, an R(2+1)D-only one, a compiled
+        # one (dynamo's eager backend: the tracing without a compiler, quick)
+        "TT_ARGS": "--device cpu --models c3d r21d --size 32 --width 0.0625 --batch-size 2 "
+        "--steps 1 --warmup 0 --modes fp32 tf32 bf16cl rayssl conv2d best "
+        "--compile-backend eager",
         "LC_ARGS": "--device cpu --width 0.125 --size 32 --clip-len 8 --batch-size 8 "
         "--steps 4 --window 2 --settings fp32 bf16 --seeds 0 1",
     }
@@ -40,16 +48,32 @@ def test_gpu_run_script_runs_both_benchmarks_with_only_torch(tmp_path):
         cwd=tmp_path,  # not the repository: the script finds its files itself
     )
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
-    throughput = json.loads((out / "train_throughput.json").read_text())
-    assert {(r["model"], r["mode"]) for r in throughput["train"]} == {
-        ("c3d", "fp32"),
-        ("c3d", "rayssl"),
+    path = out / "train_throughput.json"
+    report = json.loads(path.read_text())
+    runs = {(r["model"], r["mode"]) for r in report["train"]}
+    # tf32 is CUDA only, conv2d R(2+1)D only
+    assert runs == {(m, mode) for m in ("c3d", "r21d") for mode in ("fp32", "bf16cl", "rayssl")} | {
+        ("r21d", "conv2d"),
+        ("c3d", "best"),
+        ("r21d", "best"),
     }
-    assert all(r["clips_s"] > 0 for r in throughput["train"])
+    assert all(r["clips_s"] > 0 and math.isfinite(r["clips_s"]) for r in report["train"])
+    assert report["peak_tflops"]["fp32"] > 0
+    for r in report["train"]:
+        assert r["of_peak"] == pytest.approx(r["tflops"] / report["peak_tflops"]["fp32"])
+        assert r["first_step_s"] > 0
+    text = (out / "train_throughput.txt").read_text()
+    assert "rayssl / bf16cl" in text and "(target x2.0: " in text
+    # `rayssl capacity --anchor` reads what it wrote, with the settings it ran at.
+    bf16cl = next(r for r in report["train"] if r["model"] == "c3d" and r["mode"] == "bf16cl")
+    rate, info = anchor_rate(path, "c3d", "bf16")
+    assert rate == bf16cl["clips_s"]
+    assert info["config_known"] and info["config"]["size"] == 32
+    assert info["config"]["batch_size"] == 2 and info["config"]["width"] == 0.0625
+    assert anchor_rate(path, "r21d", "best")[0] > 0  # rayssl's own modes too
     curves = json.loads((out / "loss_curves.json").read_text())
     assert sorted(curves["settings"]) == ["bf16"]
     assert len(curves["runs"]) == 4  # fp32 and bf16, seeds 0 and 1
     assert "torch" in (out / "gpu.txt").read_text()
     assert "train_throughput: exit 0" in done.stdout
     assert "loss_curves: exit 0" in done.stdout
-    assert (out / "train_throughput.txt").stat().st_size > 0

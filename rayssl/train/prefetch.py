@@ -97,6 +97,8 @@ class DevicePrefetcher(Generic[B]):
     def __init__(self, batches: Iterable[B], device: torch.device, depth: int = 1) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         self._cuda = device.type == "cuda"
         self._stream = torch.cuda.Stream(device) if self._cuda else None
@@ -118,8 +120,8 @@ class DevicePrefetcher(Generic[B]):
 
     def _run(self, source: Iterator[B]) -> None:
         try:
-            if self._cuda:
-                torch.cuda.set_device(self.device)
+            if self._cuda and self.device.index is not None:
+                torch.cuda.set_device(self.device)  # the thread's current device
             for host in source:
                 if self._stop.is_set():
                     return
