@@ -75,3 +75,14 @@ def tiny_overrides(manifest: Path, storage: Path, name: str, tracking: str) -> l
         "train.batch_size=4",
         "optim.epochs=2",
     ]
+
+
+def load_benchmark(name: str):
+    """The module of benchmarks/<name>.py (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

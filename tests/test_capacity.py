@@ -18,7 +18,7 @@ from rayssl.capacity import (
     estimate_shape,
 )
 from rayssl.cli import main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_benchmark
 
 DEBUG = str(ROOT / "configs" / "debug.yaml")
 ANCHOR = ROOT / "benchmarks" / "h100-anchor.json"
@@ -254,23 +254,12 @@ def test_capacity_text_report_and_anchor(tiny_manifest, capsys):
 # ------------------------------------- the GPU benchmark that writes --anchor files
 
 
-def _load_train_throughput():
-    import importlib.util
-
-    path = ROOT / "benchmarks" / "train_throughput.py"
-    spec = importlib.util.spec_from_file_location("train_throughput", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_rayssl_mode_converts_clips_as_the_training_step():
     import torch
 
     from rayssl.train.step import DeviceSettings, clip_to_input
 
-    bench = _load_train_throughput()
+    bench = load_benchmark("train_throughput")
     clip = torch.randint(0, 256, (2, 4, 6, 5, 3), dtype=torch.uint8)
     for channels_last in (False, True):
         ours = clip_to_input(clip, DeviceSettings(torch.device("cpu"), channels_last=channels_last))

@@ -4,28 +4,18 @@ eager backend so no compiler runs)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark
+
 STEPS, WINDOW, BATCH, CLIP_LEN, SIZE = 6, 3, 8, 8, 32
 
 
-def load_script():
-    path = ROOT / "benchmarks" / "loss_curves.py"
-    spec = importlib.util.spec_from_file_location("loss_curves", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-lc = load_script()
+lc = load_benchmark("loss_curves")
 
 
 @pytest.fixture(scope="module")
