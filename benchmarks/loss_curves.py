@@ -80,6 +80,7 @@ import math
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -554,9 +555,20 @@ def main(argv: list[str] | None = None) -> dict:
     )
     runs: dict[str, dict] = {}
     start = time.perf_counter()
-    for setting in args.settings:
+    failures: dict[str, str] = {}
+    for setting in list(args.settings):
         for seed in args.seeds:
-            run = train_run(setting, seed, args, device)
+            try:
+                run = train_run(setting, seed, args, device)
+            except Exception as e:  # e.g. a compile failure: compare the settings that ran
+                if setting == "fp32":
+                    raise
+                traceback.print_exc()
+                failures[setting] = (
+                    f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                )
+                print(f"{run_name(setting, seed)} FAILED: {failures[setting]}")
+                break
             run["window_means"] = window_means(run["losses"], args.window)
             runs[run_name(setting, seed)] = run
             print(
@@ -569,10 +581,15 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.cuda.empty_cache()
 
     print(f"{len(runs)} runs in {time.perf_counter() - start:.1f} s")
+    args.settings = [s for s in args.settings if s not in failures]
+    runs = {name: run for name, run in runs.items() if name.split("/")[0] in args.settings}
     result = compare(runs, args)
+    result["failures"] = failures
     print(curves_table(runs, args.window))
     for line in verdict_lines(result, args):
         print(line)
+    for setting, error in failures.items():
+        print(f"verdict {setting}: FAILED to run ({error})")
     if args.plot:
         if plot_curves(runs, args.window, args.plot):
             print(f"wrote {args.plot}")

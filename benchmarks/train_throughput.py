@@ -70,6 +70,7 @@ import json
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -286,19 +287,21 @@ def measure(
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    step()  # compile, cuDNN autotuning
-    synchronize(device)
-    first = time.perf_counter() - start
-    for _ in range(max(0, args.warmup - 1)):
-        step()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    synchronize(device)
-    elapsed = time.perf_counter() - start
-    feed.close()  # stops the prefetch thread
+    try:
+        start = time.perf_counter()
+        step()  # compile, cuDNN autotuning
+        synchronize(device)
+        first = time.perf_counter() - start
+        for _ in range(max(0, args.warmup - 1)):
+            step()
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+    finally:
+        feed.close()  # stops the prefetch thread, also after an out-of-memory error
     result = {"clips_s": batch_size * args.steps / elapsed, "batch_size": batch_size}
     result["first_step_s"] = first
     if device.type == "cuda":
@@ -443,6 +446,10 @@ def main(argv: list[str] | None = None) -> None:
                 row.update(measure(name, mode, args, device))
             except torch.cuda.OutOfMemoryError:
                 row = {"model": name, "mode": mode, "error": "out of memory"}
+            except Exception as e:  # e.g. a compile failure: the other rows still count
+                traceback.print_exc()
+                error = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                row = {"model": name, "mode": mode, "error": error}
             else:
                 row["tflops"] = 3 * gflops * row["clips_s"] / 1e3
                 if peak_rate:

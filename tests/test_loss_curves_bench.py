@@ -173,3 +173,18 @@ def test_fp32_learns_on_the_procedural_data():
     first, *_, last = lc.window_means(run["losses"], 10)
     assert first > 1.3  # starts at chance
     assert last < first - 0.15, (first, last)
+
+
+def test_a_setting_that_fails_is_reported_and_the_others_still_compared(tmp_path, capsys):
+    """A compile failure on the GPU machine (here: a backend torch does not know) must not
+    cost the fp32/bf16 comparison of the same one-shot run."""
+    out = tmp_path / "failing.json"
+    argv = ["--device", "cpu", "--width", "0.125", "--size", "16", "--clip-len", "8"]
+    argv += ["--batch-size", "4", "--steps", "2", "--window", "1", "--seeds", "0", "1"]
+    argv += ["--settings", "fp32", "bf16", "best", "--compile-backend", "nope"]
+    report = lc.main([*argv, "--json", str(out)])
+    assert "InvalidBackend" in report["failures"]["best"]
+    assert sorted(report["settings"]) == ["bf16"]
+    assert sorted(report["runs"]) == ["bf16/0", "bf16/1", "fp32/0", "fp32/1"]
+    assert json.loads(out.read_text())["failures"] == report["failures"]
+    assert "verdict best: FAILED to run (InvalidBackend" in capsys.readouterr().out
