@@ -385,9 +385,10 @@ class TrainConfig:
     reference code, "conv2d" as 2D convs over views of the same memory (same weights and
     checkpoints, same result up to float rounding; see rayssl.models.CONV_IMPLS)."""
     compile: bool = False
-    """torch.compile each backbone stage in place (checkpoints keep their keys). The
-    first steps of a run, and of the first evaluation, pay the compile time (tens of
-    seconds); the first epoch's clips/s includes it."""
+    """torch.compile the backbone in place (forward and forward_map, static shapes;
+    checkpoints keep their keys). The first steps of a run, and of the first evaluation,
+    pay the compile time (tens of seconds), and so does each new batch shape once (a
+    smaller last validation batch); the first epoch's clips/s includes it."""
     compile_mode: Literal[
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
     ] = "default"
