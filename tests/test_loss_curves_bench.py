@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import load_benchmark
 
-STEPS, WINDOW, BATCH, CLIP_LEN, SIZE = 6, 3, 8, 8, 32
+STEPS, WINDOW, BATCH, CLIP_LEN, SIZE = 4, 2, 8, 8, 32
 
 
 lc = load_benchmark("loss_curves")
