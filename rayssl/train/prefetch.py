@@ -65,14 +65,15 @@ def device_batches(
     if device.type == "cuda" and depth > 0:
         with DevicePrefetcher(batches, device, depth) as prefetcher:
             for host, copied in prefetcher:
-                yield host, _convert(copied, convert)
+                yield host, convert_batch(copied, convert)
         return
     cuda = device.type == "cuda"
     for host in batches:
-        yield host, _convert(copy_batch(host, device, non_blocking=cuda), convert)
+        yield host, convert_batch(copy_batch(host, device, non_blocking=cuda), convert)
 
 
-def _convert(copied: dict[str, Any], convert: Convert) -> dict[str, Any]:
+def convert_batch(copied: dict[str, Any], convert: Convert) -> dict[str, Any]:
+    """`convert` applied to the device columns of a `copy_batch` result."""
     return {
         k: convert(k, v) if isinstance(v, torch.Tensor) and not is_host_column(k, v) else v
         for k, v in copied.items()

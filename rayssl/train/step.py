@@ -17,7 +17,7 @@ from torch import nn
 from rayssl.config import Config
 from rayssl.models import build_backbone, set_conv_impl
 from rayssl.pretext.base import Pretext
-from rayssl.train.prefetch import Convert, copy_batch, is_host_column
+from rayssl.train.prefetch import Convert, convert_batch, copy_batch
 
 #: Pixel normalisation applied on the device (Kinetics statistics, RGB order).
 MEAN = (0.45, 0.45, 0.45)
@@ -141,8 +141,7 @@ def batch_to_device(batch: dict[str, np.ndarray], settings: DeviceSettings) -> d
     (The training loop overlaps this with the previous step: `prefetch.device_batches`.)"""
     non_blocking = settings.device.type == "cuda"
     copied = copy_batch(batch, settings.device, non_blocking=non_blocking)
-    convert = input_converter(settings)
-    return {k: v if is_host_column(k, v) else convert(k, v) for k, v in copied.items()}
+    return convert_batch(copied, input_converter(settings))
 
 
 def train_step(
