@@ -17,7 +17,11 @@ from rayssl.cli import add_prepare_arguments, prepare_from_args  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_prepare_arguments(parser)
-    summary = prepare_from_args(parser.parse_args())
+    try:
+        summary = prepare_from_args(parser.parse_args())
+    except ValueError as e:  # bad settings, a refused run (PrepareError), ManifestError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print("RESULT " + json.dumps(summary))
     return 0 if summary["ok"] else 1
 

@@ -278,7 +278,11 @@ def prepare_from_args(args: argparse.Namespace) -> dict:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     _init_ray()
-    summary = prepare_from_args(args)
+    try:
+        summary = prepare_from_args(args)
+    except ValueError as e:  # bad settings, a refused run (PrepareError), ManifestError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0 if summary["ok"] else 1
 

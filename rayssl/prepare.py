@@ -29,7 +29,13 @@ otherwise the existing output is read and probed in its task.
 Failures never stop the job: a source row with an ``error``, a video that cannot be read,
 decoded or encoded, or an output that cannot be written becomes a manifest row with an
 ``error`` reason (``VideoError`` reasons, ``missing``, ``storage_error``, plus
-``transcode_error`` and ``duplicate_video_id`` from this module).
+``transcode_error`` and ``duplicate_video_id`` from this module, and ``unsafe_video_id``
+for an id that would put its output outside ``out``: every output path is built by
+:func:`rayssl.data.storage.child`).
+
+A job never overwrites its input: a run where an output (a video or the manifest) is the
+same file as a source video or the input manifest (compared by real path, symlinks
+resolved, or by S3 URI) is refused with :class:`PrepareError` before anything is written.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from av.video.reformatter import VideoReformatter
 
 from rayssl.data import storage
 from rayssl.data.manifest import (
+    UNSAFE_ID,
     ManifestError,
     build_manifest,
     list_entries,
@@ -63,6 +70,7 @@ from rayssl.data.video import VideoError, VideoProbe, probe_video
 
 __all__ = [
     "MANIFEST_NAME",
+    "PrepareError",
     "PrepareParams",
     "output_size",
     "prepare_item",
@@ -76,6 +84,10 @@ TRANSCODE_ERROR = "transcode_error"
 DUPLICATE_ERROR = "duplicate_video_id"
 _DEFAULT_FPS = Fraction(25)  # when the source stream states no frame rate at all
 _MAX_FPS_DENOMINATOR = 1001  # 30000/1001 stays exact; odd averages are rounded
+
+
+class PrepareError(ValueError):
+    """The run is refused before anything is written (it would overwrite its own input)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,6 +563,12 @@ def run_prepare(
         with an error included), ``failures_by_reason``, ``bytes_in`` / ``bytes_out`` (read /
         written by this run's transcodes), ``seconds``, ``videos_per_s`` (transcoded per
         second of the whole run), ``total`` (source rows) and ``manifest`` (its URI).
+
+    Raises:
+        PrepareError: before anything is written, when ``out`` lies inside the video folder
+            ``src``, or an output would replace an input (a source video or the input
+            manifest, compared by real path / URI).
+        ValueError: bad encoding settings.
     """
     import ray
 
@@ -563,8 +581,13 @@ def run_prepare(
     out = _normalise_out(out)
     if not src.endswith(".parquet") and (out + "/").startswith(_normalise_out(src) + "/"):
         # The next run would index the outputs as videos of a class of their own.
-        raise ValueError(f"out {out!r} must not be inside the video folder {src!r}")
-    manifest_uri = storage.join(out, MANIFEST_NAME)
+        raise PrepareError(f"out {out!r} must not be inside the video folder {src!r}")
+    manifest_uri = storage.child(out, MANIFEST_NAME)
+    if src.endswith(".parquet") and storage.real_uris([src]) == storage.real_uris([manifest_uri]):
+        raise PrepareError(
+            f"refusing to overwrite the input: output {manifest_uri} is the input manifest "
+            f"{src}; choose another --out"
+        )
 
     source = _load_source(src, options)
     existing = {} if overwrite else _existing_outputs(out, options)
@@ -575,9 +598,13 @@ def run_prepare(
     seen: set[str] = set()
     for src_row in source.to_pylist():
         video_id = str(src_row["video_id"])
+        try:
+            dest, unsafe = storage.child(out, video_id + OUTPUT_EXTENSION), ""
+        except storage.UnsafePathError as e:  # read_manifest marks most; symlinks land here
+            dest, unsafe = "", str(e)
         item = {
             "source": src_row["uri"],
-            "dest": storage.join(out, video_id + OUTPUT_EXTENSION),
+            "dest": dest,
             "video_id": video_id,
             "label": -1 if src_row.get("label") is None else int(src_row["label"]),
             "label_name": src_row.get("label_name") or "",
@@ -588,6 +615,9 @@ def run_prepare(
         }
         if src_row.get("error"):
             rows.append(_failure(item, src_row["error"], src_row.get("error_detail") or ""))
+            continue
+        if unsafe:
+            rows.append(_failure(item, UNSAFE_ID, unsafe))
             continue
         if item["dest"] in seen:
             rows.append(_failure(item, DUPLICATE_ERROR, f"another video maps to {item['dest']}"))
@@ -601,6 +631,7 @@ def run_prepare(
                 continue
         item["check_existing"] = size is not None
         items.append(item)
+    _refuse_overwriting_inputs(source, [i["dest"] for i in items], src, manifest_uri)
 
     print(
         f"prepare: {source.num_rows} videos in {src}; {len(rows)} decided without decoding "
@@ -641,6 +672,31 @@ def run_prepare(
     }
     _print_summary(summary, rows)
     return summary
+
+
+def _refuse_overwriting_inputs(
+    source: pa.Table, dests: list[str], src: str, manifest_uri: str
+) -> None:
+    """Raise PrepareError when an output (``dests``, ``manifest_uri``) is the same file as
+    an input (a source video, or the ``src`` manifest): compared by real path / URI."""
+    uris = [str(u) for u in source["uri"].to_pylist() if u]
+    inputs = dict(zip(storage.real_uris(uris), uris, strict=True))
+    if src.endswith(".parquet"):
+        inputs.update(zip(storage.real_uris([src]), [src], strict=True))
+    outputs = [*dests, manifest_uri]
+    clashes = [
+        (dest, inputs[real])
+        for real, dest in zip(storage.real_uris(outputs), outputs, strict=True)
+        if real in inputs
+    ]
+    if clashes:
+        dest, input_uri = clashes[0]
+        what = "the input manifest" if input_uri == src else "the source video"
+        raise PrepareError(
+            f"refusing to overwrite the input: output {dest} is {what} {input_uri} "
+            f"({len(clashes)} of {len(outputs)} outputs would replace inputs); choose an "
+            "--out that holds no source video"
+        )
 
 
 def _print_summary(summary: dict[str, Any], rows: list[dict[str, Any]], show: int = 10) -> None:

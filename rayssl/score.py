@@ -30,8 +30,9 @@ input, in order, with all its columns, plus
 * ``difficulty_settings`` (string): the settings fingerprint, e.g.
   ``v1;clips=uniform:1;clip_len=16;flow=dis;resize=128x171;crop=112x112``.
 
-The input manifest is never modified (``out`` must be another path), and no row is ever
-dropped: a video that cannot be scored is a counted row with NaN.
+The input manifest is never modified (``out`` must be another file: real paths are
+compared, so a symlink does not hide it), and no row is ever dropped: a video that cannot
+be scored is a counted row with NaN.
 
 Resume.  While the pass runs, the driver writes every Ray Data block of results as it arrives
 to ``<out>.parts/part-*.parquet`` (``video_id``, ``uri``, ``num_frames``, ``settings``, the
@@ -40,7 +41,9 @@ whose ``(video_id, uri)`` has a finite score with the same ``settings`` fingerpr
 ``num_frames`` in (newest last) the input manifest's own score columns, the previous output
 manifest at ``out``, and the part files.  Failures are not reused: they are retried.  After
 the final manifest is written the parts folder is removed (``keep_parts=True`` keeps it), so
-the output manifest alone carries the resume state of a finished run.  ``overwrite=True``
+the output manifest alone carries the resume state of a finished run.  Only the top-level
+``part-*.parquet`` files of the parts folder are read and deleted: another file there, or
+anything behind a symlinked sub-folder, is not the run's own.  ``overwrite=True``
 deletes the parts first and rescores everything.  Only the driver writes (parts and the
 manifest), so Ray workers need read access to the videos only.
 """
@@ -50,6 +53,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import time
 import uuid
 from collections import Counter
@@ -373,11 +377,17 @@ def _read_parquet(uri: str, options: storage.StorageOptions) -> pa.Table:
     return pq.read_table(io.BytesIO(storage.read_bytes(uri, options=options)))
 
 
+_PART_NAME = re.compile(r"^part-[^/]*\.parquet$")
+
+
 def _part_files(parts: str, options: storage.StorageOptions) -> list[str]:
+    """The part files directly in ``parts`` (``part-*.parquet``): a sub-folder, even a
+    symlinked one, or another file is not ours, so never read or deleted."""
     try:
-        return [f.uri for f in storage.list_files(parts, {".parquet"}, True, options)]
+        files = storage.list_files(parts, {".parquet"}, False, options)
     except storage.StorageNotFoundError:
         return []
+    return [f.uri for f in files if _PART_NAME.match(storage.basename(f.uri))]
 
 
 def _previous_results(
@@ -449,8 +459,10 @@ def _remove_parts(parts: str, options: storage.StorageOptions) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _normalise(uri: str) -> str:
-    return uri if storage.is_s3(uri) else storage.get_filesystem(uri)[1]
+def _same_file(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name one file (real paths: a symlink does not hide it)."""
+    real = storage.real_uris([a, b])
+    return real[0] == real[1]
 
 
 def _cluster_task_slots(num_cpus_per_task: float) -> int:
@@ -564,7 +576,7 @@ def run_score(
     task_options = storage.StorageOptions(endpoint_url=storage.resolve_endpoint(options))
     if not str(out).endswith(".parquet"):
         raise ValueError(f"out: expected a manifest path ending in .parquet, got {out!r}")
-    if _normalise(str(out)) == _normalise(str(manifest)):
+    if _same_file(str(out), str(manifest)):
         raise ValueError(f"out: must differ from the input manifest {manifest!r} (kept as is)")
     if not (isinstance(videos_per_part, int) and videos_per_part >= 1):
         raise ValueError(f"videos_per_part: expected an integer >= 1, got {videos_per_part!r}")

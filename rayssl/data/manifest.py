@@ -14,6 +14,13 @@ Importers read datasets the way their public releases ship them:
 Every video is decoded once (`rayssl.data.video.probe_video`) so the manifest holds
 the frames that really decode, and the keyframe positions the clip reader seeks to.
 A broken file becomes a row with an ``error`` reason, never a crash.
+
+A ``video_id`` names the video's outputs (``rayssl prepare`` writes
+``OUT/<video_id>.mp4``), so it must be a plain relative path
+(`rayssl.data.storage.relative_path_problem`: no ``..``, leading ``/``, backslash or
+control character). An entry whose id is not, or whose file a split list or CSV places
+outside the source folder, becomes a row with error ``unsafe_video_id`` and is never
+read; `read_manifest` gives the same error to such a row of any manifest it reads.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import io
 import posixpath
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -80,13 +87,18 @@ ADDED_COLUMNS: dict[str, tuple[pa.DataType, Any]] = {
 }
 
 
+#: The `error` of a row whose video_id is not a safe relative path, or whose file an
+#: annotation places outside the source folder (the video is never read).
+UNSAFE_ID = "unsafe_video_id"
+
+
 class ManifestError(ValueError):
     """The source cannot be indexed (missing split files, unknown format...)."""
 
 
 @dataclass(frozen=True)
 class Entry:
-    """A video found by an importer, before probing."""
+    """A video found by an importer, before probing; `error` set: it is not probed."""
 
     uri: str
     video_id: str
@@ -94,6 +106,31 @@ class Entry:
     label: int = -1
     label_name: str = ""
     split: str = ""
+    error: str = ""
+    error_detail: str = ""
+
+
+def video_id_problem(video_id: object) -> str | None:
+    """Why `video_id` cannot name an output (see `UNSAFE_ID`), or None when it can."""
+    problem = storage.relative_path_problem(video_id)
+    return None if problem is None else f"video_id {video_id!r} {problem}"
+
+
+def _under(src: str, rel: str) -> tuple[str, str]:
+    """(URI, "") of a file an annotation names at `rel` under `src`; when `rel` would leave
+    `src`, (its plain join, why): the entry is then an `UNSAFE_ID` row, never read."""
+    try:
+        return storage.child(src, rel), ""
+    except storage.UnsafePathError as e:
+        return storage.join(src, rel), f"annotation names a file outside {src}: {e}"
+
+
+def _checked(entry: Entry, outside: str = "") -> Entry:
+    """`entry`, marked `UNSAFE_ID` when its file lies outside the source or its id is unsafe."""
+    problem = outside or video_id_problem(entry.video_id)
+    if entry.error or not problem:
+        return entry
+    return replace(entry, error=UNSAFE_ID, error_detail=problem)
 
 
 # --------------------------------------------------------------------------- listing
@@ -137,7 +174,7 @@ def list_folder(src: str, options=None, val_fraction: float = 0.0, seed: int = 0
         split = "train"
         if val_fraction > 0 and (stable_hash(f"{seed}:{vid}") % 10_000) < val_fraction * 10_000:
             split = "val"
-        out.append(Entry(f.uri, vid, f.size, index.get(cls, -1), cls, split))
+        out.append(_checked(Entry(f.uri, vid, f.size, index.get(cls, -1), cls, split)))
     return out
 
 
@@ -168,8 +205,9 @@ def list_ucf101(src: str, options=None, split_id: int = 1, splits_dir: str = "")
             rel = line.split()[0].replace("\\", "/")
             cls, base = rel.split("/")[0], rel.split("/")[-1]
             f = by_name.get(base)
-            uri = f.uri if f else storage.join(src, rel)
-            out.append(Entry(uri, _stem(base), f.size if f else -1, names[cls], cls, split))
+            uri, outside = (f.uri, "") if f else _under(src, rel)
+            entry = Entry(uri, _stem(base), f.size if f else -1, names[cls], cls, split)
+            out.append(_checked(entry, outside))
     return out
 
 
@@ -194,8 +232,9 @@ def list_hmdb51(src: str, options=None, split_id: int = 1, splits_dir: str = "")
                 continue
             split = "train" if parts[1] == "1" else "test"
             f = by_name.get(parts[0])
-            vuri = f.uri if f else storage.join(src, cls, parts[0])
-            out.append(Entry(vuri, _stem(parts[0]), f.size if f else -1, index[cls], cls, split))
+            vuri, outside = (f.uri, "") if f else _under(src, f"{cls}/{parts[0]}")
+            entry = Entry(vuri, _stem(parts[0]), f.size if f else -1, index[cls], cls, split)
+            out.append(_checked(entry, outside))
     return out
 
 
@@ -224,10 +263,11 @@ def list_kinetics(src: str, options=None, annotations: Iterable[str] = ()) -> li
             f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}"
         )
         f = by_stem.get(stem)
-        uri = f.uri if f else storage.join(src, stem + ".mp4")
+        uri, outside = (f.uri, "") if f else _under(src, stem + ".mp4")
         label = r.get("label") or ""
         split = {"validate": "val", "valid": "val"}.get(r.get("split", ""), r.get("split", ""))
-        out.append(Entry(uri, stem, f.size if f else -1, index.get(label, -1), label, split))
+        entry = Entry(uri, stem, f.size if f else -1, index.get(label, -1), label, split)
+        out.append(_checked(entry, outside))
     return out
 
 
@@ -311,17 +351,42 @@ def build_manifest(
     use_ray: bool = True,
     num_cpus_per_task: float = 1.0,
 ) -> pa.Table:
-    """Probe every entry (in parallel with Ray Data when `use_ray`) into a table."""
-    items = [e.__dict__ for e in entries]
+    """Probe every entry (in parallel with Ray Data when `use_ray`) into a table.
+
+    An entry with an `error` (an unsafe id included, `UNSAFE_ID`) is not read: it becomes
+    a row with that error.
+    """
+    checked = [_checked(e) for e in entries]
+    rows = [_unprobed_row(e) for e in checked if e.error]
+    items = [e.__dict__ for e in checked if not e.error]
     if not items:
-        return rows_to_table([])
+        return rows_to_table(rows)
     if not use_ray:
-        return rows_to_table([probe_entry(i, options) for i in items])
+        return rows_to_table(rows + [probe_entry(i, options) for i in items])
     import ray
 
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 256))
     ds = ds.map(lambda r: probe_entry(r, options), num_cpus=num_cpus_per_task)
-    return rows_to_table(ds.take_all())
+    return rows_to_table(rows + ds.take_all())
+
+
+_EMPTY = {pa.string(): "", pa.int64(): 0, pa.int32(): 0, pa.float64(): 0.0}
+
+
+def _unprobed_row(entry: Entry) -> dict[str, Any]:
+    """The manifest row of an entry that is not read (it has an `error`)."""
+    row: dict[str, Any] = {f.name: _EMPTY.get(f.type, []) for f in SCHEMA}
+    row.update(
+        uri=entry.uri,
+        video_id=entry.video_id,
+        size_bytes=entry.size_bytes,
+        label=entry.label,
+        label_name=entry.label_name,
+        split=entry.split,
+        error=entry.error,
+        error_detail=entry.error_detail,
+    )
+    return row
 
 
 def summarize(table: pa.Table) -> dict[str, Any]:
@@ -346,7 +411,35 @@ def read_manifest(uri: str, options=None) -> pa.Table:
     missing = {"uri", "video_id", "num_frames", "error"} - set(table.column_names)
     if missing:
         raise ManifestError(f"{uri}: not a rayssl manifest (missing columns {sorted(missing)})")
-    return migrate(table)
+    return mark_unsafe_ids(migrate(table))
+
+
+def mark_unsafe_ids(table: pa.Table) -> pa.Table:
+    """`table` with error `UNSAFE_ID` (and its `error_detail`) on every row without an
+    error whose video_id is not a safe relative path (`video_id_problem`); such a row is
+    then skipped and counted like any broken video. Vectorised: one regex pass."""
+    import pyarrow.compute as pc
+
+    ids = table["video_id"].cast(pa.string())
+    unsafe = pc.fill_null(pc.match_substring_regex(ids, storage.UNSAFE_RELATIVE_PATH), True)
+    marked = pc.and_(unsafe, pc.is_null(table["error"]))
+    if not pc.any(marked).as_py():
+        return table
+    details = [
+        video_id_problem(v) if m else None
+        for v, m in zip(ids.to_pylist(), marked.to_pylist(), strict=True)
+    ]
+    error = pc.if_else(marked, pa.scalar(UNSAFE_ID), table["error"].cast(pa.string()))
+    table = table.set_column(table.column_names.index("error"), "error", error)
+    old = (
+        table["error_detail"].cast(pa.string())
+        if "error_detail" in table.column_names
+        else pa.nulls(table.num_rows, pa.string())
+    )
+    detail = pc.if_else(marked, pa.array(details, pa.string()), old)
+    if "error_detail" in table.column_names:
+        return table.set_column(table.column_names.index("error_detail"), "error_detail", detail)
+    return table.append_column("error_detail", detail)
 
 
 def migrate(table: pa.Table) -> pa.Table:

@@ -59,8 +59,11 @@ __all__ = [
     "StorageError",
     "StorageNotFoundError",
     "StorageOptions",
+    "UNSAFE_RELATIVE_PATH",
+    "UnsafePathError",
     "backoff_delay",
     "basename",
+    "child",
     "clear_caches",
     "default_is_transient",
     "error_code",
@@ -74,7 +77,9 @@ __all__ = [
     "parent",
     "parse_s3",
     "read_bytes",
+    "real_uris",
     "redact",
+    "relative_path_problem",
     "resolve_endpoint",
     "resolve_region",
     "retry_call",
@@ -457,6 +462,110 @@ def join(uri: PathLike, *parts: PathLike) -> str:
             out += piece
         else:
             out += "/" + piece
+    return out
+
+
+class UnsafePathError(ValueError):
+    """A relative path taken from data (a video id, a file name) would leave its folder."""
+
+
+#: What makes a relative path from data unsafe to put under a folder, as a regular
+#: expression that Python's ``re`` and pyarrow's RE2 both read: empty, a leading or
+#: trailing ``/``, an empty (``//``), ``.`` or ``..`` component, a backslash (a separator on
+#: Windows and to some S3 tools) or a control character (NUL ends a C string).
+UNSAFE_RELATIVE_PATH = r"^$|^/|/$|//|\\|[\x00-\x1f\x7f]|(?:^|/)\.\.?(?:/|$)"
+_UNSAFE_RELATIVE_RE = re.compile(UNSAFE_RELATIVE_PATH)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def relative_path_problem(rel: object) -> str | None:
+    """Why ``rel`` is not a safe relative path (see :data:`UNSAFE_RELATIVE_PATH`), or None.
+
+    Safe: ``"class/video_01"``, ``"a.b/c..d"``; unsafe: ``"../x"``, ``"/etc/x"``,
+    ``"a\\b"``, ``"a\\x00b"``, ``"a//b"``, ``"./a"``, ``""``.
+    """
+    if not isinstance(rel, str):
+        return f"is not a string ({type(rel).__name__})"
+    if not _UNSAFE_RELATIVE_RE.search(rel):
+        return None
+    if not rel:
+        return "is empty"
+    if _CONTROL_RE.search(rel):
+        return "contains a control character"
+    if "\\" in rel:
+        return "contains a backslash"
+    if rel.startswith("/"):
+        return "is an absolute path"
+    if ".." in rel.split("/"):
+        return "has a '..' component"
+    return "has an empty or '.' component"
+
+
+def child(root: PathLike, rel: str) -> str:
+    """``root`` joined with the relative path ``rel``, checked to stay inside ``root``.
+
+    Every output path built from data goes through here.  ``rel`` must pass
+    :func:`relative_path_problem`, so it cannot climb out of ``root`` by its text; for a
+    local ``root``, a component of ``rel`` that already exists as a symlink must also
+    resolve (``os.path.realpath``) inside ``root``.  S3 keys have no links, so the text is
+    all there is to check.  Costs one ``lstat`` per existing component of ``rel``.
+
+    Raises:
+        UnsafePathError: naming ``rel`` and why.
+    """
+    problem = relative_path_problem(rel)
+    root_text = os.fspath(root)
+    if problem is not None:
+        raise UnsafePathError(f"{rel!r} {problem}: it would not stay inside {redact(root_text)}")
+    out = join(root_text, rel)
+    if not is_s3(out):
+        _check_links(root_text, rel)
+    return out
+
+
+def _check_links(root: str, rel: str) -> None:
+    base = os.path.abspath(_local_path(root))
+    real_root: str | None = None
+    path = base
+    for part in rel.split("/"):
+        path = os.path.join(path, part)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return  # nothing exists below a missing component
+        if not stat.S_ISLNK(st.st_mode):
+            continue
+        if real_root is None:
+            real_root = os.path.realpath(base)
+        target = os.path.realpath(path)
+        if target != real_root and not target.startswith(real_root.rstrip("/") + "/"):
+            raise UnsafePathError(
+                f"{rel!r}: {path} is a symlink to {target}, outside {redact(root)}"
+            )
+
+
+def real_uris(uris: Iterable[PathLike]) -> list[str]:
+    """The locations ``uris`` name, comparable with ``==``: local paths absolute with every
+    symlink resolved (as ``os.path.realpath``), S3 URIs as ``s3://bucket/key``.
+
+    Two URIs that compare equal name the same file (hard links aside), so writing one
+    overwrites the other.  Cost: one ``realpath`` per distinct local folder, one ``lstat``
+    per file.
+    """
+    folders: dict[str, str] = {}
+    out = []
+    for uri in uris:
+        text = os.fspath(uri)
+        if is_s3(text):
+            bucket, key = parse_s3(text)
+            out.append(f"{_S3_PREFIX}{bucket}/{key}")
+            continue
+        folder, name = os.path.split(os.path.abspath(_local_path(text)))
+        real_folder = folders.get(folder)
+        if real_folder is None:
+            real_folder = folders[folder] = os.path.realpath(folder)
+        path = os.path.join(real_folder, name)
+        out.append(os.path.realpath(path) if os.path.islink(path) else path)
     return out
 
 

@@ -53,6 +53,9 @@ from rayssl.evaluate.checkpoint import (
 from rayssl.evaluate.features import VideoOutputs, extract_features, load_manifest, write_features
 from rayssl.models.heads import POOL_LAYERS
 
+#: The files of an evaluation's folder logged to MLflow (features Parquet stay local).
+ARTIFACT_SUFFIXES = (".json", ".png", ".txt", ".csv")
+
 # --------------------------------------------------------------------------- config
 
 
@@ -254,10 +257,27 @@ def needed_videos(suite: EvalSuite, table: pa.Table) -> pa.Table:
     return table.filter(pc.is_in(table["split"], pa.array(sorted(splits), pa.string())))
 
 
+class RunFiles:
+    """The files one evaluation writes in its output folder DIR: each is named through
+    `path`, which keeps it inside DIR (`storage.child`) and records it, so only the files
+    this run wrote are logged to MLflow (not whatever else DIR holds)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.written: list[Path] = []
+
+    def path(self, name: str) -> Path:
+        """DIR/`name`, recorded as written by this run."""
+        path = Path(storage.child(str(self.root), name))
+        if path not in self.written:
+            self.written.append(path)
+        return path
+
+
 class _Features:
     """Features per clip protocol, extracted on first use (the union of layers asked)."""
 
-    def __init__(self, suite: EvalSuite, backbone, table: pa.Table, out: Path) -> None:
+    def __init__(self, suite: EvalSuite, backbone, table: pa.Table, out: RunFiles) -> None:
         self.suite, self.backbone, self.table, self.out = suite, backbone, table, out
         self.wanted: dict[str, set[str]] = {}
         self.cache: dict[str, VideoOutputs] = {}
@@ -273,12 +293,13 @@ class _Features:
             t0 = time.perf_counter()
             feats = extract_features(self.backbone, self.table, self.suite.data, inference, layers)
             self.seconds += time.perf_counter() - t0
-            write_features(feats, str(self.out / f"features-{clips.replace(':', '-')}.parquet"))
+            name = f"features-{clips.replace(':', '-')}.parquet"
+            write_features(feats, str(self.out.path(name)))
             self.cache[clips] = feats
         return self.cache[clips]
 
 
-def _retrieval(suite: EvalSuite, feats: _Features, out: Path) -> tuple[dict, list[str]]:
+def _retrieval(suite: EvalSuite, feats: _Features, out: RunFiles) -> tuple[dict, list[str]]:
     from rayssl.evaluate.retrieval import format_table, plot_topk, topk_accuracy
 
     s = suite.retrieval
@@ -293,10 +314,12 @@ def _retrieval(suite: EvalSuite, feats: _Features, out: Path) -> tuple[dict, lis
         table[layer] = acc
         results.update({f"retrieval/{layer}/top{k}": v for k, v in acc.items()})
     plot_topk(
-        table, out / "retrieval_topk.png", title=f"retrieval: {s.query_split} -> {s.gallery_split}"
+        table,
+        out.path("retrieval_topk.png"),
+        title=f"retrieval: {s.query_split} -> {s.gallery_split}",
     )
     text = format_table(table)
-    (out / "retrieval.txt").write_text(text + "\n")
+    out.path("retrieval.txt").write_text(text + "\n")
     return results, [f"retrieval ({int(q.sum())} queries, {int(g.sum())} gallery)", text]
 
 
@@ -327,7 +350,7 @@ def _linear(suite: EvalSuite, feats: _Features) -> tuple[dict, list[str]]:
     return results, [f"linear ({s.classifier}, {s.protocol})", *lines]
 
 
-def _similarity(suite: EvalSuite, feats: _Features, out: Path) -> tuple[dict, list[str]]:
+def _similarity(suite: EvalSuite, feats: _Features, out: RunFiles) -> tuple[dict, list[str]]:
     from rayssl.evaluate.similarity import (
         filter_pairs,
         make_pairs,
@@ -343,7 +366,7 @@ def _similarity(suite: EvalSuite, feats: _Features, out: Path) -> tuple[dict, li
         labelled = f.labels >= 0
         ids = [v for v, ok in zip(f.video_ids, labelled, strict=True) if ok]
         pairs = _auto_pairs(make_pairs, ids, f.labels[labelled], s, suite.run.seed)
-        write_pairs_csv(out / "pairs.csv", **pairs)
+        write_pairs_csv(out.path("pairs.csv"), **pairs)
     else:
         options = storage.StorageOptions(endpoint_url=suite.data.endpoint_url or None)
         pairs = parse_pairs_csv(storage.read_bytes(s.pairs, options).decode("utf-8"))
@@ -379,7 +402,7 @@ def _auto_pairs(make_pairs, ids: list[str], labels: np.ndarray, s, seed: int) ->
     raise ManifestError(f"similarity: too few labelled videos ({len(ids)}) to make pairs")
 
 
-def _attention(suite: EvalSuite, backbone, table: pa.Table, out: Path) -> list[str]:
+def _attention(suite: EvalSuite, backbone, table: pa.Table, out: RunFiles) -> list[str]:
     from rayssl.evaluate.attention import attention_grid_png
     from rayssl.evaluate.features import usable
 
@@ -388,13 +411,13 @@ def _attention(suite: EvalSuite, backbone, table: pa.Table, out: Path) -> list[s
         backbone,
         usable(table),
         suite.data,
-        out / "attention.png",
+        out.path("attention.png"),
         video_ids=s.videos,
         num_videos=s.num_videos,
         split=s.split,
         num_frames=s.num_frames,
     )
-    return [f"attention maps of {len(shown)} videos: {out / 'attention.png'}"]
+    return [f"attention maps of {len(shown)} videos: {out.path('attention.png')}"]
 
 
 def config_path(path: str, suite_dir: Path | None) -> Path:
@@ -410,7 +433,7 @@ def config_path(path: str, suite_dir: Path | None) -> Path:
 
 
 def _finetune(
-    suite: EvalSuite, source: BackboneSource, out: Path, suite_dir: Path | None
+    suite: EvalSuite, source: BackboneSource, out: RunFiles, suite_dir: Path | None
 ) -> tuple[dict, list[str]]:
     from rayssl.config import load_config
     from rayssl.evaluate.finetune import finetune
@@ -439,7 +462,7 @@ def _finetune(
         "finetune/classifier/video_top1": test.get("test/video_top1", float("nan")),
         "finetune/classifier/clip_top1": test.get("test/clip_top1", float("nan")),
     }
-    (out / "finetune.json").write_text(json.dumps(summary, default=str, indent=1))
+    out.path("finetune.json").write_text(json.dumps(summary, default=str, indent=1))
     return results, [
         f"fine-tuning (run {summary.get('mlflow_run_id', '')})",
         f"  video top1 {results['finetune/classifier/video_top1']:.3f}, "
@@ -461,8 +484,8 @@ def evaluate_checkpoint(
     from rayssl.launch import _init_ray, resolve_paths
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    out = RunFiles(Path(out_dir))
     cfg = resolve_paths(suite.as_config())
     suite = replace(suite, data=cfg.data, run=cfg.run)
     source = resolve_checkpoint(checkpoint, cfg)
@@ -505,9 +528,9 @@ def evaluate_checkpoint(
     skipped = {k: v for f in feats.cache.values() for k, v in f.skipped.items()}
     if skipped:
         report.append(f"videos skipped (by reason): {skipped}")
-    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    (out / "report.txt").write_text("\n".join(report) + "\n")
-    run_id = log_to_mlflow(suite, source, checkpoint, results, out)
+    out.path("results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    out.path("report.txt").write_text("\n".join(report) + "\n")
+    run_id = log_to_mlflow(suite, source, checkpoint, results, out.written)
     return {
         "results": results,
         "report": report,
@@ -520,10 +543,15 @@ def evaluate_checkpoint(
 
 
 def log_to_mlflow(
-    suite: EvalSuite, source: BackboneSource, checkpoint: str, results: dict, out: Path
+    suite: EvalSuite,
+    source: BackboneSource,
+    checkpoint: str,
+    results: dict,
+    files: Sequence[Path],
 ) -> str:
     """One MLflow run per evaluation, nested under (and tagged with) the pre-training run
-    when the checkpoint names one; the results as metrics, DIR's files as artifacts."""
+    when the checkpoint names one; the results as metrics, and as artifacts the `files`
+    this run wrote (`RunFiles.written`) that are reports or plots (json, png, txt, csv)."""
     import mlflow
 
     from rayssl.config import flatten
@@ -560,8 +588,8 @@ def log_to_mlflow(
     metrics = [mlflow.entities.Metric(k, float(v), ts, 0) for k, v in results.items()]
     for i in range(0, len(metrics), 500):
         client.log_batch(run_id, metrics=metrics[i : i + 500])
-    for p in sorted(out.iterdir()):
-        if p.is_file() and p.suffix in (".json", ".png", ".txt", ".csv"):
+    for p in sorted(files):
+        if p.suffix in ARTIFACT_SUFFIXES and p.is_file():
             client.log_artifact(run_id, str(p))
     client.set_terminated(run_id)
     return run_id

@@ -12,6 +12,7 @@ import pytest
 from rayssl.cli import main as cli_main
 from rayssl.data.manifest import (
     SCHEMA,
+    Entry,
     ManifestError,
     build_manifest,
     list_entries,
@@ -274,6 +275,103 @@ def test_kinetics_bad_csv(tmp_path):
     empty.mkdir()
     with pytest.raises(ManifestError):
         list_entries(str(empty), "kinetics")
+
+
+# --------------------------------------------------------------------------- unsafe ids
+
+
+def test_cli_manifest_kinetics_id_that_leaves_the_folder(tmp_path, capsys):
+    """A Kinetics CSV row with youtube_id "../../x": the row is an `unsafe_video_id` error,
+    and the file it points at (planted outside the source folder) is never read."""
+    src = tmp_path / "data" / "k400"
+    tiny_video(src / "train" / "abseiling" / "good0000000_000000_000010.mp4", codec="h264")
+    planted = tiny_video(tmp_path / "x_000000_000010.mp4", codec="h264")  # src/../../x...
+    csv = src / "train.csv"
+    csv.write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        "abseiling,good0000000,0,10,train\n"
+        "abseiling,../../x,0,10,train\n"
+    )
+    out = tmp_path / "m.parquet"
+    argv = ["manifest", str(src), "--format", "kinetics", "--out", str(out), "--no-ray"]
+    assert cli_main([*argv, "--annotations", str(csv)]) == 0
+    assert "ok 1, bad 1 (unsafe_video_id: 1)" in capsys.readouterr().out
+    rows = {r["video_id"]: r for r in read_manifest(str(out)).to_pylist()}
+    bad = rows["../../x_000000_000010"]
+    assert bad["error"] == "unsafe_video_id" and "'..' component" in bad["error_detail"]
+    assert (bad["num_frames"], bad["size_bytes"]) == (0, -1)  # not probed
+    assert rows["good0000000_000000_000010"]["error"] is None and planted.exists()
+
+
+def test_split_lists_naming_files_outside_the_folder(tmp_path):
+    """UCF101 / HMDB51 split files are data too: a line that climbs out of the source
+    folder gives an `unsafe_video_id` entry, never a read outside it."""
+    ucf = tmp_path / "ucf"
+    tiny_video(ucf / "UCF-101" / "ClassA" / "v_ClassA_g01_c01.avi")
+    tiny_video(tmp_path / "v_ClassA_g09_c01.avi")  # where the hostile line points
+    lists = ucf / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 ClassA\n")
+    (lists / "trainlist01.txt").write_text(
+        "ClassA/v_ClassA_g01_c01.avi 1\nClassA/../../v_ClassA_g09_c01.avi 1\n"
+    )
+    (lists / "testlist01.txt").write_text("")
+    entries = {e.video_id: e for e in list_entries(str(ucf), "ucf101")}
+    assert entries["v_ClassA_g01_c01"].error == ""
+    assert entries["v_ClassA_g09_c01"].error == "unsafe_video_id"
+    assert "outside" in entries["v_ClassA_g09_c01"].error_detail
+
+    hmdb = tmp_path / "hmdb"
+    tiny_video(hmdb / "jump" / "a.avi")
+    (hmdb / "jump_test_split1.txt").write_text("a.avi 1 \n../../v_ClassA_g09_c01.avi 1 \n")
+    table = build_manifest(list_entries(str(hmdb), "hmdb51"), use_ray=False)
+    rows = {r["video_id"]: r for r in table.to_pylist()}
+    assert rows["a"]["error"] is None
+    assert rows["v_ClassA_g09_c01"]["error"] == "unsafe_video_id"
+    assert rows["v_ClassA_g09_c01"]["num_frames"] == 0  # not read
+
+
+HOSTILE_IDS = {
+    "traversal": "../../escaped/x",
+    "absolute": "/tmp/abs/x",
+    "backslash": "..\\..\\x",
+    "nul": "a\x00b",
+}
+
+
+def test_build_manifest_does_not_read_entries_with_unsafe_ids(tmp_path):
+    video = tiny_video(tmp_path / "v.avi")
+    entries = [Entry(str(video), "ok")] + [Entry(str(video), v) for v in HOSTILE_IDS.values()]
+    table = build_manifest(entries, use_ray=False)
+    rows = {r["video_id"]: r for r in table.to_pylist()}
+    assert rows.pop("ok")["num_frames"] == 24
+    assert {r["error"] for r in rows.values()} == {"unsafe_video_id"}
+    assert all(r["num_frames"] == 0 and r["size_bytes"] == -1 for r in rows.values())
+    assert summarize(table)["by_reason"] == {"unsafe_video_id": len(HOSTILE_IDS)}
+
+
+def test_read_manifest_marks_unsafe_ids(folder_table, tmp_path):
+    """Any manifest read (written by anyone) gets `unsafe_video_id` on rows whose id could
+    name a path outside an output folder; an earlier error is kept."""
+    n = len(HOSTILE_IDS) + 1
+    table = folder_table.filter(folder_table["error"].is_null()).slice(0, n + 1)
+    ids = table["video_id"].to_pylist()
+    ids[:n] = [*HOSTILE_IDS.values(), None]
+    errors = table["error"].to_pylist()
+    errors[n - 1] = "not_a_video"  # the null id row: already broken, reason kept
+    table = table.set_column(table.column_names.index("video_id"), "video_id", pa.array(ids))
+    table = table.set_column(table.column_names.index("error"), "error", pa.array(errors))
+    path = tmp_path / "hostile.parquet"
+    pq.write_table(table, path)
+    back = read_manifest(str(path)).to_pylist()
+    assert [r["error"] for r in back] == ["unsafe_video_id"] * (n - 1) + ["not_a_video", None]
+    details = [r["error_detail"] for r in back[: n - 1]]
+    for detail, word in zip(details, ["'..'", "absolute", "backslash", "control"], strict=True):
+        assert word in detail
+    assert summarize(read_manifest(str(path)))["by_reason"] == {
+        "unsafe_video_id": n - 1,
+        "not_a_video": 1,
+    }
 
 
 # --------------------------------------------------------------------------- Parquet and CLI

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import struct
 from fractions import Fraction
@@ -24,6 +25,7 @@ from rayssl.data.manifest import (
     list_entries,
     probe_entry,
     read_manifest,
+    rows_to_table,
     write_manifest,
 )
 from rayssl.data.pipeline import SamplerSpec, sample_row
@@ -225,6 +227,87 @@ def test_run_prepare_local_is_resumable(ray_local, corpus, tmp_path):
 def test_run_prepare_refuses_out_inside_the_video_folder(corpus):
     with pytest.raises(ValueError, match="inside"):
         run_prepare(str(corpus.videos), str(corpus.videos / "prepared"))
+
+
+def tree_state(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``root`` (links not followed) -> (content, mtime_ns)."""
+    return {
+        str(p): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_cli_prepare_ids_that_leave_out_write_nothing_outside(ray_local, corpus, tmp_path, capsys):
+    """`rayssl prepare bad.parquet --out a/b/prep` where video ids climb out of --out (the
+    reproduced '../../escaped/x'), are absolute, hold a backslash or NUL, come from a
+    Kinetics youtube_id '../../x', or lead through a symlink in --out to another folder:
+    each is a counted `unsafe_video_id` failure, the good video is prepared, and no file
+    appears or changes anywhere but in --out."""
+    good = corpus.table.filter(corpus.table["error"].is_null()).slice(0, 1).to_pylist()[0]
+    ids = {
+        "traversal": "../../escaped/x",
+        "absolute": str(tmp_path / "abs" / "x"),
+        "backslash": "..\\..\\bs",
+        "nul": "a\x00b",
+        "kinetics": "../../x_000000_000010",
+        "symlink": "linked/x",
+        "good": "cls/good",
+    }
+    table = rows_to_table([{**good, "video_id": v} for v in ids.values()])
+    write_manifest(table, str(tmp_path / "bad.parquet"))
+    out = tmp_path / "a" / "b" / "prep"
+    out.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (out / "linked").symlink_to(tmp_path / "elsewhere")
+    before = tree_state(tmp_path)
+
+    argv = ["prepare", str(tmp_path / "bad.parquet"), "--out", str(out), "--short-side", "32"]
+    assert cli_main([*argv, "--gop", str(GOP)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed.strip().splitlines()[-1])
+    assert (summary["ok"], summary["failed"]) == (1, len(ids) - 1)
+    assert summary["failures_by_reason"] == {"unsafe_video_id": len(ids) - 1}
+    assert f"{len(ids) - 1} failed (unsafe_video_id: {len(ids) - 1})" in printed
+    after = tree_state(tmp_path)
+    written = {p for p in after if before.get(p) != after[p]}
+    assert written == {str(out / "cls" / "good.mp4"), str(out / "manifest.parquet")}
+    assert not list((tmp_path / "elsewhere").iterdir())
+    assert not (tmp_path / "a" / "escaped").exists()
+    rows = {r["video_id"]: r for r in read_manifest(str(out / "manifest.parquet")).to_pylist()}
+    assert {v: rows[v]["error"] for v in ids.values()} == {
+        **{v: "unsafe_video_id" for v in ids.values()},
+        "cls/good": None,
+    }
+    assert "symlink" in rows["linked/x"]["error_detail"]
+
+
+def test_cli_prepare_refuses_to_overwrite_its_input(ray_local, tmp_path, capsys):
+    """The reproduced `rayssl prepare src/m.parquet --out src` (H.264 sources, manifest in
+    the folder) replaced every source with its transcode: now every run whose output is an
+    input -- a source video, or the input manifest, also through a symlink -- is refused
+    with one line, rc 2, and nothing is written or touched."""
+    from tests.conftest import make_dataset
+
+    manifest = make_dataset(tmp_path / "src", num_videos=4, num_frames=24, val_fraction=0.0)
+    videos = tmp_path / "src" / "videos"
+    (videos / "m.parquet").write_bytes(manifest.read_bytes())
+    (tmp_path / "videos-link").symlink_to(videos)
+    (tmp_path / "src-link").symlink_to(tmp_path / "src")
+    before = tree_state(tmp_path)
+    cases = [
+        (videos / "m.parquet", videos, "is the source video"),  # as reproduced
+        (manifest, tmp_path / "videos-link", "is the source video"),  # out: a symlink
+        (manifest, tmp_path / "src", "is the input manifest"),  # out/manifest.parquet = input
+        (tmp_path / "src-link" / "manifest.parquet", tmp_path / "src", "the input manifest"),
+    ]
+    for src, out, message in cases:
+        assert cli_main(["prepare", str(src), "--out", str(out), "--short-side", "32"]) == 2
+        captured = capsys.readouterr()
+        [line] = captured.err.strip().splitlines()
+        assert line.startswith("error: refusing to overwrite the input") and message in line
+        assert "prepare:" not in captured.out  # refused before any work was announced
+        assert tree_state(tmp_path) == before, (src, out)
 
 
 def test_prepare_item_failures_are_rows(corpus, tmp_path):

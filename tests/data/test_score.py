@@ -13,6 +13,8 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from rayssl.cli import main as cli_main
@@ -267,6 +269,36 @@ def test_cli_score_and_its_errors(ray_local, corpus, tmp_path, capsys):
     assert "flow: expected one of" in capsys.readouterr().err
     assert cli_main(["score", str(corpus.manifest), "--out", str(corpus.manifest)]) == 2
     assert "out: must differ" in capsys.readouterr().err
+
+
+def test_cli_score_symlinked_output_and_foreign_files_in_parts(ray_local, corpus, tmp_path, capsys):
+    """`--out` through a symlinked folder that is the input manifest's folder is refused
+    (real paths compared: `abspath` differed); and the part cleanup deletes only its own
+    top-level part-*.parquet, not a file beside them nor one behind a symlinked sub-folder."""
+    good = corpus.table.filter(pc.is_in(corpus.table["video_id"], pa.array(corpus.good)))
+    manifest = tmp_path / "in" / "manifest.parquet"
+    write_manifest(good.slice(0, 2), str(manifest))
+    (tmp_path / "in-link").symlink_to(tmp_path / "in")
+    original = (manifest.read_bytes(), manifest.stat().st_mtime_ns)
+    argv = ["score", str(manifest), "--resize", "64", "86", "--crop", "56"]
+    assert cli_main([*argv, "--out", str(tmp_path / "in-link" / "manifest.parquet")]) == 2
+    assert "out: must differ from the input manifest" in capsys.readouterr().err
+    assert (manifest.read_bytes(), manifest.stat().st_mtime_ns) == original
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["manifest.parquet"]
+
+    out = tmp_path / "scored.parquet"
+    parts = Path(parts_uri(str(out)))
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    pq.write_table(pa.table({"a": [1]}), keep / "part-precious.parquet")
+    parts.mkdir()
+    (parts / "linked").symlink_to(keep)
+    pq.write_table(pa.table({"a": [1]}), parts / "notes.parquet")
+    assert cli_main([*argv, "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["ok"] == 2 and summary["parts_written"] >= 1 and summary["parts_removed"]
+    assert (keep / "part-precious.parquet").exists()
+    assert sorted(p.name for p in parts.iterdir()) == ["linked", "notes.parquet"]
 
 
 def test_score_job_entry_point(ray_local, corpus, tmp_path, monkeypatch, capsys):

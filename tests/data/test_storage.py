@@ -138,6 +138,83 @@ def test_parent_and_basename(uri, parent, name):
     assert storage.basename(uri) == name
 
 
+@pytest.mark.parametrize(
+    ("rel", "problem"),
+    [
+        ("class/video_01", None),
+        ("a..b/c..d", None),
+        (".hidden/x", None),
+        ("../x", "'..'"),
+        ("a/../../x", "'..'"),
+        ("..", "'..'"),
+        ("/etc/x", "absolute"),
+        ("..\\..\\x", "backslash"),
+        ("a\x00b", "control character"),
+        ("a\nb", "control character"),
+        ("", "empty"),
+        ("a//b", "empty or '.'"),
+        ("./a", "empty or '.'"),
+        ("a/", "empty or '.'"),
+        (None, "not a string"),
+    ],
+)
+def test_relative_path_problem(rel, problem):
+    found = storage.relative_path_problem(rel)
+    assert found is None if problem is None else problem in found
+    if isinstance(rel, str):  # the regex pyarrow applies to a whole manifest agrees
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        [hit] = pc.match_substring_regex(pa.array([rel]), storage.UNSAFE_RELATIVE_PATH).to_pylist()
+        assert hit is (problem is not None)
+
+
+@pytest.mark.parametrize("root", ["/data/out", "s3://bucket/out", "s3://bucket/out/"])
+def test_child_refuses_paths_that_leave_the_folder(root):
+    assert storage.child(root, "cls/v.mp4") == storage.join(root, "cls/v.mp4")
+    for rel in ("../../escaped/x.mp4", "/abs/x.mp4", "..\\x.mp4", "a\x00b.mp4", "a/../../b"):
+        with pytest.raises(storage.UnsafePathError, match="would not stay inside"):
+            storage.child(root, rel)
+
+
+def test_child_resolves_symlinks_below_the_folder(tmp_path):
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    (out / "inner").mkdir(parents=True)
+    outside.mkdir()
+    (out / "away").symlink_to(outside)  # a folder link that leaves `out`
+    (out / "here").symlink_to(out / "inner")  # one that stays inside
+    (out / "file.mp4").symlink_to(outside / "f.mp4")  # a file link that leaves
+    with pytest.raises(storage.UnsafePathError, match="symlink"):
+        storage.child(out, "away/x.mp4")
+    with pytest.raises(storage.UnsafePathError, match="symlink"):
+        storage.child(out, "file.mp4")
+    assert storage.child(out, "here/x.mp4") == f"{out}/here/x.mp4"
+    assert storage.child(out, "new/deeper/x.mp4") == f"{out}/new/deeper/x.mp4"
+    # `out` itself may be a link (the user chose it): only what lies below is checked
+    (tmp_path / "outlink").symlink_to(out)
+    assert storage.child(tmp_path / "outlink", "inner/x.mp4") == f"{tmp_path}/outlink/inner/x.mp4"
+
+
+def test_real_uris_see_through_symlinks(tmp_path):
+    (tmp_path / "src" / "cls").mkdir(parents=True)
+    (tmp_path / "src" / "cls" / "v.mp4").write_bytes(b"v")
+    (tmp_path / "link").symlink_to(tmp_path / "src")
+    (tmp_path / "v-link.mp4").symlink_to(tmp_path / "src" / "cls" / "v.mp4")
+    real = storage.real_uris(
+        [
+            tmp_path / "src" / "cls" / "v.mp4",
+            f"{tmp_path}/link/cls/v.mp4",
+            f"file://{tmp_path}/link/cls/../cls/v.mp4",
+            tmp_path / "v-link.mp4",
+            tmp_path / "link" / "cls" / "new.mp4",  # not there yet: its folder resolves
+            "S3://bucket/a/b.mp4",
+        ]
+    )
+    assert real[:4] == [str((tmp_path / "src" / "cls" / "v.mp4").resolve())] * 4
+    assert real[4] == str((tmp_path / "src" / "cls").resolve() / "new.mp4")
+    assert real[5] == "s3://bucket/a/b.mp4"
+
+
 def test_parse_s3_and_bad_uris():
     assert storage.parse_s3("s3://b/k/x") == ("b", "k/x")
     assert storage.parse_s3("s3://b") == ("b", "")

@@ -209,10 +209,15 @@ def test_job_entry_points_refuse_bad_configs(tmp_path):
 
 def test_evaluate_job_entry_point(ray_local, tiny_manifest, tmp_path, monkeypatch, capsys):
     """jobs/evaluate.py as `ray job submit` runs it, in-process on the session's Ray (a
-    subprocess would start a Ray of its own: ~20 s more; `make demo` submits it for real)."""
+    subprocess would start a Ray of its own: ~20 s more; `make demo` submits it for real).
+    Files that were in --out before the run (a stray note, someone's credentials) are not
+    uploaded to MLflow: the run's artifacts are exactly the reports it wrote."""
     import runpy
     import sys
 
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "notes.txt").write_text("not this run's\n")
+    (tmp_path / "ev" / "credentials.json").write_text('{"token": "s3cr3t"}\n')
     argv = [
         "--checkpoint",
         "random",
@@ -238,3 +243,7 @@ def test_evaluate_job_entry_point(ray_local, tiny_manifest, tmp_path, monkeypatc
     result = json.loads(line[len("RESULT ") :])
     assert result["results"] == json.loads((tmp_path / "ev" / "results.json").read_text())
     assert "retrieval/pool5/top1" in result["results"] and result["mlflow_run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    artifacts = {a.path for a in client.list_artifacts(result["mlflow_run_id"])}
+    assert artifacts == {"results.json", "report.txt", "retrieval.txt", "retrieval_topk.png"}
+    assert (tmp_path / "ev" / "notes.txt").exists()  # left alone, not uploaded
