@@ -60,7 +60,7 @@ def pattern_video(tmp_path_factory) -> dict:
     return build_manifest([entry], use_ray=False).to_pylist()[0]
 
 
-@pytest.mark.parametrize("clips", ["uniform:10", "sliding:16:8"])
+@pytest.mark.parametrize("clips", ["uniform:10", "sliding:16:8", "uniform:1"])
 def test_decode_eval_row_returns_exactly_the_named_frames(pattern_video, clips):
     data = DataConfig()
     data.augment.resize, data.augment.crop = [], [64, 96]  # centre crop = the whole frame
@@ -77,6 +77,8 @@ def test_decode_eval_row_returns_exactly_the_named_frames(pattern_video, clips):
             range(row["chunk"] * 4, row["chunk"] * 4 + len(samples))
         )
     assert got == want.tolist()
+    if clips == "uniform:1":  # the centre clip of the 70-frame video
+        assert got == [list(range(27, 43))]
 
 
 def test_decode_eval_row_bad_video_is_a_counted_placeholder(tmp_path):
