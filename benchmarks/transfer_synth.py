@@ -4,7 +4,8 @@ A labelled generated dataset (`rayssl synth`: classes are motion families, appea
 random per video) is split by a seeded hash into an unlabelled pre-training part and a
 labelled train / test part. A small backbone is pre-trained on CPU on the first part with
 each pretext of --pretexts (pace: configs/debug.yaml; statistics: configs/stats_debug.yaml;
-pace_contrastive: configs/pace_ctr_debug.yaml; all at 48x64 frames and 40 px crops); then
+pace_contrastive: configs/pace_ctr_debug.yaml; multitask: configs/pace_stats_debug.yaml,
+pace + statistics; all at 48x64 frames and 40 px crops); then
 random init and every pre-trained model are compared on the labelled part with the
 evaluation suite: retrieval top-1/top-5 (test
 queries train), a linear probe (train -> test), and fine-tuning with the test protocol.
@@ -13,6 +14,9 @@ queries train), a linear probe (train -> test), and fine-tuning with the test pr
     # add a statistics row to an earlier run (same data: generation is seeded):
     .venv/bin/python benchmarks/transfer_synth.py --out /tmp/transfer --pretexts statistics \
         --reuse /tmp/transfer/transfer.json
+    # a variant of a pretext: a tag for its row, then key=value pre-training overrides
+    .venv/bin/python benchmarks/transfer_synth.py --out /tmp/transfer --pretexts pace_contrastive \
+        --tag=-same-pace --reuse /tmp/transfer/transfer.json pretext.contrastive.mode=same_pace
 
 Prints the table and writes OUT/transfer.json. Not a test: it takes ~30 minutes per
 pretext on a 2-core CPU (~23 of them pre-training). Results: docs/evaluation.md, section 6.
@@ -43,6 +47,14 @@ from rayssl.evaluate.suite import comparison_table, evaluate_checkpoint, load_su
 #: e.g. all ten: translate_right,translate_left,...,oscillate_vertical.
 DEFAULT_CLASSES = "translate,rotate,zoom,oscillate"
 
+#: The pre-training config of each --pretexts name (in configs/).
+PRETEXT_CONFIGS = {
+    "pace": "debug.yaml",
+    "statistics": "stats_debug.yaml",
+    "pace_contrastive": "pace_ctr_debug.yaml",
+    "multitask": "pace_stats_debug.yaml",
+}
+
 
 def make_manifest(videos: Path, out: Path, labelled: float, seed: int) -> dict[str, int]:
     """Splits by a hash of the video id: `pretrain` (labels unused), then `train`/`test`
@@ -59,7 +71,8 @@ def make_manifest(videos: Path, out: Path, labelled: float, seed: int) -> dict[s
     return {s: split.count(s) for s in ("pretrain", "train", "test")}
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; an unknown pretext or a bad override is an error before any work."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/rayssl-transfer")
     ap.add_argument("--num-videos", type=int, default=1500)
@@ -81,14 +94,53 @@ def main() -> int:
     ap.add_argument(
         "--pretexts",
         default="pace",
-        help="comma-separated: pace, statistics, pace_contrastive (one row each)",
+        help="comma-separated: pace, statistics, pace_contrastive, multitask (one row each)",
     )
     ap.add_argument(
         "--reuse", help="transfer.json of an earlier run on the same data: its columns are kept"
     )
     ap.add_argument("--tag", default="", help="appended to the pretext in row labels")
     ap.add_argument("pretrain_overrides", nargs="*", help="key=value for the pre-training")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    unknown = [p for p in args.pretexts.split(",") if p not in PRETEXT_CONFIGS]
+    if unknown:
+        ap.error(f"--pretexts: unknown {unknown}; choose among {sorted(PRETEXT_CONFIGS)}")
+    if args.reuse and not Path(args.reuse).is_file():
+        ap.error(f"--reuse: no such file {args.reuse}")
+    for pretext in args.pretexts.split(","):  # check the overrides now, not after an hour
+        try:
+            pretrain_config(pretext, Path("manifest.parquet"), args, Path("out"), "sqlite://")
+        except ValueError as e:
+            ap.error(f"{pretext}: {e}")
+    return args
+
+
+def pretrain_config(pretext: str, manifest: Path, args: argparse.Namespace, out: Path, tracking):
+    """The pre-training config of one row: the pretext's debug config at the benchmark's
+    geometry and schedule, then the command line's overrides."""
+    return load_config(
+        ROOT / "configs" / PRETEXT_CONFIGS[pretext],
+        [
+            f"data.manifest={manifest}",
+            "data.split=pretrain",
+            "data.val_split=test",
+            "data.augment.resize=[48,64]",  # one geometry for every pretext
+            "data.augment.crop=[40,40]",
+            f"data.clips_per_video={args.clips_per_video}",
+            f"optim.epochs={args.epochs}",
+            f"optim.step_epochs={max(1, int(args.epochs * 0.75))}",
+            f"run.name=transfer-{pretext}{args.tag}-{int(time.time())}",
+            f"run.storage_path={out / 'runs'}",
+            f"run.tracking_uri={tracking}",
+            f"run.seed={args.seed}",
+            "run.experiment=transfer",
+            *args.pretrain_overrides,
+        ],
+    )
+
+
+def main() -> int:
+    args = parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_ADDRESS", "local")
@@ -116,11 +168,6 @@ def main() -> int:
 
     from rayssl.launch import pretrain
 
-    configs = {
-        "pace": "debug.yaml",
-        "statistics": "stats_debug.yaml",
-        "pace_contrastive": "pace_ctr_debug.yaml",
-    }
     reused = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
     columns: dict[str, dict] = dict(reused.get("results", {}))
     pretrained: dict[str, dict] = dict(reused.get("pretrain", {}))
@@ -129,25 +176,7 @@ def main() -> int:
     evals: dict[str, dict] = {}
     cfg = None
     for pretext in args.pretexts.split(","):
-        cfg = load_config(
-            ROOT / "configs" / configs[pretext],
-            [
-                f"data.manifest={manifest}",
-                "data.split=pretrain",
-                "data.val_split=test",
-                "data.augment.resize=[48,64]",  # one geometry for every pretext
-                "data.augment.crop=[40,40]",
-                f"data.clips_per_video={args.clips_per_video}",
-                f"optim.epochs={args.epochs}",
-                f"optim.step_epochs={max(1, int(args.epochs * 0.75))}",
-                f"run.name=transfer-{pretext}{args.tag}-{int(time.time())}",
-                f"run.storage_path={out / 'runs'}",
-                f"run.tracking_uri={tracking}",
-                f"run.seed={args.seed}",
-                "run.experiment=transfer",
-                *args.pretrain_overrides,
-            ],
-        )
+        cfg = pretrain_config(pretext, manifest, args, out, tracking)
         t0 = time.perf_counter()
         result = pretrain(cfg)
         timings[f"pretrain_{pretext}_s"] = time.perf_counter() - t0

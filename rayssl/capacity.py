@@ -16,8 +16,9 @@ The model (docs/PERFORMANCE.md). A run moves clips from decode CPUs to GPUs:
   `1 - D / T` of the time and the run moves D clips/s; otherwise the wait is ~0 and it
   moves T. An epoch of N clips takes N / min(D, T).
 
-"Clips" are samples, the rows of the pipeline: a `pace_contrastive` sample holds two
-clips and counts once on both sides (an anchor's per-clip rate is divided by 2).
+"Clips" are samples, the rows of the pipeline: a two-clip `pace_contrastive` sample
+(same context) holds two clips and counts once on both sides (an anchor's per-clip rate
+is divided by 2).
 Masked rows (skipped draws) count too: they cost a slot in the batch.
 """
 

@@ -189,6 +189,11 @@ class ContrastiveSettings:
     mode: Literal["same_context", "same_pace"] = "same_context"
     """same_context (Eq. 4.3): clips of one video are positives; same_pace (Eq. 4.4):
     clips at one pace are positives."""
+    sampling: Literal["auto", "one_clip", "two_clips"] = "auto"
+    """Clips per sample: two_clips = two clips of one video at two different paces (Alg. 3);
+    one_clip = one clip per video (Alg. 4); auto = one_clip for same_pace, two_clips for
+    same_context. same_pace with two_clips makes a clip's own-video partner, at another
+    pace, a negative of every sample."""
     temperature: float = 0.5
     """InfoNCE temperature on L2-normalised embeddings (the thesis gives none)."""
     projection_hidden: int = 2048
@@ -199,7 +204,19 @@ class ContrastiveSettings:
     gather: bool = True
     """Under DDP, contrast against the embeddings of every worker (with gradients)."""
 
+    @property
+    def clips_per_sample(self) -> int:
+        """2 for two_clips, 1 for one_clip; auto picks by mode (the thesis's algorithms)."""
+        if self.sampling == "auto":
+            return 2 if self.mode == "same_context" else 1
+        return 2 if self.sampling == "two_clips" else 1
+
     def validate(self, prefix: str) -> None:
+        if self.mode == "same_context" and self.sampling == "one_clip":
+            raise ConfigError(
+                f"{prefix}.sampling: same_context needs two clips of each video (its "
+                "positives); use two_clips or auto"
+            )
         _in_range(f"{prefix}.temperature", self.temperature, 1e-4, None)
         _in_range(f"{prefix}.projection_hidden", self.projection_hidden, 0, None)
         _in_range(f"{prefix}.projection_dim", self.projection_dim, 1, None)

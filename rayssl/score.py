@@ -28,7 +28,7 @@ input, in order, with all its columns, plus
   ``no_motion`` (f undefined for every clip), ``score_error`` (anything else);
 * ``difficulty_error_detail`` (string, "" when scored);
 * ``difficulty_settings`` (string): the settings fingerprint, e.g.
-  ``v1;clips=uniform:1;clip_len=16;flow=dis;resize=128x171;crop=112x112``.
+  ``v2;clips=uniform:1;clip_len=16;flow=dis;resize=128x171;crop=112x112``.
 
 The input manifest is never modified (``out`` must be another file: real paths are
 compared, so a symlink does not hide it), and no row is ever dropped: a video that cannot
@@ -84,8 +84,9 @@ __all__ = [
 ]
 
 #: Bumped whenever the score of a video could change for the same settings (a new scoring
-#: rule): it is part of the fingerprint, so old results are not reused.
-SCORE_VERSION = 1
+#: rule): it is part of the fingerprint, so old results are not reused. 2: uniform:1 is the
+#: centre clip (it was the first).
+SCORE_VERSION = 2
 
 #: Columns `rayssl score` adds to a manifest (replaced if the input already has them).
 SCORE_COLUMNS = (

@@ -119,10 +119,16 @@ def maybe_backwards(
 def eval_clip_starts(num_frames: int, clip_len: int, num_clips: int = 10) -> np.ndarray:
     """Starts of `num_clips` uniformly spaced clips (evaluation protocol: 10 per video).
 
-    Clips of a video shorter than `clip_len` all start at 0 (the reader then pads by
-    repeating the last frame, see `eval_clip_indices`).
+    Two or more clips: the first starts at frame 0, the last ends at the last frame, the
+    others evenly between (VCOP's positions). One clip: the centre clip, start
+    (num_frames - clip_len) // 2 (what scoring and attention maps use; a one-point
+    linspace would give the first clip). Clips of a video shorter than `clip_len` all
+    start at 0 (the reader then pads by repeating the last frame, see
+    `eval_clip_indices`).
     """
     last_start = max(num_frames - clip_len, 0)
+    if num_clips == 1:
+        return np.array([last_start // 2], dtype=np.int64)
     return np.round(np.linspace(0, last_start, num_clips)).astype(np.int64)
 
 
@@ -153,7 +159,8 @@ def fraction_mask(video_ids: Sequence[str], fraction: float, seed: int = 0) -> n
 @dataclass(frozen=True)
 class ClipSpec:
     """Evaluation clip positions: `uniform` (num_clips uniformly spaced clips of
-    clip_len frames; the retrieval / fine-tuning test protocol) or `sliding` (clip_len
+    clip_len frames, `eval_clip_starts`; uniform:1 is the centre clip; the retrieval /
+    fine-tuning test protocol) or `sliding` (clip_len
     frames every clip_len - overlap frames; the dynamic-scene and ASLAN protocol)."""
 
     kind: str  # "uniform" | "sliding"

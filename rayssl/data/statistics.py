@@ -36,8 +36,9 @@ the NEGATED derivatives and its angles are ours + 180 degrees: its 1-based direc
 ``(ours + 4) % 8 + 1``. We follow the thesis's eq. 2.1 (true derivatives).
 
 * location: the region with the largest MEAN magnitude (thesis: "average magnitude"). The
-  reference sums the magnitude in grid blocks and triangles, which ranks the same only when
-  regions have equal areas, and uses the mean for the rings.
+  reference sums the magnitude in grid blocks and triangles, which ranks the same because
+  its regions there have equal areas (its triangles count the diagonal pixels in both
+  triangles of a quadrant), and uses the mean for the rings.
 * direction: eight 45-degree bins, bin ``k`` centred on ``45 k`` degrees (same clockwise
   convention; 0 = right, 2 = down, 4 = left, 6 = up). Every pixel of the chosen region votes
   with its magnitude, split linearly between the two nearest bin centres (HOG-style, as the

@@ -34,8 +34,10 @@ __all__ = [
     "SATURATION",
     "HUE",
     "AugmentConfig",
+    "AugmentedClip",
     "JitterParams",
     "augment_clip",
+    "augment_clip_stages",
     "augment_clip_with_params",
     "center_crop_params",
     "crop_clip",
@@ -457,32 +459,48 @@ class AugmentConfig:
         _check_jitter_args(self.brightness, self.contrast, self.saturation, self.hue, 0.0)
 
 
-def augment_clip_with_params(
+@dataclass(frozen=True)
+class AugmentedClip:
+    """One augmented clip and what was done to it.
+
+    Attributes:
+        clip: ``(T, crop_h, crop_w, 3)`` uint8, resized, cropped, flipped and colour-jittered:
+            what the network sees.
+        geometric: the same clip before colour jitter (resized, cropped, flipped), for
+            labels that describe the video's pixels (motion statistics); ``clip`` itself
+            when no jitter was applied.
+        top, left: the crop corner in the resized frame.
+        flip: whether the clip was flipped.
+    """
+
+    clip: np.ndarray
+    geometric: np.ndarray
+    top: int
+    left: int
+    flip: bool
+
+
+def augment_clip_stages(
     clip: np.ndarray,
     cfg: AugmentConfig,
     rng: np.random.Generator,
     train: bool = True,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Resize, crop, flip and colour-jitter a clip, also returning the geometric draws.
+) -> AugmentedClip:
+    """Resize, crop, flip and colour-jitter a clip, keeping the clip before jitter too.
 
     Train: resize to ``cfg.resize`` (skipped if None or already that size), random crop,
     horizontal flip with ``cfg.flip_prob``, colour jitter. Eval: resize and centre crop only.
-    The draws come from ``rng`` in the order crop, flip, jitter, so the result equals
+    The draws come from ``rng`` in the order crop, flip, jitter, so ``clip`` equals
     ``jitter_clip(hflip_clip(crop_clip(resize_clip(clip, ...), ...)), rng, ...)`` with the same
-    ``rng`` state, and equal ``rng`` states give equal outputs. The work is done frame by frame
-    so the intermediates stay small and in cache.
+    ``rng`` state, equal ``rng`` states give equal outputs, and two configs that differ only
+    in their jitter settings give the same ``geometric`` clip from equal ``rng`` states. The
+    work is done frame by frame so the intermediates stay small and in cache.
 
     Args:
         clip: ``(T, H, W, 3)`` uint8 RGB.
         cfg: augmentation settings.
         rng: source of randomness (not used when ``train`` is False).
         train: training (random) or evaluation (deterministic) pipeline.
-
-    Returns:
-        ``(out, params)``: ``out`` is a new contiguous ``(T, crop_h, crop_w, 3)`` uint8 array;
-        ``params`` is ``{"top": int, "left": int, "flip": bool}``, the crop corner in the
-        resized frame and whether the clip was flipped, so the same geometry can be applied
-        to other data (e.g. for motion-statistics labels).
 
     Raises:
         ValueError: if the clip is malformed or the crop is larger than the (resized) frame.
@@ -507,8 +525,10 @@ def augment_clip_with_params(
     else:
         top, left = center_crop_params(height, width, cfg.crop)
         flip = False
+    jitters = any(apply for apply, _, _ in rows)
     ch, cw = cfg.crop
     out = np.empty((t, ch, cw, 3), dtype=np.uint8)
+    geometric = np.empty_like(out) if jitters else out
     for i in range(t):
         frame = clip[i]
         if resize:
@@ -516,11 +536,30 @@ def augment_clip_with_params(
         frame = frame[top : top + ch, left : left + cw]
         if flip:
             frame = frame[:, ::-1]
-        if rows:
+        if jitters:
+            geometric[i] = frame
             apply, order, factors = rows[i if cfg.per_frame_jitter else 0]
             frame = _jitter_one(frame, apply, order, factors)
         out[i] = frame
-    return out, {"top": top, "left": left, "flip": flip}
+    return AugmentedClip(clip=out, geometric=geometric, top=top, left=left, flip=flip)
+
+
+def augment_clip_with_params(
+    clip: np.ndarray,
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+    train: bool = True,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Augment a clip (:func:`augment_clip_stages`), also returning the geometric draws.
+
+    Returns:
+        ``(out, params)``: ``out`` is a new contiguous ``(T, crop_h, crop_w, 3)`` uint8 array;
+        ``params`` is ``{"top": int, "left": int, "flip": bool}``, the crop corner in the
+        resized frame and whether the clip was flipped, so the same geometry can be applied
+        to other data.
+    """
+    a = augment_clip_stages(clip, cfg, rng, train=train)
+    return a.clip, {"top": a.top, "left": a.left, "flip": a.flip}
 
 
 def augment_clip(
@@ -529,9 +568,9 @@ def augment_clip(
     rng: np.random.Generator,
     train: bool = True,
 ) -> np.ndarray:
-    """Augment a ``(T, H, W, 3)`` uint8 clip; see :func:`augment_clip_with_params`.
+    """Augment a ``(T, H, W, 3)`` uint8 clip; see :func:`augment_clip_stages`.
 
     Returns:
         New contiguous ``(T, crop_h, crop_w, 3)`` uint8 array.
     """
-    return augment_clip_with_params(clip, cfg, rng, train=train)[0]
+    return augment_clip_stages(clip, cfg, rng, train=train).clip

@@ -40,14 +40,12 @@ def attention_from_activations(act: torch.Tensor, size: tuple[int, int, int]) ->
 @torch.no_grad()
 def attention_maps(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Attention of clips x (B, 3, T, H, W) at the last conv stage (conv5): (B, T, H, W)."""
-    stages = list(cast(Any, backbone).stages)
+    model = cast(Any, backbone)
     h = x
-    for stage in stages[:-1]:
+    for stage in list(model.stages)[:-1]:
         h = stage(h)
-    last = stages[-1]
-    if isinstance(last, nn.Sequential) and isinstance(last[-1], nn.MaxPool3d):
-        last = last[:-1]  # C3D's stage 5 ends with pool5: attend to conv5b, before it
-    h = last(h)
+    convs, _ = model.last_stage_parts()  # C3D's stage 5 ends with pool5: attend before it
+    h = convs(h)
     return attention_from_activations(h, tuple(x.shape[2:]))  # type: ignore[arg-type]
 
 
@@ -112,6 +110,14 @@ def choose_videos(table: pa.Table, video_ids: Sequence[str], num_videos: int, sp
     return [chosen[k] for k in sorted(chosen)][:num_videos]
 
 
+def centre_clip(row: dict[str, Any], data: DataConfig) -> dict[str, Any]:
+    """The centre `data.clip_len`-frame clip of a manifest row's video (`uniform:1`),
+    resized and centre-cropped as the features are: `decode_eval_row`'s sample."""
+    spec = DecodeSpec.from_settings("uniform:1", data, max_clips=1)
+    [sample] = decode_eval_row({**row, "chunk": 0}, spec)
+    return sample
+
+
 def attention_grid_png(
     backbone: nn.Module,
     table: pa.Table,
@@ -127,10 +133,9 @@ def attention_grid_png(
     the video ids shown (videos that cannot be read are left out)."""
     from rayssl.evaluate.features import clips_to_input
 
-    spec = DecodeSpec.from_settings("uniform:1", data, max_clips=1)
     clips, titles = [], []
     for row in choose_videos(table, video_ids, num_videos, split):
-        [sample] = decode_eval_row({**row, "chunk": 0}, spec)
+        sample = centre_clip(row, data)
         if sample["valid"]:
             clips.append(sample["clip"])
             titles.append(f"{row['video_id']} ({row.get('label_name') or row.get('label')})")

@@ -9,7 +9,9 @@
 Clip positions are `uniform:N` (N uniformly spaced clips: retrieval and the fine-tuning
 test) or `sliding:L:O` (L-frame clips overlapping by O: dynamic scenes, action
 similarity). pool1-pool4 maps are global-average-pooled to vectors before averaging over
-the clips. A video that cannot be read is a counted skip (by reason), never an error.
+the clips (pool5 is the backbone's global average; pool5_vcop VCOP's max-pooled, flattened
+conv5, `rayssl.models.heads.POOL_LAYERS`). A video that cannot be read is a counted skip
+(by reason), never an error.
 
 The same pieces serve the fine-tuning test protocol (a softmax model instead of the
 feature model) and the pre-training monitor (in-process inference in a train worker).
@@ -46,7 +48,8 @@ EVAL_ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts"
 
 
 class FeatureModel(nn.Module):
-    """Backbone → {layer: (B, C) vector}: pool1-pool4 maps global-average-pooled."""
+    """Backbone → {layer: (B, D) vector}: pool1-pool4 maps global-average-pooled, pool5
+    and pool5_vcop as the backbone returns them."""
 
     def __init__(self, backbone: nn.Module, layers: Sequence[str]) -> None:
         super().__init__()

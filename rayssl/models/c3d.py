@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import cast
 
 from torch import nn
 
@@ -37,8 +38,9 @@ class C3D(VideoBackbone):
     27,661,440 parameters at width 1.0. `forward_features` "pool1".."pool4" are the
     outputs of those max pools; "pool5" is the pooled (B, out_dim) vector. For a
     (B, 3, 16, 112, 112) clip pool1..pool4 are (B, C, T, H, W) with (T, H, W) =
-    (16, 56, 56), (8, 28, 28), (4, 14, 14), (2, 7, 7). Inputs need T >= 16 and
-    H, W >= 32.
+    (16, 56, 56), (8, 28, 28), (4, 14, 14), (2, 7, 7); conv5b's output is (512, 2, 7, 7)
+    and "pool5_vcop" (VCOP's retrieval feature) max-pools it by (1, 2, 2) to
+    512 x 2 x 3 x 3 = 9,216 values. Inputs need T >= 16 and H, W >= 32.
 
     Args:
         width: multiplier of every channel count (rounded, at least 4).
@@ -78,6 +80,11 @@ class C3D(VideoBackbone):
         )
         self.out_dim = c4
         init_weights(self)
+
+    def last_stage_parts(self) -> tuple[nn.Module, nn.Module | None]:
+        """(conv5a + conv5b, pool5): VCOP's retrieval feature pools conv5b's output."""
+        stage = cast(nn.Sequential, self.stages[-1])
+        return stage[:-1], stage[-1]
 
 
 def c3d_bn(width: float = 1.0) -> C3D:

@@ -10,10 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-POOL_LAYERS = ("pool1", "pool2", "pool3", "pool4", "pool5")
-"""Names of the intermediate outputs `VideoBackbone.forward_features` can return."""
+POOL_LAYERS = ("pool1", "pool2", "pool3", "pool4", "pool5", "pool5_vcop")
+"""Names of the intermediate outputs `VideoBackbone.forward_features` can return:
+"pool1".."pool4" stage outputs, "pool5" the global average of the last stage, and
+"pool5_vcop" the retrieval feature of the VCOP code (Xu et al. 2019, whose retrieval
+protocol the thesis's retrieval tables follow): the last stage's convolution output
+max-pooled by (1, 2, 2) with stride (1, 2, 2) and flattened (9,216-d for C3D, R3D and
+R(2+1)D at 16x112x112: 512 x 2 x 3 x 3)."""
+
+#: Kernel (= stride) of VCOP's max pool on the last convolution output, (T, H, W).
+VCOP_POOL = (1, 2, 2)
 
 
 def scale_channels(num_channels: int, width: float) -> int:
@@ -43,7 +52,9 @@ class VideoBackbone(nn.Module):
     `self.out_dim` (channels of the last stage). The output after stage i is
     "pool{i}" for i = 1..4, a (B, C_i, T_i, H_i, W_i) tensor; "pool5" is the last
     stage's output globally average-pooled to (B, out_dim), which is also what
-    `forward` returns.
+    `forward` returns; "pool5_vcop" is the last stage's convolution output (before a
+    pool the stage may end with, `last_stage_parts`) max-pooled by `VCOP_POOL` and
+    flattened to (B, out_dim * T' * H' * W').
     """
 
     stages: nn.ModuleList
@@ -66,6 +77,10 @@ class VideoBackbone(nn.Module):
             x = stage(x)
         return x
 
+    def last_stage_parts(self) -> tuple[nn.Module, nn.Module | None]:
+        """The last stage as (its convolutions, the pool it ends with or None)."""
+        return self.stages[-1], None
+
     def forward_features(
         self, x: torch.Tensor, layers: Sequence[str] = ("pool5",)
     ) -> dict[str, torch.Tensor]:
@@ -77,14 +92,21 @@ class VideoBackbone(nn.Module):
             raise ValueError(f"unknown layers {unknown}; valid: {list(POOL_LAYERS)}")
         wanted = set(layers)
         outputs: dict[str, torch.Tensor] = {}
-        for name, stage in zip(POOL_LAYERS, self.stages, strict=True):
-            if len(outputs) == len(wanted):
+        for name, stage in zip(POOL_LAYERS[:4], self.stages[:4], strict=True):
+            if wanted <= outputs.keys():
                 break
             x = stage(x)
-            if name == "pool5":
-                x = torch.flatten(self.global_pool(x), 1)
             if name in wanted:
                 outputs[name] = x
+        if wanted & {"pool5", "pool5_vcop"}:
+            convs, pool = self.last_stage_parts()
+            x = convs(x)
+            if "pool5_vcop" in wanted:
+                vcop = F.max_pool3d(x, kernel_size=VCOP_POOL, stride=VCOP_POOL)
+                outputs["pool5_vcop"] = torch.flatten(vcop, 1)
+            if "pool5" in wanted:
+                x = pool(x) if pool is not None else x
+                outputs["pool5"] = torch.flatten(self.global_pool(x), 1)
         return {name: outputs[name] for name in layers}
 
 

@@ -167,8 +167,8 @@ class Pretext(ABC):
         return {"clip": (clip_shape, np.uint8)}
 
     def label_clip(self, clip: np.ndarray) -> dict[str, np.ndarray]:
-        """Targets computed from an augmented clip's pixels (tasks with
-        `labels_any_clip`)."""
+        """Targets computed from a clip's pixels (tasks with `labels_any_clip`): the clip
+        as cropped and flipped, before colour jitter (`AugmentedClip.geometric`)."""
         raise TypeError(
             f"{self.name}: its targets do not come from a clip's pixels "
             "(labels_any_clip is False); it cannot label another task's clips"

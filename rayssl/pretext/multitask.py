@@ -4,11 +4,15 @@ pace + contrastive + statistics: one clip plan, one backbone pass, a weighted lo
 `pretext.multitask.tasks` names the tasks; the first plans the clips (pace or
 pace_contrastive: the pace, the backwards option and the contrastive settings are the
 run's `pretext.*` as for a single task), every other one labels the first clip of each
-sample from its pixels (`labels_any_clip`: statistics). So a statistics label describes
-the motion of the clip as the network sees it, at the clip's pace: a pace-3 clip's flow
-is three times a pace-1 clip's.
+sample from its pixels (`labels_any_clip`: statistics). The labels are computed on that
+clip as cropped and flipped, before the colour jitter the first task applies (the same
+crop and flip the network sees, the same draws from the sample's rng as the statistics
+pretext alone would make): per-frame jitter would change about 40% of the motion and 80%
+of the appearance labels. So a statistics label describes the motion of the clip the
+network sees, at the clip's pace: a pace-3 clip's flow is three times a pace-1 clip's.
 
-The backbone runs once on the first task's inputs (both clips for pace_contrastive).
+The backbone runs once on the first task's inputs (both clips for a two-clip
+pace_contrastive).
 Every task computes its loss from the shared `Features`; statistics reads the first
 clip's rows of the feature map. The loss is sum_t weight_t * loss_t, each loss_t the
 task's own (mean over valid samples). Metrics: the first task's accuracy is the run's
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from rayssl.data.transforms import AugmentConfig
+from rayssl.data.transforms import AugmentConfig, augment_clip_stages
 from rayssl.pretext.base import ClipPlan, Features, Pretext
 
 
@@ -74,6 +78,11 @@ class MultitaskPretext(Pretext):
         self.weights = dict(zip(settings.tasks, (float(w) for w in settings.weights), strict=True))
         self.primary_name = settings.tasks[0]
         self.primary = self.tasks[self.primary_name]
+        if type(self.primary).make_sample is not Pretext.make_sample:
+            raise TypeError(
+                f"multitask: {self.primary_name} has its own make_sample; the first task must "
+                "use the default one (augment each clip, attach the plan's targets)"
+            )
         self.accuracy_name = getattr(self.primary, "accuracy_name", "acc")
         self.uses_map = any(t.uses_map for t in self.tasks.values())  # type: ignore[misc]
 
@@ -93,9 +102,17 @@ class MultitaskPretext(Pretext):
         augment: AugmentConfig | None,
         train: bool = True,
     ) -> dict[str, np.ndarray]:
-        sample = self.primary.make_sample(frames, plan, rng, augment, train=train)
+        # The clips are augmented here, in the order and with the draws the first task's
+        # own (default) make_sample would use, so the labellers can see the first clip
+        # before colour jitter.
+        if augment is None:
+            clips, geometric = list(frames), frames[0]
+        else:
+            staged = [augment_clip_stages(f, augment, rng, train=train) for f in frames]
+            clips, geometric = [a.clip for a in staged], staged[0].geometric
+        sample = self.primary.make_sample(clips, plan, rng, None, train=train)
         for task in self.labellers:
-            sample.update(task.label_clip(sample["clip"]))
+            sample.update(task.label_clip(geometric))
         return sample
 
     def target_spec(self, clip_shape):

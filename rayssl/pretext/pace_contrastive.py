@@ -1,17 +1,22 @@
-"""Pace prediction with contrastive learning (thesis 4.2.3): two clips of one video at
-two different paces, a pace classifier on each, and a contrastive loss on their
-(projected) features.
+"""Pace prediction with contrastive learning (thesis 4.2.3): a pace classifier on every
+clip and a contrastive loss on the clips' (projected) features.
 
-CPU half: two pace draws from one video, the second at a different pace when another
-pace fits, planned together so the video is opened and decoded once for both (the
-union of their frames). Each clip is augmented independently.
+CPU half, by `contrastive.sampling` (`clips_per_sample`):
+  * two clips (`two_clips`, Alg. 3; the default for `same_context`): two pace draws
+    from one video, the second at a different pace when another pace fits, planned
+    together so the video is opened and decoded once for both (the union of their
+    frames). Each clip is augmented independently.
+  * one clip (`one_clip`, Alg. 4; the default for `same_pace`): one pace draw per
+    sample, as the pace pretext's, so no clip has a partner from its own video at
+    another pace; positives are the other clips of the batch at the same pace.
 
-GPU half: the backbone runs on both clips as one batch of 2B. The loss is
-`lambda_cls * CE(pace of both clips) + lambda_ctr * InfoNCE`, with the positives of
+GPU half: the backbone runs on all clips as one batch (2B for two clips). The loss is
+`lambda_cls * CE(pace of every clip) + lambda_ctr * InfoNCE`, with the positives of
 `contrastive.mode`:
   * `same_context` (Eq. 4.3): clips of the same video (the two clips of a sample, and
     any other sample of the same video in the batch) are positives;
-  * `same_pace` (Eq. 4.4): clips at the same pace are positives.
+  * `same_pace` (Eq. 4.4): clips at the same pace are positives (with two clips per
+    sample a clip's own-video partner is at another pace, so always a negative).
 Embeddings are the pooled features through an optional nonlinear projection head
 (`projection_hidden` > 0), L2-normalised, divided by `temperature`
 (`rayssl.pretext.contrastive_loss.masked_info_nce`: the formulas, and how the thesis's
@@ -74,12 +79,19 @@ class PaceContrastivePretext(Pretext):
         super().__init__(cfg, clip_len, short_video)
         self.settings = cfg.contrastive
         self.paces = [float(p) for p in cfg.paces]
+        self.two_clips = self.settings.clips_per_sample == 2
 
     # ---------------------------------------------------------------- CPU half
     def plan(self, num_frames: int, rng: np.random.Generator) -> ClipPlan | None:
         first = draw_pace(self.cfg, num_frames, self.clip_len, rng, self.short_video)
         if first is None:
             return None
+        if not self.two_clips:
+            return ClipPlan(
+                clips=[first.indices],
+                targets={"label": np.int64(first.label), "pace": np.float32(first.pace)},
+                resampled=first.resampled,
+            )
         second = None
         for _ in range(_PACE_REDRAWS):
             second = draw_pace(self.cfg, num_frames, self.clip_len, rng, self.short_video)
@@ -99,14 +111,18 @@ class PaceContrastivePretext(Pretext):
         )
 
     def target_spec(self, clip_shape):
-        return {
+        spec = {
             "clip": (clip_shape, np.uint8),
-            "clip2": (clip_shape, np.uint8),
             "label": ((), np.int64),
-            "label2": ((), np.int64),
             "pace": ((), np.float32),
-            "pace2": ((), np.float32),
         }
+        if self.two_clips:
+            spec |= {
+                "clip2": (clip_shape, np.uint8),
+                "label2": ((), np.int64),
+                "pace2": ((), np.float32),
+            }
+        return spec
 
     # ---------------------------------------------------------------- GPU half
     def build_head(self, feature_dim: int, dropout: float = 0.0):
@@ -116,25 +132,30 @@ class PaceContrastivePretext(Pretext):
         )
 
     def inputs(self, batch: dict):
-        """Both clips of every sample as one batch: rows 0..B-1 the first clips."""
+        """The clips of every sample as one batch: with two clips, rows 0..B-1 are the
+        first clips and rows B..2B-1 the second."""
+        if not self.two_clips:
+            return batch["clip"]
         return torch.cat([batch["clip"], batch["clip2"]])
 
     def loss(self, features: Features, head, batch: dict) -> tuple[Any, dict[str, Any]]:
-        """batch: "clip", "clip2" (B, 3, T, H, W) float, "label", "label2" (B,) int64,
-        "valid" (B,) bool, "video_id" (B,) strings (host)."""
+        """batch: "clip" (and "clip2" with two clips) (B, 3, T, H, W) float, "label"
+        (and "label2") (B,) int64, "valid" (B,) bool, "video_id" (B,) strings (host)."""
         import torch.nn.functional as F
 
         s = self.settings
         n = batch["clip"].shape[0]
+        copies = 2 if self.two_clips else 1
         logits, z = head(features.pooled)
-        labels = torch.cat([batch["label"], batch["label2"]]).clamp(min=0)
-        valid = torch.cat([batch["valid"], batch["valid"]])
-        ce = F.cross_entropy(logits.float(), labels, reduction="none")  # (2B,)
-        per_sample_ce = (ce[:n] + ce[n:]) / 2
+        label_keys = ("label", "label2")[:copies]
+        labels = torch.cat([batch[k] for k in label_keys]).clamp(min=0)
+        valid = batch["valid"].repeat(copies)
+        ce = F.cross_entropy(logits.float(), labels, reduction="none")  # (copies * B,)
+        per_sample_ce = ce.view(copies, n).mean(0)
         num_valid = batch["valid"].sum()
         ce_loss = (per_sample_ce * batch["valid"]).sum() / num_valid.clamp(min=1)
 
-        keys = video_keys(batch["video_id"], labels.device).repeat(2)
+        keys = video_keys(batch["video_id"], labels.device).repeat(copies)
         groups = keys if s.mode == "same_context" else labels
         z_all, groups_all, valid_all, local_rows = (
             gather_for_contrastive(z.float(), groups, valid)
@@ -152,7 +173,7 @@ class PaceContrastivePretext(Pretext):
         loss = s.lambda_cls * ce_loss + s.lambda_ctr * ctr_loss
         with torch.no_grad():
             hits = (logits.argmax(1) == labels).float()
-            correct = (((hits[:n] + hits[n:]) / 2) * batch["valid"]).sum()
+            correct = (hits.view(copies, n).mean(0) * batch["valid"]).sum()
             anchors = ctr["num_anchors"].clamp(min=1)
             metrics = {
                 "loss_sum": loss.detach() * num_valid,

@@ -2,13 +2,16 @@
 what colours stay or change, from labels computed on the clip the network sees.
 
 CPU half (`make_sample`, in the Ray Data tasks): the clip is augmented (crop, flip,
-jitter as configured), optical flow is computed between its consecutive frames
-(`pretext.statistics.flow`; nothing is precomputed or stored) and the 27 labels come
-from `rayssl.data.statistics.statistics_labels`: 14 motion labels from the summed
-motion boundaries of that flow, 13 appearance labels from the pixels. Because the flow
-is computed on the flipped clip, a flipped clip's horizontal flow is negated as it
-must be (the reference code mirrors precomputed flow without negating u). Labels are
-0-based integers.
+jitter as configured); optical flow is computed between the consecutive frames of the
+clip as cropped and flipped, BEFORE colour jitter (`pretext.statistics.flow`; nothing is
+precomputed or stored), and the 27 labels come from
+`rayssl.data.statistics.statistics_labels`: 14 motion labels from the summed motion
+boundaries of that flow, 13 appearance labels from the same un-jittered pixels. Jitter,
+when on, changes only what the network sees: per-frame jitter would otherwise change
+about 40% of the motion and 80% of the appearance labels. Because the flow is computed
+on the flipped clip, a flipped clip's horizontal flow is negated as it must be (the
+reference code mirrors precomputed flow without negating u). Labels are 0-based
+integers.
 
 GPU half: the backbone's last feature map, average-pooled to 1 x g x g so the head can
 tell locations apart (`spatial_grid`), feeds two branches of fully connected layers
@@ -37,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from rayssl.data.transforms import AugmentConfig, augment_clip
+from rayssl.data.transforms import AugmentConfig, augment_clip_stages
 from rayssl.pretext.base import ClipPlan, Features, Pretext
 
 NUM_MOTION = 14
@@ -81,12 +84,15 @@ class StatisticsPretext(Pretext):
         augment: AugmentConfig | None,
         train: bool = True,
     ) -> dict[str, np.ndarray]:
-        clip = augment_clip(frames[0], augment, rng, train=train) if augment else frames[0]
-        return {"clip": clip, **self.label_clip(clip)}
+        if augment is None:
+            return {"clip": frames[0], **self.label_clip(frames[0])}
+        a = augment_clip_stages(frames[0], augment, rng, train=train)
+        return {"clip": a.clip, **self.label_clip(a.geometric)}
 
     def label_clip(self, clip: np.ndarray) -> dict[str, np.ndarray]:
         """{"stats": (27,) int64}: flow between the clip's consecutive frames, then the
-        labels of `rayssl.data.statistics.statistics_labels`."""
+        labels of `rayssl.data.statistics.statistics_labels`. `clip` is the clip before
+        colour jitter (`AugmentedClip.geometric`)."""
         from rayssl.data.flow import compute_flow
         from rayssl.data.statistics import statistics_labels
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rayssl.data.sampling import (
+    clip_indices,
     clip_rng,
     draw_pace_clip,
     eval_clip_indices,
@@ -14,6 +15,7 @@ from rayssl.data.sampling import (
     fraction_mask,
     pace_indices,
     pace_span,
+    parse_clip_spec,
     stable_hash,
 )
 
@@ -230,6 +232,20 @@ def test_eval_clip_indices_short_video_clamped():
     assert idx.max() == 9 and idx.min() == 0
     np.testing.assert_array_equal(idx[0], np.minimum(np.arange(16), 9))
     assert np.all(idx == idx[0])
+
+
+def test_uniform_1_is_the_centre_clip():
+    """One clip is the centre clip (scoring and attention maps use it); two or more keep
+    VCOP's positions, first clip at frame 0, last ending at the last frame."""
+    idx = eval_clip_indices(100, 16, num_clips=1)
+    assert idx.shape == (1, 16) and idx[0, 0] == 42  # (100 - 16) // 2
+    assert (idx[0, 0] + idx[0, -1]) / 2 == (0 + 99) / 2  # centred on the video's middle
+    spec = parse_clip_spec("uniform:1")
+    assert clip_indices(spec, 41, 16)[0, 0] == 12  # 25 // 2
+    assert clip_indices(spec, 16, 16)[0].tolist() == list(range(16))
+    assert clip_indices(spec, 10, 16)[0].tolist() == [*range(10), *[9] * 6]  # too short
+    two = eval_clip_indices(100, 16, num_clips=2)
+    assert two[0, 0] == 0 and two[-1, -1] == 99
 
 
 def test_eval_clip_indices_exact_length():

@@ -110,6 +110,38 @@ def test_concentrated_motion_scores_higher_than_spread_motion(tmp_path, flow):
     assert easy["flow_s"] > 0 and easy["decode_s"] > 0
 
 
+def test_default_clip_is_the_centre_clip(tmp_path):
+    """uniform:1 (the default) scores the centre clip: a 48-frame video whose only motion
+    (one shaking square) is in frames 16-31 scores as concentrated motion; its first 16
+    frames hold only codec noise, spread over the frame."""
+    rng = np.random.default_rng(3)
+    bg = cv2.GaussianBlur(rng.uniform(60, 190, (112, 112, 3)).astype(np.float32), (0, 0), 3)
+    patch = rng.choice([20.0, 235.0], (8, 8, 1)) * np.ones((1, 1, 3))
+    video = []
+    for t in range(48):
+        frame = bg.copy()
+        x = 40 + (2 * (t % 2) if 16 <= t < 32 else 0)
+        frame[40:48, x : x + 8] = patch
+        video.append(frame.astype(np.uint8))
+    path = tmp_path / "centre.mp4"
+    write_video(path, video, fps=25.0)
+    probe = probe_video(path)
+    row = {
+        "uri": str(path),
+        "video_id": path.stem,
+        "num_frames": probe.num_frames,
+        "keyframes": probe.keyframes,
+        "keyframe_pts": probe.keyframe_pts,
+    }
+    assert row["num_frames"] == 48
+    spec = make_score_spec(resize=None, crop=112)
+    centre = score_video(row, spec)
+    assert centre["difficulty_error"] is None and centre["difficulty"] > 0.5, centre
+    # the first clip (what uniform:1 used to be): frames 0-15 of the same file
+    first = score_video({**row, "num_frames": 16}, spec)
+    assert first["difficulty"] < 0.35, first
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
@@ -143,7 +175,7 @@ def test_run_score_scores_every_row_and_counts_failures(ray_local, corpus, tmp_p
         "not_a_video": 1,
         "too_short": 1,
     }
-    assert summary["settings"] == "v1;clips=uniform:2;clip_len=16;flow=dis;resize=64x86;crop=56x56"
+    assert summary["settings"] == "v2;clips=uniform:2;clip_len=16;flow=dis;resize=64x86;crop=56x56"
     assert summary["parts_written"] >= 1 and summary["parts_removed"]
     assert not Path(parts_uri(str(out))).exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -16,6 +17,7 @@ from rayssl.data.transforms import (
     AugmentConfig,
     JitterParams,
     augment_clip,
+    augment_clip_stages,
     augment_clip_with_params,
     center_crop_params,
     crop_clip,
@@ -316,6 +318,26 @@ def test_augment_params_reproduce_geometry(flip_prob):
     if params["flip"]:
         expected = hflip_clip(expected)
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("per_frame", [True, False])
+def test_augment_stages_keep_the_clip_before_jitter(per_frame):
+    """`geometric` is the clip a jitter-free config gives from the same rng state (the same
+    crop and flip); `clip` is what augment_clip gives."""
+    clip = _smooth_clip(8)
+    cfg = AugmentConfig(flip_prob=0.5, jitter_prob=1.0, per_frame_jitter=per_frame)
+    for seed in range(4):
+        a = augment_clip_stages(clip, cfg, np.random.default_rng(seed))
+        np.testing.assert_array_equal(a.clip, augment_clip(clip, cfg, np.random.default_rng(seed)))
+        plain = replace(cfg, jitter_prob=0.0)
+        geometric, params = augment_clip_with_params(clip, plain, np.random.default_rng(seed))
+        np.testing.assert_array_equal(a.geometric, geometric)
+        assert (a.top, a.left, a.flip) == (params["top"], params["left"], params["flip"])
+        assert not np.array_equal(a.clip, a.geometric)
+    none = augment_clip_stages(clip, replace(cfg, jitter_prob=0.0), np.random.default_rng(0))
+    assert none.geometric is none.clip  # nothing jittered: no copy
+    test = augment_clip_stages(clip, cfg, np.random.default_rng(0), train=False)
+    assert test.geometric is test.clip
 
 
 @pytest.mark.parametrize("per_frame", [True, False])

@@ -1,5 +1,5 @@
 """Activation-based attention: the map follows the activations, uses conv5 (before C3D's
-pool5), and the grid PNG is written for real videos."""
+pool5), shows each video's centre clip, and the grid PNG is written for real videos."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from rayssl.config import DataConfig
-from rayssl.data.manifest import read_manifest
+from rayssl.data.manifest import build_manifest, list_entries, read_manifest
+from rayssl.data.synthetic import index_pattern_frames, read_index_pattern, write_video
 from rayssl.evaluate.attention import (
     attention_from_activations,
     attention_grid_png,
     attention_maps,
+    centre_clip,
     grid_image,
     overlay,
 )
@@ -68,6 +70,18 @@ def test_overlay_and_grid():
     img = grid_image(clips, np.zeros((2, 16, 32, 32)), ["a", "b"], num_frames=3)
     # Tiles are enlarged to >= 96 px: 3 frames x (frame + overlay) x 32 px x 3.
     assert img.shape[1] == 3 * 2 * 32 * 3 and img.shape[0] == 2 * (16 + 96 + 2)
+
+
+def test_attention_shows_the_centre_clip(tmp_path):
+    """The clip attention maps are drawn on is the video's centre clip (frames 27-42 of
+    70), decoded as the features are."""
+    write_video(tmp_path / "c" / "v.mp4", index_pattern_frames(70, 64, 96), fps=25.0)
+    [row] = build_manifest(list_entries(str(tmp_path), "folder"), use_ray=False).to_pylist()
+    data = DataConfig()
+    data.augment.resize, data.augment.crop = [], [64, 96]
+    sample = centre_clip(row, data)
+    assert sample["valid"]
+    assert [read_index_pattern(f) for f in sample["clip"]] == list(range(27, 43))
 
 
 def test_attention_grid_png_on_real_videos(tiny_manifest, tmp_path):

@@ -60,7 +60,7 @@ def pattern_video(tmp_path_factory) -> dict:
     return build_manifest([entry], use_ray=False).to_pylist()[0]
 
 
-@pytest.mark.parametrize("clips", ["uniform:10", "sliding:16:8"])
+@pytest.mark.parametrize("clips", ["uniform:10", "sliding:16:8", "uniform:1"])
 def test_decode_eval_row_returns_exactly_the_named_frames(pattern_video, clips):
     data = DataConfig()
     data.augment.resize, data.augment.crop = [], [64, 96]  # centre crop = the whole frame
@@ -77,6 +77,8 @@ def test_decode_eval_row_returns_exactly_the_named_frames(pattern_video, clips):
             range(row["chunk"] * 4, row["chunk"] * 4 + len(samples))
         )
     assert got == want.tolist()
+    if clips == "uniform:1":  # the centre clip of the 70-frame video
+        assert got == [list(range(27, 43))]
 
 
 def test_decode_eval_row_bad_video_is_a_counted_placeholder(tmp_path):
@@ -95,12 +97,14 @@ def test_decode_eval_row_bad_video_is_a_counted_placeholder(tmp_path):
 def test_feature_model_pools_maps_to_vectors(name):
     backbone = build_backbone(name, width=0.125).eval()
     x = torch.randn(2, 3, 16, 32, 32)
-    out = FeatureModel(backbone, ["pool1", "pool3", "pool5"])(x)
-    maps = backbone.forward_features(x, ["pool1", "pool3", "pool5"])
+    layers = ["pool1", "pool3", "pool5", "pool5_vcop"]
+    out = FeatureModel(backbone, layers)(x)
+    maps = backbone.forward_features(x, layers)
     for k in ("pool1", "pool3"):
         assert out[k].shape == maps[k].shape[:2]
         assert torch.allclose(out[k], maps[k].mean(dim=(2, 3, 4)), atol=1e-6)
     assert torch.equal(out["pool5"], maps["pool5"])
+    assert torch.equal(out["pool5_vcop"], maps["pool5_vcop"])  # VCOP's feature, not averaged
 
 
 def _batch(ids, valid, feats, labels, reasons=None, probs=None):

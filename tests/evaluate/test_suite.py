@@ -32,6 +32,10 @@ def test_suite_config_is_strict():
         load_suite(SUITE, ["features.inference.clips=every:2"])
     with pytest.raises(ConfigError, match="unknown layers"):
         load_suite(SUITE, ["linear.layers=[pool9]"])
+    assert load_suite(SUITE, ["retrieval.layers=[pool4,pool5_vcop]"]).retrieval.layers == [
+        "pool4",
+        "pool5_vcop",
+    ]
     with pytest.raises(ConfigError, match="linear.protocol"):
         load_suite(SUITE, ["linear.protocol=bootstrap"])
     with pytest.raises(ConfigError, match="data.manifest"):
@@ -124,6 +128,7 @@ def test_evaluate_whole_debug_suite_on_cpu(ray_local, tiny_manifest, tmp_path, c
         "data.augment.resize=[32,43]",
         "data.augment.crop=[32,32]",
         "features.inference.clips=uniform:3",
+        "retrieval.layers=[pool3,pool4,pool5,pool5_vcop]",
         "similarity.num_pairs=24",
         "similarity.num_folds=2",
         "finetune.overrides=[optim.epochs=1, data.clips_per_video=1, train.batch_size=4]",
@@ -132,7 +137,11 @@ def test_evaluate_whole_debug_suite_on_cpu(ray_local, tiny_manifest, tmp_path, c
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     expected = {
-        *(f"retrieval/{layer}/top{k}" for layer in ("pool3", "pool4", "pool5") for k in (1, 5, 10)),
+        *(
+            f"retrieval/{layer}/top{k}"
+            for layer in ("pool3", "pool4", "pool5", "pool5_vcop")
+            for k in (1, 5, 10)
+        ),
         *(f"linear/{layer}/accuracy" for layer in ("pool3", "pool4", "pool5")),
         "similarity/pool3-pool4-pool5/accuracy",
         "finetune/classifier/video_top1",

@@ -76,10 +76,11 @@ def test_forward_shape(name: str, clips: torch.Tensor) -> None:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        # (C, T, H, W) for a (2, 3, 16, 32, 32) clip at width 0.125; pool5 is (C,).
-        ("c3d", [(8, 16, 16, 16), (16, 8, 8, 8), (32, 4, 4, 4), (64, 2, 2, 2), (64,)]),
-        ("r3d", [(8, 16, 16, 16), (8, 16, 16, 16), (16, 8, 8, 8), (32, 4, 4, 4), (64,)]),
-        ("r21d", [(8, 16, 16, 16), (8, 16, 16, 16), (16, 8, 8, 8), (32, 4, 4, 4), (64,)]),
+        # (C, T, H, W) for a (2, 3, 16, 32, 32) clip at width 0.125; pool5 is (C,),
+        # pool5_vcop (C * 2 * 1 * 1,): the (64, 2, 2, 2) last conv output max-pooled (1, 2, 2).
+        ("c3d", [(8, 16, 16, 16), (16, 8, 8, 8), (32, 4, 4, 4), (64, 2, 2, 2), (64,), (128,)]),
+        ("r3d", [(8, 16, 16, 16), (8, 16, 16, 16), (16, 8, 8, 8), (32, 4, 4, 4), (64,), (128,)]),
+        ("r21d", [(8, 16, 16, 16), (8, 16, 16, 16), (16, 8, 8, 8), (32, 4, 4, 4), (64,), (128,)]),
     ],
 )
 def test_forward_features_shapes(name: str, expected: list, clips: torch.Tensor) -> None:
@@ -93,6 +94,43 @@ def test_forward_features_shapes(name: str, expected: list, clips: torch.Tensor)
         # Only the requested layers, in the requested order.
         assert list(model.forward_features(clips, layers=("pool4", "pool3"))) == ["pool4", "pool3"]
         assert list(model.forward_features(clips)) == ["pool5"]
+
+
+@pytest.mark.parametrize("name", ["c3d", "r3d", "r21d"])
+def test_pool5_vcop_is_vcops_max_pool_of_the_last_conv_output(name: str) -> None:
+    """VCOP's retrieval feature (retrieve_clips.py with return_conv): conv5's output
+    (2 x 7 x 7 at 16x112x112) max-pooled over non-overlapping (1, 2, 2) windows (the odd
+    last row and column dropped) and flattened in (C, T, H, W) order; checked against a
+    loop over the windows."""
+    model = build_backbone(name, width=0.0625).eval()
+    x = torch.randn(1, 3, 16, 112, 112)
+    with torch.no_grad():
+        feats = model.forward_features(x, ["pool5_vcop", "pool5"])
+        h = x
+        for stage in model.stages[:4]:
+            h = stage(h)
+        last = model.stages[4]
+        conv = last.conv5b(last.conv5a(h)) if name == "c3d" else last(h)  # C3D: before pool5
+    c, t, height, width = conv.shape[1:]
+    assert (t, height, width) == (2, 7, 7)
+    expected = torch.empty(c, t, height // 2, width // 2)
+    for ci in range(c):
+        for ti in range(t):
+            for i in range(height // 2):
+                for j in range(width // 2):
+                    window = conv[0, ci, ti, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
+                    expected[ci, ti, i, j] = window.max()
+    assert torch.equal(feats["pool5_vcop"][0], expected.flatten())
+    torch.testing.assert_close(feats["pool5"], model(x))  # the global pool is unchanged
+
+
+@pytest.mark.parametrize("name", ["c3d", "r3d", "r21d"])
+def test_pool5_vcop_has_vcops_9216_dims(name: str) -> None:
+    """512 x 2 x 3 x 3 at full width and 16x112x112 (shapes only: the meta device)."""
+    with torch.device("meta"):
+        model = build_backbone(name)
+        feats = model.forward_features(torch.empty(2, 3, 16, 112, 112), ["pool5_vcop"])
+    assert tuple(feats["pool5_vcop"].shape) == (2, 9216)
 
 
 def test_forward_features_rejects_unknown_layer(clips: torch.Tensor) -> None:

@@ -75,7 +75,9 @@ def test_documented_stage_shapes(clip_shape: tuple, expected: list) -> None:
         model = s3dg()
         feats = model.forward_features(torch.empty(clip_shape), layers=POOL_LAYERS)
         feature_map = model.forward_map(torch.empty(clip_shape))
-    assert [tuple(f.shape[1:]) for f in feats.values()] == [*expected, (1024,)]
+    c, t, h, w = feature_map.shape[1:]
+    vcop = (c * t * (h // 2) * (w // 2),)  # the stage 5 map max-pooled (1, 2, 2), flattened
+    assert [tuple(f.shape[1:]) for f in feats.values()] == [*expected, (1024,), vcop]
     assert tuple(feature_map.shape[1:]) == (1024, *expected[-1][1:])
 
 
@@ -94,6 +96,7 @@ def test_forward_shapes(clip: torch.Tensor) -> None:
         (120, 4, 4, 4),
         (208, 2, 2, 2),
         (256,),
+        (256 * 2 * 1 * 1,),  # pool5_vcop: the (256, 2, 2, 2) map max-pooled (1, 2, 2)
     ]
     assert feature_map.shape == (1, 256, 2, 2, 2)
     torch.testing.assert_close(feats["pool5"], out)

@@ -3,6 +3,8 @@ statistics in one run with per-task weights, one backbone pass, the loop unaware
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from rayssl.config import ConfigError, load_config
 from rayssl.data.flow import compute_flow
 from rayssl.data.statistics import statistics_labels
+from rayssl.data.transforms import AugmentConfig
 from rayssl.pretext import build_pretext
 from rayssl.pretext.base import Features
 from rayssl.train.step import (
@@ -75,6 +78,55 @@ def test_sample_has_the_labels_of_every_task_on_the_first_clip():
     assert int(sample["label"]) == int(plan.targets["label"])
     expected = statistics_labels(sample["clip"], compute_flow(sample["clip"], "dis"))
     assert np.array_equal(sample["stats"], expected)
+
+
+def _moving_frames(seed: int, num_frames: int = 16) -> list[np.ndarray]:
+    """A generated video (textured objects rotating over a textured background)."""
+    from rayssl.data.synthetic import render_video
+
+    return [render_video(num_frames, 48, 64, "rotate_cw", np.random.default_rng(seed))]
+
+
+# per-frame jitter on (the thesis's, p 0.8), as in configs/pace_stats_r21d_k400.yaml
+JITTER = AugmentConfig(resize=(48, 64), crop=(40, 40), flip_prob=0.5, jitter_prob=0.8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_statistics_labels_are_those_of_the_clip_before_colour_jitter(seed):
+    """The multitask sample's statistics labels equal the statistics pretext's own labels
+    for the same clip, crop and flip (same rng draws), computed before colour jitter;
+    its clip is the pace task's clip, jittered."""
+    multi = build_pretext(_cfg().pretext, 16)
+    alone = build_pretext(_cfg("pretext.name=statistics").pretext, 16)
+    pace = build_pretext(_cfg("pretext.name=pace").pretext, 16)
+    frames = _moving_frames(seed)
+    plan = multi.plan(16, np.random.default_rng(seed))
+    sample = multi.make_sample(frames, plan, np.random.default_rng(100 + seed), JITTER)
+    # The statistics pretext with the same augmentation and the same rng state: the same
+    # crop and flip, then the same jitter draws.
+    own = alone.make_sample(frames, plan, np.random.default_rng(100 + seed), JITTER)
+    unjittered = replace(JITTER, jitter_prob=0.0)
+    plain = alone.make_sample(frames, plan, np.random.default_rng(100 + seed), unjittered)
+    assert np.array_equal(sample["stats"], own["stats"])
+    assert np.array_equal(sample["stats"], plain["stats"])
+    assert np.array_equal(sample["stats"], alone.label_clip(plain["clip"])["stats"])
+    # the network sees the pace task's clip, jittered like the pace task's own
+    pace_sample = pace.make_sample(frames, plan, np.random.default_rng(100 + seed), JITTER)
+    assert np.array_equal(sample["clip"], pace_sample["clip"])
+    assert np.array_equal(sample["clip"], own["clip"])
+    assert not np.array_equal(sample["clip"], plain["clip"])  # the jitter did apply
+
+
+def test_labels_computed_after_jitter_would_differ():
+    """Why the order matters: on these clips per-frame jitter changes labels."""
+    alone = build_pretext(_cfg("pretext.name=statistics").pretext, 16)
+    changed = 0
+    for seed in range(3):
+        frames = _moving_frames(seed)
+        plan = alone.plan(16, np.random.default_rng(seed))
+        own = alone.make_sample(frames, plan, np.random.default_rng(100 + seed), JITTER)
+        changed += int((alone.label_clip(own["clip"])["stats"] != own["stats"]).sum())
+    assert changed > 0
 
 
 def _batch(n=4, size=32, seed=0, pair=False):

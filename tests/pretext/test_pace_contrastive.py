@@ -1,5 +1,6 @@
 """Pace + contrastive learning behind the task interface: two clips of one video at two
-paces decoded together, both losses, and a model that fits a fixed batch."""
+paces decoded together (same context) or one clip per video (same pace, thesis Alg. 4),
+both losses, and a model that fits a fixed batch."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from rayssl.config import ConfigError, load_config
 from rayssl.pretext import build_pretext
-from rayssl.pretext.contrastive_loss import masked_info_nce, same_context_mask
+from rayssl.pretext.contrastive_loss import masked_info_nce, same_context_mask, same_pace_mask
 from rayssl.pretext.pace_contrastive import video_keys
 from rayssl.train.step import (
     DeviceSettings,
@@ -75,14 +76,22 @@ def _batch(n=4, size=32, seed=0):
     }
 
 
-@pytest.mark.parametrize("mode", ["same_context", "same_pace"])
-def test_model_fits_a_fixed_batch(mode):
-    cfg = _cfg(f"pretext.contrastive.mode={mode}", "pretext.contrastive.lambda_ctr=1.0")
+@pytest.mark.parametrize(
+    "mode,sampling", [("same_context", "auto"), ("same_pace", "auto"), ("same_pace", "two_clips")]
+)
+def test_model_fits_a_fixed_batch(mode, sampling):
+    cfg = _cfg(
+        f"pretext.contrastive.mode={mode}",
+        f"pretext.contrastive.sampling={sampling}",
+        "pretext.contrastive.lambda_ctr=1.0",
+    )
     torch.manual_seed(0)
     model = build_model(cfg, build_pretext(cfg.pretext, 16))
     opt, _ = build_optimizer(model, cfg)
     settings = DeviceSettings(torch.device("cpu"))
-    batch = batch_to_device(_batch(), settings)
+    # mixed paces among the valid clips, so same pace has positives and negatives
+    raw = _batch() | {"label": np.array([0, 1, 0, 1]), "label2": np.array([1, 0, 1, 0])}
+    batch = batch_to_device(raw, settings)
     first = eval_step(model, batch, settings)
     assert float(first["num_valid"]) == 3.0  # the placeholder row does not count
     for _ in range(40):
@@ -116,6 +125,113 @@ def test_loss_is_the_weighted_sum_of_its_parts():
     assert torch.isclose(loss, ce + 0.25 * ctr)
     mask = same_context_mask(keys)
     assert mask[0, 3] and mask[3, 0] and not mask[0, 1] and not mask[0, 0]
+
+
+def test_sampling_defaults_per_mode():
+    """The thesis's algorithms: same context draws two clips per video (Alg. 3), same
+    pace one (Alg. 4); two clips for same pace is the named variant."""
+    for overrides, clips in (
+        ([], 2),
+        (["pretext.contrastive.mode=same_pace"], 1),
+        (["pretext.contrastive.mode=same_pace", "pretext.contrastive.sampling=two_clips"], 2),
+        (["pretext.contrastive.mode=same_pace", "pretext.contrastive.sampling=one_clip"], 1),
+        (["pretext.contrastive.sampling=two_clips"], 2),
+    ):
+        assert _cfg(*overrides).pretext.contrastive.clips_per_sample == clips, overrides
+    with pytest.raises(ConfigError, match="pretext.contrastive.sampling: same_context needs"):
+        _cfg("pretext.contrastive.sampling=one_clip")
+    with pytest.raises(ConfigError, match="pretext.contrastive.sampling"):
+        _cfg("pretext.contrastive.sampling=three_clips")
+
+
+def test_same_pace_plans_one_clip_per_video():
+    task = build_pretext(_cfg("pretext.contrastive.mode=same_pace").pretext, 16)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(50):
+        plan = task.plan(100, rng)
+        (idx,) = plan.clips
+        assert set(plan.targets) == {"label", "pace"}
+        pace = task.paces[int(plan.targets["label"])]
+        assert np.array_equal(np.diff(idx), np.full(15, int(pace))) and idx[-1] < 100
+        seen.add(int(plan.targets["label"]))
+    assert seen == {0, 1, 2, 3}
+    spec = task.target_spec((16, 8, 8, 3))
+    assert set(spec) == {"clip", "label", "pace"}
+    frames = [np.zeros((16, 8, 8, 3), np.uint8)]
+    assert set(task.make_sample(frames, plan, rng, augment=None)) == set(spec)
+
+
+def _logits_and_embeddings(model, batch, clips):
+    """The head's outputs for the batch's `clips` stacked in order, (N, paces), (N, D)."""
+    return model.head(model.backbone(torch.cat([batch[c] for c in clips])))
+
+
+def test_same_pace_one_clip_loss_and_mask():
+    """Alg. 4: the backbone sees B clips (one per video); positives are the other clips of
+    the batch at the same pace; loss = lambda_cls * CE + lambda_ctr * InfoNCE."""
+    cfg = _cfg(
+        "pretext.contrastive.mode=same_pace",
+        "pretext.contrastive.lambda_ctr=0.25",
+        "pretext.contrastive.temperature=0.2",
+    )
+    task = build_pretext(cfg.pretext, 16)
+    torch.manual_seed(1)
+    model = build_model(cfg, task)
+    model.eval()
+    batch = _batch(n=4)
+    batch["label"] = np.array([0, 1, 0, 1], np.int64)
+    del batch["clip2"], batch["label2"]
+    batch = batch_to_device(batch, DeviceSettings(torch.device("cpu")))
+    assert task.inputs(batch).shape[0] == 4  # no second clip of any video
+    with torch.no_grad():
+        loss, metrics = task.compute(model.backbone, model.head, batch)
+        logits, z = _logits_and_embeddings(model, batch, ["clip"])
+        ce = torch.nn.functional.cross_entropy(logits, batch["label"], reduction="none")
+        ce = (ce * batch["valid"]).sum() / batch["valid"].sum()
+        mask = same_pace_mask(batch["label"])
+        ctr, _ = masked_info_nce(z, mask, 0.2, batch["valid"])
+    assert torch.isclose(loss, ce + 0.25 * ctr)
+    assert mask.tolist() == [
+        [False, False, True, False],
+        [False, False, False, True],
+        [True, False, False, False],
+        [False, True, False, False],
+    ]
+    assert float(metrics["num_valid"]) == 3.0
+
+
+def test_same_pace_two_clips_own_video_partner_is_a_negative():
+    """The named variant (Alg. 3's sampling with Eq. 4.4's positives): 2B clips, and a
+    clip's partner from its own video, at another pace, is never a positive."""
+    cfg = _cfg(
+        "pretext.contrastive.mode=same_pace",
+        "pretext.contrastive.sampling=two_clips",
+        "pretext.contrastive.lambda_ctr=0.25",
+        "pretext.contrastive.temperature=0.2",
+    )
+    task = build_pretext(cfg.pretext, 16)
+    rng = np.random.default_rng(0)
+    plans = [task.plan(100, rng) for _ in range(4)]
+    assert all(len(p.clips) == 2 for p in plans)
+    torch.manual_seed(1)
+    model = build_model(cfg, task)
+    model.eval()
+    batch = _batch(n=4)
+    batch["label"] = np.array([int(p.targets["label"]) for p in plans], np.int64)
+    batch["label2"] = np.array([int(p.targets["label2"]) for p in plans], np.int64)
+    batch = batch_to_device(batch, DeviceSettings(torch.device("cpu")))
+    assert task.inputs(batch).shape[0] == 8
+    with torch.no_grad():
+        loss, _ = task.compute(model.backbone, model.head, batch)
+        logits, z = _logits_and_embeddings(model, batch, ["clip", "clip2"])
+        labels = torch.cat([batch["label"], batch["label2"]])
+        ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        ce = ((ce[:4] + ce[4:]) / 2 * batch["valid"]).sum() / batch["valid"].sum()
+        mask = same_pace_mask(labels)
+        ctr, _ = masked_info_nce(z, mask, 0.2, torch.cat([batch["valid"], batch["valid"]]))
+    assert torch.isclose(loss, ce + 0.25 * ctr)
+    assert not any(bool(mask[i, i + 4]) or bool(mask[i + 4, i]) for i in range(4))
 
 
 def test_config_checks():
