@@ -95,9 +95,41 @@ def stale_ray_address() -> str | None:
         return address
 
 
+def _job_env_vars() -> dict[str, str]:
+    """The env_vars of the runtime env `ray job submit` gave this driver ({} outside a job)."""
+    import json
+
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        return dict((job.get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
+#: What the state API (Ray Train's placement-group cleaner among its callers) reads to
+#: find its cluster; without either it takes the newest `ray start` on the machine.
+_ADDRESS_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
+
+
+def _free_local_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_local_or_existing(num_cpus: int | None = None, **kwargs: Any) -> None:
     """ray.init(): the cluster of RAY_ADDRESS / `ray job submit` / a live `ray start`,
-    else a local one; a stale address file is reported and ignored, not retried."""
+    else a local one; a stale address file is reported and ignored, not retried.
+
+    Every process of the run (Ray Train's controller and its placement-group cleaner,
+    the train workers, Tune's trials) gets its own cluster's address in its runtime
+    env. Ray's state API, which the cleaner calls with no address to ask whether the
+    controller is alive, otherwise asks the newest cluster started on the machine; with
+    a second cluster started while a run trains it finds no controller there and
+    removes the live run's placement group, killing its workers.
+    """
     import ray
 
     stale = stale_ray_address()
@@ -108,10 +140,42 @@ def init_local_or_existing(num_cpus: int | None = None, **kwargs: Any) -> None:
             flush=True,
         )
     address = os.environ.get("RAY_ADDRESS", "")
-    if stale or (num_cpus and address in ("", "local")):
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
-    else:
-        ray.init(**kwargs)
+    target = None if stale else _cluster_to_join(address)
+    local = bool(stale or address == "local" or (num_cpus and address == ""))
+    local = local or (target is None and address == "")  # "auto" fails when none is up
+    pin: dict[str, str] = {}
+    if local:
+        kwargs["address"] = "local"
+        kwargs["num_cpus"] = num_cpus
+        if kwargs.get("include_dashboard") is not False:
+            # A fresh local instance writes no address file: its state API is found
+            # through the dashboard, on a port chosen here to be named.
+            kwargs.setdefault("dashboard_port", _free_local_port())
+            host = kwargs.get("dashboard_host") or "127.0.0.1"
+            pin["RAY_API_SERVER_ADDRESS"] = f"http://{host}:{kwargs['dashboard_port']}"
+    elif target:
+        kwargs["address"] = target
+        pin["RAY_ADDRESS"] = target
+    given = {**_job_env_vars(), **((kwargs.get("runtime_env") or {}).get("env_vars") or {})}
+    if pin and not any(var in given for var in _ADDRESS_VARS):
+        runtime_env = dict(kwargs.get("runtime_env") or {})
+        runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), **pin}
+        kwargs["runtime_env"] = runtime_env
+    ray.init(**kwargs)
+
+
+def _cluster_to_join(address: str) -> str | None:
+    """The GCS address a plain ray.init() joins: RAY_ADDRESS (`ray job submit` sets it
+    for its driver), else the live `ray start` named by Ray's address file. None for a
+    fresh local instance or a Ray Client (ray://) address."""
+    if address == "local" or "://" in address:
+        return None
+    if address and address != "auto":
+        return address
+    try:
+        return _ray_address_file().read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _init_ray() -> None:
