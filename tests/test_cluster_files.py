@@ -124,6 +124,8 @@ def test_aws_config_validates_against_rays_cluster_schema():
     assert len(_schema_errors(broken)) == 2
     # file_mounts and rsync_filter name files of the repository (`ray up` from its root).
     for source in config["file_mounts"].values():
+        if source.startswith("~"):  # the secrets folder: on your machine, never in the repo
+            continue
         assert (ROOT / source).exists(), source
     for name in config["rsync_filter"]:
         assert (ROOT / name).exists(), name
@@ -148,11 +150,42 @@ def test_aws_head_runs_mlflow_and_exports_its_uri_to_every_node():
     (config,) = _documents(CLUSTER / "aws.yaml")
     head = " ".join(config["head_start_ray_commands"])
     worker = " ".join(config["worker_start_ray_commands"])
-    assert "mlflow server --host 0.0.0.0 --port 5000" in head
+    # MLflow asks for a user and password, and writes S3 with its own prefix-only role.
+    assert "mlflow server --app-name basic-auth --host 0.0.0.0 --port 5000" in head
+    assert "AWS_PROFILE=rayssl-mlflow" in head
+    assert "role/rayssl-mlflow" in " ".join(config["head_setup_commands"])
     assert "MLFLOW_TRACKING_URI=http://$(hostname -I | cut -d' ' -f1):5000" in head
     assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in worker
-    for commands in (head, worker):  # the same auth mode on every node
-        assert "RAY_AUTH_MODE=disabled" in commands
+    for commands in (head, worker):  # the same auth mode and token on every node
+        assert "RAY_AUTH_MODE=token" in commands
+        assert "RAY_AUTH_TOKEN_PATH=$HOME/.rayssl-secrets/ray_auth_token" in commands
+        assert ". $HOME/.rayssl-secrets/mlflow.env" in commands
+    assert config["file_mounts"]["/home/ubuntu/.rayssl-secrets"] == "~/.rayssl-secrets"
+
+
+def test_aws_pins_the_security_group_of_every_node_type():
+    """Without SecurityGroupIds `ray up` creates a group of its own (SSH from anywhere)."""
+    (config,) = _documents(CLUSTER / "aws.yaml")
+    groups = {
+        name: t["node_config"].get("SecurityGroupIds")
+        for name, t in config["available_node_types"].items()
+    }
+    assert all(g and all(x.startswith("sg-") for x in g) for g in groups.values()), groups
+    assert len({tuple(g) for g in groups.values()}) == 1, "one group: nodes reach each other"
+
+
+#: Files that may set RAY_AUTH_MODE=disabled: none in cluster/ or the README. Loopback
+#: demos and tests (rayssl/localhead.py, scripts/, tests/) set it in code, not here.
+AUTH_FILES = [*TEXT_FILES, ROOT / "README.md"]
+DISABLED = re.compile(r"RAY_AUTH_MODE=disabled|RAY_AUTH_MODE\s*\n\s*value:\s*disabled")
+
+
+@pytest.mark.parametrize("path", AUTH_FILES, ids=_rel)
+def test_no_cluster_file_turns_ray_authentication_off(path):
+    assert not DISABLED.search(path.read_text()), f"{_rel(path)} sets RAY_AUTH_MODE=disabled"
+    for doc in _documents(path) if path.suffix == ".yaml" else []:
+        text = json.dumps(doc)
+        assert '"value": "disabled"' not in text, _rel(path)
 
 
 # --- KubeRay -----------------------------------------------------------------------
@@ -207,11 +240,22 @@ def test_kuberay_raycluster_rayjob_and_mlflow_agree():
     images = {c["image"] for c in [*ray_containers, *submitter, *mlflow]}
     assert len(images) == 1, f"one image for every pod, got {images}"
     modes = {_env(c).get("RAY_AUTH_MODE") for c in [*ray_containers, *submitter]}
-    assert modes == {"disabled"}, modes
-    secrets = {
-        ref["secretRef"]["name"] for c in [*ray_containers, *mlflow] for ref in c.get("envFrom", [])
-    }
-    assert secrets == {"rayssl-s3"}
+    assert modes == {"token"}, modes
+    for c in [*ray_containers, *submitter]:  # one token, from one Secret, everywhere
+        (token,) = [e for e in c["env"] if e["name"] == "RAY_AUTH_TOKEN"]
+        assert token["valueFrom"]["secretKeyRef"] == {
+            "name": "rayssl-ray-token",
+            "key": "auth_token",
+        }
+    for c in ray_containers:  # the train workers log to MLflow with its user
+        names = {e["name"] for e in c["env"]}
+        assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= names
+    ray_secrets = {ref["secretRef"]["name"] for c in ray_containers for ref in c["envFrom"]}
+    assert ray_secrets == {"rayssl-s3"}
+    # MLflow: basic auth, and S3 credentials of its own (its prefix only), not the pods'.
+    assert {ref["secretRef"]["name"] for ref in mlflow[0]["envFrom"]} == {"rayssl-mlflow-s3"}
+    assert "--app-name=basic-auth" in mlflow[0]["command"]
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in {e["name"] for e in mlflow[0]["env"]}
 
     runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     assert runtime_env["working_dir"] == "/home/ray/rayssl"  # where the image has the repo
@@ -295,8 +339,9 @@ def test_every_rayssl_manifest_command_in_cluster_files_parses():
         assert args.src.startswith("s3://") and args.out.endswith(".parquet"), path
 
 
+# Not after `/`, `.`, `$`, `~`, `-` or a JSON key's `": "` (an S3 prefix in an IAM policy).
 REPO_PATH = re.compile(
-    r"(?<![\w/.$~-])((?:jobs|configs|cluster|docs|benchmarks|scripts|rayssl|tests)"
+    r"(?<![\w/.$~-])(?<!\": \")((?:jobs|configs|cluster|docs|benchmarks|scripts|rayssl|tests)"
     r"/[\w./-]*\w)"
 )
 
@@ -314,3 +359,46 @@ def test_every_repository_path_named_in_cluster_files_exists():
     assert {"jobs/pretrain.py", "configs/pace_r21d_k400.yaml", "cluster/aws.yaml"} <= set(named)
     missing = {ref: sorted(files) for ref, files in named.items() if not (ROOT / ref).exists()}
     assert not missing, f"paths named in cluster/ that do not exist: {missing}"
+
+
+def _policy_for(labels: dict[str, str]) -> dict:
+    """The one NetworkPolicy whose podSelector selects pods with these labels."""
+    found = [
+        d
+        for _, d in _by_kind("NetworkPolicy")
+        if d["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert len(found) == 1, f"NetworkPolicies selecting {labels}: {len(found)}"
+    assert found[0]["spec"]["policyTypes"] == ["Ingress"]
+    return found[0]
+
+
+def _peers(rule: dict) -> list[dict[str, str]]:
+    """The pod labels a rule admits; only podSelectors (no ipBlock, no namespace-wide)."""
+    peers = rule.get("from")
+    assert peers, "an ingress rule without `from` admits everyone"
+    assert all(set(p) == {"podSelector"} for p in peers), peers
+    return [p["podSelector"]["matchLabels"] for p in peers]
+
+
+def test_kuberay_network_policy_admits_only_the_clusters_pods_to_the_ray_ports():
+    ((_, cluster),) = _by_kind("RayCluster")
+    ((_, job),) = _by_kind("RayJob")
+    ((_, deployment),) = _by_kind("Deployment")
+    own = {"ray.io/cluster": cluster["metadata"]["name"]}  # KubeRay labels every pod so
+    submitter = job["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    mlflow = deployment["spec"]["template"]["metadata"]["labels"]
+    policy = _policy_for(own)
+    for rule in policy["spec"]["ingress"]:
+        peers = _peers(rule)
+        if peers == [own]:
+            continue  # the cluster's own pods: every port (raylets, workers, GCS)
+        assert all(p in (submitter, mlflow) for p in peers), peers
+        ports = {p["port"] for p in rule["ports"]}
+        assert ports == {8265}, "others reach the job API only, never GCS 6379 or 10001"
+    assert any(_peers(r) == [own] for r in policy["spec"]["ingress"])
+    # MLflow's port: the Ray pods only.
+    mlflow_policy = _policy_for(mlflow)
+    ((rule),) = mlflow_policy["spec"]["ingress"]
+    assert _peers(rule) == [own]
+    assert {p["port"] for p in rule["ports"]} == {5000}

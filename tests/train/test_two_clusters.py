@@ -95,8 +95,7 @@ def test_a_job_finishes_when_a_second_cluster_starts_while_it_trains(tiny_manife
                     time.sleep(1.0)
                     states = _train_groups(first)
                     assert all(states.get(g) == "CREATED" for g in live), (
-                        f"the run's placement group was removed: {states}\n"
-                        + _logs(client, job_id)
+                        f"the run's placement group was removed: {states}\n" + _logs(client, job_id)
                     )
                 (pause / "release").write_text("")
                 deadline = time.monotonic() + 300
