@@ -38,7 +38,7 @@ def resolve_paths(cfg: Config) -> Config:
     run = replace(
         cfg.run,
         storage_path=_absolute(cfg.run.storage_path),
-        tracking_uri=tracking_uri,
+        tracking_uri=storage.redact(tracking_uri),  # credentials stay in the environment
         artifact_location=artifacts,
     )
     return replace(cfg, data=data, run=run)

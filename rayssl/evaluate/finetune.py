@@ -166,16 +166,15 @@ def run_test_protocol(cfg: Config, checkpoint: str, mlflow_run_id: str = "") -> 
 
     from rayssl.data import storage
     from rayssl.data.manifest import read_manifest, require_labels
-    from rayssl.evaluate.checkpoint import latest_state_uri
+    from rayssl import checkpoint as checkpoint_format
+    from rayssl.checkpoint import latest_state_uri
     from rayssl.evaluate.features import ProbabilityModel, run_inference
     from rayssl.pretext import build_pretext
     from rayssl.train.step import PretextModel, build_model
 
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
     state_uri = latest_state_uri(checkpoint, options)
-    state = torch.load(
-        io.BytesIO(storage.read_bytes(state_uri, options)), map_location="cpu", weights_only=False
-    )
+    state = checkpoint_format.read(state_uri, options)
     pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
     model: PretextModel = build_model(cfg, pretext)
     model.load_state_dict(state["model"])
