@@ -154,8 +154,10 @@ def to_plain(obj: Any) -> Any:
     if type(obj) in _SCALARS:
         return obj
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_plain(v) for v in obj) if type(obj) in _CONTAINERS else list(
-            to_plain(v) for v in obj
+        return (
+            type(obj)(to_plain(v) for v in obj)
+            if type(obj) in _CONTAINERS
+            else list(to_plain(v) for v in obj)
         )
     if isinstance(obj, dict):
         out = OrderedDict() if isinstance(obj, OrderedDict) else {}
@@ -231,9 +233,7 @@ def latest_state_uri(uri: str, options: storage.StorageOptions | None = None) ->
     names = {
         r.split("/")[0]
         for r in rels
-        if r.count("/") == 1
-        and r.endswith("/" + STATE_FILE)
-        and r.startswith(CHECKPOINT_PREFIX)
+        if r.count("/") == 1 and r.endswith("/" + STATE_FILE) and r.startswith(CHECKPOINT_PREFIX)
     }
     if names:
         chosen = _snapshot_choice(uri, names, options) or max(names, key=_checkpoint_number)

@@ -17,6 +17,7 @@ from torch import nn
 
 from rayssl import checkpoint as ckpt
 from rayssl.checkpoint import STATE_FILE
+
 FORMAT_VERSION = 1
 
 
@@ -68,7 +69,6 @@ def load_training_state(directory: str | Path) -> dict[str, Any]:
             f"{state.get('format_version') if isinstance(state, dict) else type(state).__name__}"
         )
     return state
-
 
 
 #: Optimizer param-group keys that say how the update runs, not what it is.

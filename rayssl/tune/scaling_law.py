@@ -392,9 +392,7 @@ def records_from_mlflow(tracking_uri: str, parent_run_id: str, metric: str) -> l
     try:
         parent = client.get_run(parent_run_id)
     except MlflowException as e:
-        raise ValueError(
-            redact(f"no MLflow run {parent_run_id!r} in {tracking_uri}: {e}")
-        ) from e
+        raise ValueError(redact(f"no MLflow run {parent_run_id!r} in {tracking_uri}: {e}")) from e
     runs: list[Any] = []
     token = None
     while True:

@@ -377,7 +377,9 @@ def _parent_run(cfg: SweepConfig, uri: str, grid: list[Trial]) -> str:
     key = f"{cfg.study.storage_path.rstrip('/')}/{cfg.study.name}"
     found = client.search_runs(
         [exp_id],
-        filter_string=f"{filter_tag(STUDY_TAG, key)} and {filter_tag('rayssl.sweep.role', 'study')}",
+        filter_string=(
+            f"{filter_tag(STUDY_TAG, key)} and {filter_tag('rayssl.sweep.role', 'study')}"
+        ),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
