@@ -97,14 +97,14 @@ def save(payload: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-_GLOBAL_RE = re.compile(r"(?:Unsupported global: GLOBAL|Unsupported class) ([\w.]+)")
-_OPERAND_RE = re.compile(r"Unsupported operand \d+|Unsupported operand \S+")
+_GLOBAL_RE = re.compile(r"(?:GLOBAL|Unsupported class) ([\w.]+)")
+_WEIGHTS_ERROR_RE = re.compile(r"(?:WeightsUnpickler error:\s*)?(Unsupported [^\n]+)")
 
 
 def _refusal(where: str, e: pickle.UnpicklingError) -> CheckpointError:
     text = str(e)
     found = _GLOBAL_RE.search(text)
-    what = f"its pickle names {found.group(1)}" if found else "its pickle is not plain data"
+    what = f"its pickle names {found.group(1) if found else 'a global'}"
     return CheckpointError(
         f"{where}: refused: {what}, which a checkpoint may not load (rayssl reads "
         f"checkpoints with torch.load(weights_only=True), so no code in one runs); if you "
@@ -118,9 +118,11 @@ def load_bytes(data: bytes, where: str) -> Any:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e) or _GLOBAL_RE.search(str(e)):
+        if _GLOBAL_RE.search(str(e)):
             raise _refusal(where, e) from None
-        raise CheckpointError(f"{where}: not a torch checkpoint (UnpicklingError)") from None
+        found = _WEIGHTS_ERROR_RE.search(str(e))
+        detail = found.group(1).strip() if found else "UnpicklingError"
+        raise CheckpointError(f"{where}: not a torch checkpoint ({detail})") from None
     except Exception as e:  # torch raises several types for a file that is not a checkpoint
         detail = " ".join(str(e).split())[:200]
         raise CheckpointError(
