@@ -355,10 +355,15 @@ def check_resume(cfg: Config) -> str | None:
     data: a pickle that would run code is a CheckpointError naming it) and compare its
     config with `cfg`. A difference outside `RESUME_MAY_CHANGE` is a ConfigError listing
     the keys, unless `run.resume=force`. Returns the state.pt resumed from, or None."""
-    from rayssl import checkpoint as ckpt
-
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
     run_uri = storage.join(cfg.run.storage_path, cfg.run.name)
+    try:
+        if not storage.list_files(run_uri, options=options):
+            return None  # a new run: nothing to compare (and torch need not load here)
+    except storage.StorageNotFoundError:
+        return None
+    from rayssl import checkpoint as ckpt
+
     state_uri = ckpt.run_folder_checkpoint(run_uri, options)
     if state_uri is None:
         return None
