@@ -10,6 +10,7 @@ rayssl finetune --checkpoint X --config configs/finetune_ucf101.yaml [key=value 
 rayssl features --checkpoint X --manifest M --layers pool3 pool5 --clips uniform:10 --out F.parquet
 rayssl evaluate --checkpoint X --suite configs/eval_ucf101.yaml --out DIR [--baseline]
 rayssl sweep --config configs/sweep_debug.yaml [key=value ...]
+rayssl checkpoint convert OLD.pt --out NEW.pt [--endpoint-url URL]   (trusted files only)
 rayssl compare [--experiment E] [--parent RUN] [--runs ID ...] [--tag k=v] [--plot METRIC]
 rayssl capacity --config FILE --manifest M [--measure-train] [--gpus N --cpus-per-node C] [--json]
 
@@ -387,6 +388,19 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from rayssl import checkpoint as ckpt
+
+    print(
+        f"checkpoint convert: unpickling {args.src} with weights_only=False: any code in it "
+        "runs; convert only files you trust",
+        file=sys.stderr,
+    )
+    result = ckpt.convert(args.src, args.out, storage_options(args.endpoint_url))
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rayssl", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -467,6 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="run an evaluation suite on a checkpoint")
     add_evaluate_arguments(e)
     e.set_defaults(func=cmd_evaluate)
+
+    ck = sub.add_parser("checkpoint", help="checkpoint files: convert an old one (trusted only)")
+    ck_sub = ck.add_subparsers(dest="action", required=True)
+    cv = ck_sub.add_parser(
+        "convert",
+        help="rewrite a TRUSTED checkpoint that weights_only=True refuses as plain data",
+    )
+    cv.add_argument("src", help="state.pt / backbone.pt (local or s3://)")
+    cv.add_argument("--out", required=True, help="new file (local or s3://); must not exist")
+    cv.add_argument("--endpoint-url", default="", help="S3 endpoint (else AWS_ENDPOINT_URL_S3)")
+    cv.set_defaults(func=cmd_checkpoint)
 
     w = sub.add_parser("sweep", help="a Ray Tune study: pre-train + evaluate every trial")
     w.add_argument("--config", required=True, help="sweep YAML (configs/sweep_*.yaml)")

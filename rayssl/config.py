@@ -598,7 +598,15 @@ class RunSettings:
     """Local path or s3://bucket/prefix for checkpoints (RunConfig.storage_path)."""
     seed: int = 0
     tracking_uri: str = ""
-    """MLflow tracking URI; '' = $MLFLOW_TRACKING_URI or sqlite:///mlruns.db."""
+    """MLflow tracking URI; '' = $MLFLOW_TRACKING_URI or sqlite:///mlruns.db. Never with
+    credentials (a config is stored in checkpoints and logged): put a URI with them in
+    $MLFLOW_TRACKING_URI (or use MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN); a config
+    then holds it redacted (`https://***@host`)."""
+    resume: Literal["auto", "force"] = "auto"
+    """Running `name` again resumes its latest checkpoint. "auto": only when the saved
+    config equals this one except in the keys of `rayssl.launch.RESUME_MAY_CHANGE`
+    (resources, checkpoint cadence, logging), else an error lists the differing keys;
+    "force": resume anyway, under the new settings."""
     experiment: str = "rayssl"
     artifact_location: str = ""
     """Where a NEW MLflow experiment stores artifacts (e.g. s3://bucket/mlflow); '' =
@@ -615,6 +623,22 @@ class RunSettings:
             raise ConfigError(f"{prefix}.name: expected a non-empty name without '/'")
         if not self.storage_path:
             raise ConfigError(f"{prefix}.storage_path: expected a path or s3:// URI")
+        check_no_credentials(f"{prefix}.tracking_uri", self.tracking_uri)
+
+
+_USERINFO_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://(?P<userinfo>[^\s/][^\s]*)@")
+
+
+def check_no_credentials(key: str, uri: str) -> None:
+    """A URI in a config must not carry `user:secret@` (the redacted `***@` is allowed):
+    configs are saved in checkpoints and logged as MLflow params."""
+    m = _USERINFO_RE.match(uri or "")
+    if m and m.group("userinfo") != "***":
+        raise ConfigError(
+            f"{key}: credentials in a config would be saved and logged; put the URI in "
+            "MLFLOW_TRACKING_URI (or use MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD) "
+            "and leave this empty"
+        )
 
 
 @dataclass

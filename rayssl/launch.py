@@ -19,6 +19,44 @@ from rayssl.config import Config, ConfigError
 from rayssl.data import storage
 from rayssl.train.tracking import default_tracking_uri, git_commit
 
+#: Config keys a resumed run may change (`run.resume=auto`): the resources it runs on,
+#: its checkpoint cadence and its logging; what is trained stays the saved run's. A key
+#: ending in "." covers its section.
+RESUME_MAY_CHANGE = (
+    # resources
+    "train.num_workers",
+    "train.min_workers",
+    "train.use_gpu",
+    "train.cpus_per_worker",
+    "train.gpus_per_worker",
+    "train.worker_resources",
+    "train.torch_threads",
+    "train.device_prefetch",
+    "train.max_failures",
+    "data.decode_threads",
+    "data.num_cpus_per_task",
+    "data.decode_resources",
+    "data.decode_cpus_per_worker",
+    "data.object_store_mb_per_worker",
+    "data.rows_per_task",
+    "data.prefetch_batches",
+    "data.endpoint_url",
+    # checkpoint cadence
+    "train.checkpoint_every_steps",
+    "train.checkpoint_every_minutes",
+    "train.num_checkpoints_to_keep",
+    # logging
+    "train.log_every_steps",
+    "data.progress_logs",
+    "run.tracking_uri",
+    "run.experiment",
+    "run.artifact_location",
+    "run.dataset_name",
+    "run.parent_run_id",
+    "run.resume",
+    "monitor.",
+)
+
 
 def _absolute(uri: str) -> str:
     if not uri or storage.is_s3(uri) or "://" in uri:
@@ -38,7 +76,7 @@ def resolve_paths(cfg: Config) -> Config:
     run = replace(
         cfg.run,
         storage_path=_absolute(cfg.run.storage_path),
-        tracking_uri=tracking_uri,
+        tracking_uri=storage.redact(tracking_uri),  # credentials stay in the environment
         artifact_location=artifacts,
     )
     return replace(cfg, data=data, run=run)
@@ -317,6 +355,7 @@ def run_training(cfg: Config) -> tuple[dict[str, Any], Config]:
     from rayssl import preflight
 
     cfg = prepare_config(cfg)
+    check_resume(cfg)
     preflight.check_data(cfg)
     preflight.check_outputs(cfg)
     _init_ray()
@@ -340,3 +379,75 @@ def _checkpoint_uri(cfg: Config, path: str) -> str:
     if storage.is_s3(cfg.run.storage_path) and not storage.is_s3(path):
         return "s3://" + path.lstrip("/")
     return path
+
+
+def _may_change(key: str) -> bool:
+    return any(
+        key == k or (k.endswith(".") and key.startswith(k)) or key.startswith(k + ".")
+        for k in RESUME_MAY_CHANGE
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """The keys (outside `RESUME_MAY_CHANGE`) whose value in the saved config `saved`
+    differs from `cfg`'s, sorted."""
+    from rayssl.config import config_from_dict, flatten
+
+    try:
+        old = config_from_dict(saved).flat()  # fills keys added since with their defaults
+    except (ConfigError, TypeError, ValueError, KeyError):
+        old = flatten(saved)
+    new = cfg.flat()
+    missing = object()
+    return sorted(
+        k
+        for k in set(old) | set(new)
+        if not _may_change(k) and _plain(old.get(k, missing)) != _plain(new.get(k, missing))
+    )
+
+
+def check_resume(cfg: Config) -> str | None:
+    """Before anything starts: when `run.name` already has a checkpoint, read it (as plain
+    data: a pickle that would run code is a CheckpointError naming it) and compare its
+    config with `cfg`. A difference outside `RESUME_MAY_CHANGE` is a ConfigError listing
+    the keys, unless `run.resume=force`. Returns the state.pt resumed from, or None."""
+    options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
+    run_uri = storage.join(cfg.run.storage_path, cfg.run.name)
+    try:
+        if not storage.list_files(run_uri, options=options):
+            return None  # a new run: nothing to compare (and torch need not load here)
+    except storage.StorageNotFoundError:
+        return None
+    from rayssl import checkpoint as ckpt
+
+    state_uri = ckpt.run_folder_checkpoint(run_uri, options)
+    if state_uri is None:
+        return None
+    where = storage.redact(state_uri)
+    state = ckpt.read(state_uri, options)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ckpt.CheckpointError(f"{where}: not a rayssl training state")
+    saved = state.get("config")
+    if not isinstance(saved, dict) or not saved:
+        raise ckpt.CheckpointError(f"{where}: holds no config to compare with the new run")
+    changed = config_differences(saved, cfg)
+    if changed and cfg.run.resume != "force":
+        shown = ", ".join(changed[:20]) + (
+            f" and {len(changed) - 20} more" if len(changed) > 20 else ""
+        )
+        raise ConfigError(
+            f"run.name {cfg.run.name!r} resumes {where}, whose config differs in {shown}; "
+            "run it with its saved config, choose a new run.name, or set run.resume=force "
+            "to continue under the new settings"
+        )
+    if changed:
+        print(f"rayssl: run.resume=force: resuming {where} with changed {', '.join(changed)}")
+    return state_uri

@@ -104,9 +104,10 @@ _MAX_PAGE_SIZE = 1000  # S3 never returns more than 1000 keys per ListObjectsV2 
 
 _SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 _MIN_SECRET_LEN = 4
-# scheme://<userinfo>@ -- greedy up to the last '@' before whitespace, so a password
-# containing '/' or ':' is still covered (over-redacting an odd '@' in a path is harmless).
-_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^\s@]+@")
+# scheme://<userinfo>@ -- greedy up to the LAST '@' before whitespace or a quote, so a
+# password containing '@', '/' or ':' is still covered (`https://u:p@ss@host` leaks no
+# `ss`); over-redacting an odd '@' in a path is harmless.
+_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^\s\"'<>]+@")
 # Presigned-URL query parameters carrying the key id / signature / session token.
 _PRESIGNED_RE = re.compile(
     r"((?:X-Amz-(?:Credential|Signature|Security-Token)|AWSAccessKeyId|Signature)=)[^&\s\"'<]+",

@@ -15,13 +15,14 @@ A checkpoint carries the backbone settings it was trained with (`model.backbone`
 whose keys or shapes do not fit the backbone is a `CheckpointError` naming the mismatch:
 nothing is ever silently left at random initialisation.
 
+Every file is read as plain data (`rayssl.checkpoint`: `torch.load(weights_only=True)`):
+a checkpoint whose pickle would run code is refused with a one-line `CheckpointError`.
+
 Plain torch plus storage and MLflow; no Ray.
 """
 
 from __future__ import annotations
 
-import io
-import posixpath
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,18 +31,17 @@ import torch
 import yaml
 from torch import nn
 
+from rayssl import checkpoint as ckpt
+from rayssl.checkpoint import STATE_FILE, CheckpointError, latest_state_uri
 from rayssl.config import Config, ModelConfig
 from rayssl.data import storage
+
+__all__ = ["CheckpointError", "STATE_FILE", "latest_state_uri"]  # re-exported
 
 BACKBONE_FORMAT = "rayssl.backbone/1"
 RANDOM = "random"
 MLFLOW_PREFIX = "runs:/"
 DEFAULT_ARTIFACT = "weights/backbone.pt"
-STATE_FILE = "state.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be found, read, or does not fit the backbone."""
 
 
 @dataclass
@@ -77,20 +77,6 @@ def backbone_file_payload(
     }
 
 
-def _load_torch(data: bytes, where: str) -> Any:
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises several types for a file that is not a checkpoint
-        raise CheckpointError(f"{where}: not a torch checkpoint ({type(e).__name__}: {e})") from e
-
-
-def _read(uri: str, options: storage.StorageOptions | None) -> bytes:
-    try:
-        return storage.read_bytes(uri, options=options)
-    except storage.StorageNotFoundError as e:
-        raise CheckpointError(f"checkpoint {storage.redact(uri)!r} does not exist") from e
-
-
 def _model_settings(values: dict[str, Any] | None, fallback: ModelConfig) -> ModelConfig:
     if not values:
         return fallback
@@ -100,29 +86,6 @@ def _model_settings(values: dict[str, Any] | None, fallback: ModelConfig) -> Mod
     if "width" in values:
         known["width"] = float(values["width"])
     return replace(fallback, **known)
-
-
-def latest_state_uri(uri: str, options: storage.StorageOptions | None) -> str:
-    """`uri/state.pt` if it exists, else the newest `checkpoint_*/state.pt` under `uri`."""
-    direct = storage.join(uri, STATE_FILE)
-    if storage.exists(direct, options=options):
-        return direct
-    try:
-        files = storage.list_files(uri, options=options)
-    except storage.StorageNotFoundError as e:
-        raise CheckpointError(f"checkpoint {storage.redact(uri)!r} does not exist") from e
-    states = sorted(
-        f.uri
-        for f in files
-        if f.uri.endswith("/" + STATE_FILE)
-        and posixpath.basename(storage.parent(f.uri)).startswith("checkpoint_")
-    )
-    if not states:
-        raise CheckpointError(
-            f"{storage.redact(uri)!r} holds no Ray Train checkpoint ({STATE_FILE} or "
-            f"checkpoint_*/{STATE_FILE}) and is not a backbone.pt"
-        )
-    return states[-1]  # Ray Train names checkpoints checkpoint_<timestamp>: last = newest
 
 
 def _split_prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -204,7 +167,7 @@ def _from_mlflow(spec: str, cfg: Config) -> BackboneSource:
             raise CheckpointError(
                 f"{spec!r}: the run has no artifact {artifact!r} (did it finish?)"
             ) from e
-        payload = _load_torch(Path(path).read_bytes(), f"{spec} ({artifact})")
+        payload = ckpt.load_bytes(Path(path).read_bytes(), f"{spec} ({artifact})")
         config: dict[str, Any] = {}
         try:
             cpath = mlflow.artifacts.download_artifacts(
@@ -233,13 +196,11 @@ def resolve_checkpoint(spec: str, cfg: Config) -> BackboneSource:
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
     where = storage.redact(spec)
     if spec.endswith(".pt") or spec.endswith(".pth"):
-        return _from_backbone_file(
-            spec, "backbone_file", where, _load_torch(_read(spec, options), where), cfg
-        )
+        return _from_backbone_file(spec, "backbone_file", where, ckpt.read(spec, options), cfg)
     if not storage.is_s3(spec) and not Path(storage.listing_root(spec)).exists():
         raise CheckpointError(f"checkpoint {where!r} does not exist")
     state_uri = latest_state_uri(spec, options)
-    state = _load_torch(_read(state_uri, options), storage.redact(state_uri))
+    state = ckpt.read(state_uri, options)
     return _from_training_state(spec, storage.redact(state_uri), state, cfg)
 
 

@@ -15,7 +15,6 @@ The metric functions at the top are plain numpy (unit-tested on known logits).
 from __future__ import annotations
 
 import csv
-import io
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -162,20 +161,18 @@ def run_test_protocol(cfg: Config, checkpoint: str, mlflow_run_id: str = "") -> 
     """The thesis's test protocol on `finetune.test_split` with the trained model of
     `checkpoint` (a Ray Train checkpoint: backbone and classifier). Logs to the MLflow
     run `mlflow_run_id` when given; returns the metrics."""
-    import torch
 
+    from rayssl import checkpoint as checkpoint_format
+    from rayssl.checkpoint import latest_state_uri
     from rayssl.data import storage
     from rayssl.data.manifest import read_manifest, require_labels
-    from rayssl.evaluate.checkpoint import latest_state_uri
     from rayssl.evaluate.features import ProbabilityModel, run_inference
     from rayssl.pretext import build_pretext
     from rayssl.train.step import PretextModel, build_model
 
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
     state_uri = latest_state_uri(checkpoint, options)
-    state = torch.load(
-        io.BytesIO(storage.read_bytes(state_uri, options)), map_location="cpu", weights_only=False
-    )
+    state = checkpoint_format.read(state_uri, options)
     pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
     model: PretextModel = build_model(cfg, pretext)
     model.load_state_dict(state["model"])

@@ -482,6 +482,7 @@ def evaluate_checkpoint(
     `suite_dir` (the suite file's folder) resolves a relative fine-tuning config."""
     from rayssl import preflight
     from rayssl.launch import _init_ray, resolve_paths
+    from rayssl.train.tracking import real_tracking_uri
 
     t0 = time.perf_counter()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -494,7 +495,7 @@ def evaluate_checkpoint(
     check_labels(suite, table)
     table = needed_videos(suite, table)
     # the results go to MLflow at the end: an unwritable store must not waste the run
-    preflight.check_tracking_uri(suite.run.tracking_uri)
+    preflight.check_tracking_uri(real_tracking_uri(suite.run.tracking_uri))
     _init_ray()
 
     feats = _Features(suite, backbone, table, out)
@@ -555,9 +556,14 @@ def log_to_mlflow(
     import mlflow
 
     from rayssl.config import flatten
-    from rayssl.train.tracking import PRETRAIN_RUN_TAG, experiment_id, git_commit
+    from rayssl.train.tracking import (
+        PRETRAIN_RUN_TAG,
+        experiment_id,
+        git_commit,
+        real_tracking_uri,
+    )
 
-    client = mlflow.MlflowClient(suite.run.tracking_uri)
+    client = mlflow.MlflowClient(real_tracking_uri(suite.run.tracking_uri))
     tags = {
         "checkpoint": storage.redact(checkpoint),
         "checkpoint_kind": source.kind,

@@ -1,7 +1,8 @@
 """Training state on disk: model, optimiser, scheduler, epoch, sampler and run ids.
 
 A checkpoint is a directory holding `state.pt`; Ray Train copies it to the run's
-`storage_path` (local or S3) when it is reported. Plain torch, no Ray.
+`storage_path` (local or S3) when it is reported. Its format (plain data only, read with
+`weights_only=True`) is `rayssl.checkpoint`'s. Plain torch, no Ray.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-STATE_FILE = "state.pt"
+from rayssl import checkpoint as ckpt
+from rayssl.checkpoint import STATE_FILE
+
 FORMAT_VERSION = 1
 
 
@@ -38,8 +41,7 @@ def save_training_state(
     `config` is the run's config as a dict: evaluations rebuild the backbone from it.
     """
     path = Path(directory) / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
+    return ckpt.save(
         {
             "format_version": FORMAT_VERSION,
             "model": model.state_dict(),
@@ -52,17 +54,19 @@ def save_training_state(
         },
         path,
     )
-    return path
 
 
-def load_training_state(directory: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+def load_training_state(directory: str | Path) -> dict[str, Any]:
+    """The state in `directory`, read as plain data (`rayssl.checkpoint.read`: a pickle
+    that would run code is a `CheckpointError`)."""
     path = Path(directory) / STATE_FILE
     if not path.exists():
         raise FileNotFoundError(f"no {STATE_FILE} in checkpoint {directory}")
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if state.get("format_version") != FORMAT_VERSION:
+    state = ckpt.read(str(path))
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise ValueError(
-            f"checkpoint {directory}: unsupported format {state.get('format_version')}"
+            f"checkpoint {directory}: unsupported format "
+            f"{state.get('format_version') if isinstance(state, dict) else type(state).__name__}"
         )
     return state
 

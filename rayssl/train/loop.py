@@ -26,6 +26,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from rayssl import checkpoint as checkpoint_format
 from rayssl.config import Config, config_from_dict
 from rayssl.data import storage
 from rayssl.data.manifest import read_manifest
@@ -666,6 +667,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             path = Path(d) / "backbone.pt"
             backbone = cast(PretextModel, unwrap(model)).backbone
             extra = {"mlflow_run_id": tracker.run_id or "", "config": cfg.to_dict()}
-            torch.save(backbone_file_payload(backbone, cfg.model, extra), path)
+            checkpoint_format.save(backbone_file_payload(backbone, cfg.model, extra), path)
             tracker.log_file(path, "weights")
         tracker.finish()

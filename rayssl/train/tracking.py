@@ -3,6 +3,12 @@
 * Tracking URI: `run.tracking_uri`, else $MLFLOW_TRACKING_URI, else
   `sqlite:///<cwd>/mlruns.db` made absolute where the job is launched (MLflow 3
   refuses the plain file store).
+* Credentials come only from the environment: $MLFLOW_TRACKING_URI (`postgresql://u:pw@db/x`,
+  `https://u:tok@host`) or MLflow's own MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN. A
+  config holds the URI redacted (`https://***@host`, `stored_tracking_uri`), so no secret
+  reaches a checkpoint, Ray's job config, MLflow params or a log; `default_tracking_uri`
+  gives the redacted URI its credentials back from $MLFLOW_TRACKING_URI where it is used.
+* Filter strings quote their values with `filter_literal` (a `'` in a run name works).
 * A resumed job continues the same MLflow run: its id travels in the checkpoint.
 * Params are the flattened config; tags name the commit, pretext, backbone,
   dataset and data fraction; artifacts are the config file and the final backbone
@@ -17,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, cast
 
-from rayssl.config import Config, dump_config
+from rayssl.config import Config, ConfigError, dump_config
 from rayssl.data.storage import redact
 
 RUN_KEY_TAG = "rayssl.run_key"
@@ -25,13 +31,56 @@ RUN_KEY_TAG = "rayssl.run_key"
 PRETRAIN_RUN_TAG = "rayssl.pretrain_run_id"
 
 
+REDACTED_USERINFO = "://***@"
+
+
+def real_tracking_uri(uri: str) -> str:
+    """`uri` as MLflow needs it: a redacted one (`scheme://***@host...`, what a config
+    holds) gets its credentials from $MLFLOW_TRACKING_URI, which must be the same URI."""
+    if REDACTED_USERINFO not in uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if env and redact(env) == uri:
+        return env
+    raise ConfigError(
+        f"run.tracking_uri {uri}: a config never holds tracking credentials; set "
+        "MLFLOW_TRACKING_URI to the full URI (with them) where rayssl runs"
+    )
+
+
 def default_tracking_uri(cfg: Config) -> str:
+    """The tracking URI to connect to, credentials included (never store it: see
+    `stored_tracking_uri`)."""
     if cfg.run.tracking_uri:
-        return cfg.run.tracking_uri
+        return real_tracking_uri(cfg.run.tracking_uri)
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     return f"sqlite:///{Path.cwd().resolve() / 'mlruns.db'}"
+
+
+def stored_tracking_uri(cfg: Config) -> str:
+    """The tracking URI as a config, checkpoint or log may hold it: redacted."""
+    return redact(default_tracking_uri(cfg))
+
+
+def filter_literal(value: str) -> str:
+    """`value` as a string literal of MLflow's search filter grammar (which has no
+    escapes): quoted with the quote character it does not contain; ValueError if it
+    holds both."""
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"cannot search MLflow for {value!r}: it holds both quote characters")
+
+
+def filter_tag(key: str, value: str) -> str:
+    """The MLflow filter clause `tags.<key> = <value>`, both quoted."""
+    if "`" in key:
+        raise ValueError(f"cannot search MLflow on tag {key!r}: it holds a backtick")
+    return f"tags.`{key}` = {filter_literal(value)}"
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -123,8 +172,8 @@ class Tracker:
         # registered) continues the unfinished MLflow run of the same job.
         unfinished = self.client.search_runs(
             [exp_id],
-            filter_string=f"tags.`{RUN_KEY_TAG}` = '{tags[RUN_KEY_TAG]}' "
-            "and attributes.status = 'RUNNING'",
+            filter_string=filter_tag(RUN_KEY_TAG, tags[RUN_KEY_TAG])
+            + " and attributes.status = 'RUNNING'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )

@@ -48,11 +48,12 @@ def _parse_tag(text: str) -> tuple[str, str]:
 
 def _quote(value: str) -> str:
     """`value` as a string literal of MLflow's filter grammar."""
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise CompareError(f"cannot filter on {value!r}: it holds both quote characters")
+    from rayssl.train.tracking import filter_literal
+
+    try:
+        return filter_literal(value)
+    except ValueError:
+        raise CompareError(f"cannot filter on {value!r}: it holds both quote characters") from None
 
 
 def _filter_string(parent: str | None, tags: Sequence[tuple[str, str]]) -> str:

@@ -385,17 +385,20 @@ def records_from_mlflow(tracking_uri: str, parent_run_id: str, metric: str) -> l
     from mlflow.entities import ViewType
     from mlflow.exceptions import MlflowException
 
+    from rayssl.data.storage import redact
+    from rayssl.train.tracking import filter_tag
+
     client = mlflow.MlflowClient(tracking_uri)
     try:
         parent = client.get_run(parent_run_id)
     except MlflowException as e:
-        raise ValueError(f"no MLflow run {parent_run_id!r} in {tracking_uri}: {e}") from e
+        raise ValueError(redact(f"no MLflow run {parent_run_id!r} in {tracking_uri}: {e}")) from e
     runs: list[Any] = []
     token = None
     while True:
         page = client.search_runs(
             [parent.info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+            filter_string=filter_tag("mlflow.parentRunId", parent_run_id),
             run_view_type=ViewType.ACTIVE_ONLY,
             max_results=1000,
             page_token=token,

@@ -36,7 +36,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rayssl.config import Config, ConfigError, load_config, read_yaml, typed_from_dict
+from rayssl.config import (
+    Config,
+    ConfigError,
+    check_no_credentials,
+    load_config,
+    read_yaml,
+    typed_from_dict,
+)
 from rayssl.config import _in_range as in_range
 
 #: Test hook: "<folder>:<trial>[:logged]" makes that trial wait, once, at its start (or,
@@ -89,6 +96,7 @@ class StudySettings:
         in_range(f"{prefix}.max_failures", self.max_failures, 0, None)
         in_range(f"{prefix}.max_concurrent", self.max_concurrent, 0, None)
         in_range(f"{prefix}.data_cpus_per_trial", self.data_cpus_per_trial, 0.0, None)
+        check_no_credentials(f"{prefix}.tracking_uri", self.tracking_uri)
 
 
 @dataclass
@@ -333,13 +341,15 @@ def finished_trial_run(
 
     if not parent_run_id:
         return None
+    from rayssl.train.tracking import filter_tag
+
     client = mlflow.MlflowClient(uri)
     exp_id = client.get_run(parent_run_id).info.experiment_id
     runs = client.search_runs(
         [exp_id],
         filter_string=(
-            f"tags.mlflow.parentRunId = '{parent_run_id}' and "
-            f"tags.`{TAG_PREFIX}trial` = '{slug}' and attributes.status = 'FINISHED'"
+            f"{filter_tag('mlflow.parentRunId', parent_run_id)} and "
+            f"{filter_tag(f'{TAG_PREFIX}trial', slug)} and attributes.status = 'FINISHED'"
         ),
     )
     for run in runs:
@@ -360,14 +370,16 @@ def _parent_run(cfg: SweepConfig, uri: str, grid: list[Trial]) -> str:
     """The study's MLflow run: found again by its tag when the study resumes."""
     import mlflow
 
-    from rayssl.train.tracking import experiment_id
+    from rayssl.train.tracking import experiment_id, filter_tag
 
     client = mlflow.MlflowClient(uri)
     exp_id = experiment_id(client, cfg.study.experiment)
     key = f"{cfg.study.storage_path.rstrip('/')}/{cfg.study.name}"
     found = client.search_runs(
         [exp_id],
-        filter_string=f"tags.`{STUDY_TAG}` = '{key}' and tags.`rayssl.sweep.role` = 'study'",
+        filter_string=(
+            f"{filter_tag(STUDY_TAG, key)} and {filter_tag('rayssl.sweep.role', 'study')}"
+        ),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -422,7 +434,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     grid = check_sweep(cfg)
     check_trials_world(cfg, grid)
     uri = default_tracking_uri(trial_config(cfg, grid[0]))
-    cfg = replace(cfg, study=replace(cfg.study, tracking_uri=uri))
+    # trials get the URI redacted (Tune stores their config); they connect with
+    # default_tracking_uri, which takes the credentials from MLFLOW_TRACKING_URI
+    cfg = replace(cfg, study=replace(cfg.study, tracking_uri=storage.redact(uri)))
     _init_ray()
     parent = _parent_run(cfg, uri, grid)
     fs, root = storage.get_filesystem(cfg.study.storage_path, storage.StorageOptions())

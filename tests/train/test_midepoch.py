@@ -85,7 +85,8 @@ def test_kill_mid_epoch_resumes_every_draw_exactly_once(tiny_manifest, tmp_path)
     assert kill.exists(), first.stdout[-3000:] + first.stderr[-3000:]
     assert first.returncode != 0, "a dead worker without max_failures fails the job"
     second = subprocess.run(
-        [*cmd, *base, "train.num_workers=1", "train.batch_size=2"],
+        # a changed batch size is a changed run: resuming under it takes run.resume=force
+        [*cmd, *base, "train.num_workers=1", "train.batch_size=2", "run.resume=force"],
         env=env,
         capture_output=True,
         text=True,
