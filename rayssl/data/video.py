@@ -162,6 +162,35 @@ class VideoLimits:
 NO_LIMITS = VideoLimits()
 
 
+@dataclass(frozen=True)
+class VideoAccess:
+    """How a task opens a video: the caps, and above which size an S3 object is
+    streamed (`video_source`). Picklable; `from_config` takes a `DataConfig`."""
+
+    limits: VideoLimits = NO_LIMITS
+    stream_threshold_bytes: int = 16 << 20
+    stream_block_bytes: int = 1 << 20
+
+    @classmethod
+    def from_config(cls, data) -> VideoAccess:  # noqa: ANN001 -- rayssl.config.DataConfig
+        return cls(data.limits(), data.stream_threshold_bytes, data.stream_block_bytes)
+
+    def source(self, uri: str, options=None, size_bytes: int = -1) -> Source:  # noqa: ANN001
+        """`video_source` of `uri` under these settings."""
+        return video_source(
+            uri,
+            options,
+            limits=self.limits,
+            size_bytes=size_bytes,
+            stream_threshold_bytes=self.stream_threshold_bytes,
+            stream_block_bytes=self.stream_block_bytes,
+        )
+
+
+#: Caps off, the default streaming threshold (tests, benchmarks, old callers).
+DEFAULT_ACCESS = VideoAccess()
+
+
 def _check_deadline(deadline: float | None, done: int) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise VideoError("decode_timeout", f"time limit reached after {done} frames")
