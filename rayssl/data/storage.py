@@ -88,6 +88,7 @@ __all__ = [
     "retry_call",
     "s3_client",
     "size",
+    "upload_file",
     "write_bytes",
 ]
 
@@ -1132,6 +1133,50 @@ def write_bytes(
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # honours the umask
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        code = error_code(exc)
+        reason = exc.strerror or str(exc)
+        raise StorageError(
+            f"write {text} failed: {code}: {reason}", uri=text, attempts=1, code=code
+        ) from exc
+
+
+def upload_file(local_path: PathLike, uri: PathLike, options: StorageOptions | None = None) -> None:
+    """Store the local file ``local_path`` at ``uri`` without reading it into memory.
+
+    S3: boto3's managed transfer (multipart above its threshold) under :func:`retry_call`.
+    Local: copied to a temporary file beside the target, fsynced and ``os.replace``-d into
+    place, as :func:`write_bytes` does.
+    """
+    import shutil
+
+    text = os.fspath(uri)
+    if is_s3(text):
+        opts = _opts(options)
+        bucket, key = parse_s3(text)
+        if not key or key.endswith("/"):
+            raise ValueError(f"cannot write to a bucket or prefix: {redact(text)!r}")
+        client = s3_client(opts, botocore_retries=False)
+        _s3_call(
+            functools.partial(client.upload_file, os.fspath(local_path), bucket, key),
+            what=f"write {text}",
+            uri=text,
+            options=opts,
+        )
+        return
+    path = os.path.abspath(_local_path(text))
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f, open(local_path, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
