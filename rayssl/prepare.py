@@ -690,9 +690,7 @@ def run_prepare(
         flush=True,
     )
     if items:
-        task = functools.partial(
-            prepare_item, params=params, options=task_options, access=access
-        )
+        task = functools.partial(prepare_item, params=params, options=task_options, access=access)
         results = (
             ray.data.from_items(items, override_num_blocks=min(len(items), 512))
             .map(task, num_cpus=num_cpus_per_task)

@@ -241,9 +241,7 @@ def _head(source: Source, n: int = 64) -> bytes:
         source.seek(pos)
 
 
-def open_container(
-    source: Source, limits: VideoLimits = NO_LIMITS
-) -> av.container.InputContainer:
+def open_container(source: Source, limits: VideoLimits = NO_LIMITS) -> av.container.InputContainer:
     """The only way this project opens a video for reading.
 
     `source`: a local path, the file's bytes, or a seekable binary file object (e.g.
