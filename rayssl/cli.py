@@ -61,6 +61,45 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The caps on one video (`data.max_*` of the config; the same defaults)."""
+    from rayssl.config import DataConfig
+
+    d = DataConfig()
+    parser.add_argument(
+        "--max-video-bytes", type=int, default=d.max_video_bytes, help="0 = no cap (too_large)"
+    )
+    parser.add_argument(
+        "--max-pixels", type=int, default=d.max_pixels, help="height x width cap (0 = none)"
+    )
+    parser.add_argument("--max-frames", type=int, default=d.max_frames, help="0 = no cap")
+    parser.add_argument(
+        "--decode-timeout-s", type=float, default=d.decode_timeout_s, help="per video; 0 = none"
+    )
+    parser.add_argument(
+        "--stream-threshold-bytes",
+        type=int,
+        default=d.stream_threshold_bytes,
+        help="S3 objects above this are streamed by ranged GETs",
+    )
+
+
+def access_from_args(args: argparse.Namespace):
+    """The `VideoAccess` of `add_limit_arguments`' arguments."""
+    from rayssl.config import DataConfig
+    from rayssl.data.video import VideoAccess
+
+    data = DataConfig(
+        max_video_bytes=args.max_video_bytes,
+        max_pixels=args.max_pixels,
+        max_frames=args.max_frames,
+        decode_timeout_s=args.decode_timeout_s,
+        stream_threshold_bytes=args.stream_threshold_bytes,
+    )
+    data.validate("args")
+    return VideoAccess.from_config(data)
+
+
 def cmd_manifest(args: argparse.Namespace) -> int:
     from rayssl.data import storage
     from rayssl.data.manifest import build_manifest, list_entries, summarize, write_manifest
@@ -75,7 +114,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     if args.use_ray:
         _init_ray()
     t0 = time.perf_counter()
-    table = build_manifest(entries, options, use_ray=args.use_ray)
+    table = build_manifest(entries, options, use_ray=args.use_ray, access=access_from_args(args))
     write_manifest(table, args.out, options=options)
     s = summarize(table)
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s["by_reason"].items())) or "none"
@@ -259,6 +298,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="veryfast", help="x264 preset")
     parser.add_argument("--overwrite", action="store_true", help="redo valid existing outputs")
     parser.add_argument("--endpoint-url", default="", help="S3 endpoint (else AWS_ENDPOINT_URL_S3)")
+    add_limit_arguments(parser)
 
 
 def prepare_from_args(args: argparse.Namespace) -> dict:
@@ -274,6 +314,7 @@ def prepare_from_args(args: argparse.Namespace) -> dict:
         endpoint_url=args.endpoint_url or None,
         preset=args.preset,
         overwrite=args.overwrite,
+        access=access_from_args(args),
     )
 
 
@@ -436,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--endpoint-url", default="", help="S3 endpoint (else AWS_ENDPOINT_URL_S3)")
     m.add_argument("--no-ray", dest="use_ray", action="store_false", help="probe in-process")
     m.add_argument("--show-bad", type=int, default=20, help="bad rows to print")
+    add_limit_arguments(m)
     m.set_defaults(func=cmd_manifest)
 
     v = sub.add_parser("preview", help="sample clips with the training pipeline and save them")

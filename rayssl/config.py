@@ -19,6 +19,9 @@ from typing import Any, Literal, Union, cast, get_args, get_origin, get_type_hin
 
 import yaml
 
+if typing.TYPE_CHECKING:
+    from rayssl.data.video import VideoLimits
+
 
 class ConfigError(ValueError):
     """A bad config: names the key and what was expected."""
@@ -117,7 +120,35 @@ class DataConfig:
     endpoint_url: str = ""
     """S3 endpoint URL only (e.g. http://minio:9000); credentials come from the
     standard AWS environment, never from configs."""
+    max_video_bytes: int = 4 << 30
+    """Largest video file read (bytes); a larger one is skipped as `too_large` before a
+    byte of it is fetched. 0 = no cap."""
+    max_pixels: int = 4096 * 2160
+    """Largest frame (height x width) decoded; larger is `too_many_pixels` (8K frames
+    take 100 MB each as RGB). 0 = no cap."""
+    max_frames: int = 500_000
+    """Most frames a video may have (4.6 h at 30 fps); more is `too_many_frames`. 0 = no
+    cap."""
+    decode_timeout_s: float = 600.0
+    """Wall-time limit of one probe or one clip read of one video (`decode_timeout`).
+    0 = none."""
+    stream_threshold_bytes: int = 16 << 20
+    """S3 objects up to this size are fetched whole (one GET); larger ones are read
+    through a seekable stream of ranged GETs (only the blocks a clip needs)."""
+    stream_block_bytes: int = 1 << 20
+    """Size of one ranged GET of the stream (4 of them are cached per open video)."""
     augment: AugmentSettings = field(default_factory=AugmentSettings)
+
+    def limits(self) -> VideoLimits:
+        """The caps as the video reader takes them."""
+        from rayssl.data.video import VideoLimits
+
+        return VideoLimits(
+            max_bytes=self.max_video_bytes,
+            max_pixels=self.max_pixels,
+            max_frames=self.max_frames,
+            decode_timeout_s=self.decode_timeout_s,
+        )
 
     def validate(self, prefix: str) -> None:
         _in_range(f"{prefix}.fraction", self.fraction, 1e-9, 1.0)
@@ -136,6 +167,10 @@ class DataConfig:
         _in_range(f"{prefix}.rows_per_task", self.rows_per_task, 1, None)
         _in_range(f"{prefix}.prefetch_batches", self.prefetch_batches, 0, None)
         _in_range(f"{prefix}.max_skip_fraction", self.max_skip_fraction, 0.0, 1.0)
+        for name in ("max_video_bytes", "max_pixels", "max_frames", "decode_timeout_s"):
+            _in_range(f"{prefix}.{name}", getattr(self, name), 0, None)
+        _in_range(f"{prefix}.stream_threshold_bytes", self.stream_threshold_bytes, 0, None)
+        _in_range(f"{prefix}.stream_block_bytes", self.stream_block_bytes, 4096, None)
         if "@" in self.endpoint_url:
             raise ConfigError(
                 f"{prefix}.endpoint_url: must hold only the URL; put credentials in the "

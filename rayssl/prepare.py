@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
+import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Generator
@@ -66,7 +67,17 @@ from rayssl.data.manifest import (
     rows_to_table,
     write_manifest,
 )
-from rayssl.data.video import VideoError, VideoProbe, probe_video
+from rayssl.data.video import (
+    DEFAULT_ACCESS,
+    NO_LIMITS,
+    Source,
+    VideoAccess,
+    VideoError,
+    VideoLimits,
+    VideoProbe,
+    open_container,
+    probe_video,
+)
 
 __all__ = [
     "MANIFEST_NAME",
@@ -156,29 +167,37 @@ def _frame_rate(stream: av.VideoStream) -> Fraction:
 
 
 def _decoded_frames(
-    data: bytes, threads: int
+    source: Source, threads: int, limits: VideoLimits = NO_LIMITS
 ) -> Generator[tuple[av.VideoFrame, Fraction], None, None]:
     """Every frame of the first video stream that decodes, in display order, with the
-    stream's frame rate.  Mirrors :func:`rayssl.data.video.probe_video`: a decode error after
-    at least one frame is a truncated tail (the frames before it are kept)."""
-    if len(data) == 0:
-        raise VideoError("empty_file", "0 bytes")
-    try:
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
-    except av.error.FFmpegError as e:
-        raise VideoError("not_a_video", _short(e)) from e
+    stream's frame rate.  Mirrors :func:`rayssl.data.video.probe_video`: opened by
+    ``open_container`` under ``limits`` (size, pixels, frames, time), and a decode error
+    after at least one frame is a truncated tail (the frames before it are kept)."""
+    deadline = limits.deadline()
+    container = open_container(source, limits)
     try:
         if not container.streams.video:
             raise VideoError("no_video_stream", "container has no video stream")
         stream = container.streams.video[0]
         if stream.codec_context is None:  # as rayssl.data.video._video_stream
             raise VideoError("decode_error", "no decoder for the video stream's codec")
-        stream.codec_context.thread_type = "AUTO" if threads > 1 else "NONE"
-        stream.codec_context.thread_count = threads
+        ctx = stream.codec_context
+        if limits.max_pixels and ctx.height * ctx.width > limits.max_pixels:
+            raise VideoError(
+                "too_many_pixels", f"{ctx.width}x{ctx.height} > {limits.max_pixels} pixels"
+            )
+        ctx.thread_type = "AUTO" if threads > 1 else "NONE"
+        ctx.thread_count = threads
         rate = _frame_rate(stream)
         count = 0
         try:
             for frame in container.decode(stream):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise VideoError("decode_timeout", f"time limit reached after {count} frames")
+                if limits.max_frames and count >= limits.max_frames:
+                    raise VideoError("too_many_frames", f"more than {limits.max_frames}")
+                if limits.max_pixels and frame.height * frame.width > limits.max_pixels:
+                    raise VideoError("too_many_pixels", f"a {frame.width}x{frame.height} frame")
                 count += 1
                 yield frame, rate
         except (av.error.FFmpegError, ValueError) as e:
@@ -208,24 +227,22 @@ def _x264_options(gop: int, crf: int, preset: str, threads: int) -> dict[str, st
 
 
 class _Mp4Writer:
-    """An in-memory MP4 with one libx264 yuv420p stream of ``height x width`` frames.
+    """An MP4 file at ``path`` with one libx264 yuv420p stream of ``height x width`` frames.
 
     Frames are resized by one reused swscale context and numbered in order: the i-th frame
-    written gets pts i in a 1/rate time base, whatever its own timestamp said.
+    written gets pts i in a 1/rate time base, whatever its own timestamp said. Written to
+    a local (temporary) file, so memory does not grow with the output.
     """
 
-    def __init__(self, height: int, width: int, rate: Fraction, params: PrepareParams) -> None:
+    def __init__(
+        self, path: str, height: int, width: int, rate: Fraction, params: PrepareParams
+    ) -> None:
         self.height, self.width = height, width
         self.time_base = 1 / rate
         self.count = 0
-        self._buf = io.BytesIO()
         self._reformatter = VideoReformatter()
         self._container = av.open(
-            self._buf,
-            mode="w",
-            format="mp4",
-            container_options={"movflags": "+faststart"},
-            io_open=self._io_open,
+            path, mode="w", format="mp4", container_options={"movflags": "+faststart"}
         )
         self._stream = self._container.add_stream(
             "libx264",
@@ -235,11 +252,6 @@ class _Mp4Writer:
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
         self._stream.codec_context.thread_count = params.threads
-
-    def _io_open(self, url: str, flags: int, options: dict) -> io.BytesIO:
-        # movflags=faststart re-opens the output to move the index to the front: hand the
-        # muxer a read-only copy of what it has written so far (all of mdat by then).
-        return io.BytesIO(self._buf.getvalue())
 
     def write(self, frame: av.VideoFrame) -> None:
         scaled = self._reformatter.reformat(
@@ -257,33 +269,34 @@ class _Mp4Writer:
         self._container.mux(self._stream.encode(scaled))
         self.count += 1
 
-    def finish(self) -> bytes:
-        """Flush the encoder, write the index; returns the file."""
+    def finish(self) -> None:
+        """Flush the encoder, write the index (moov moved to the front)."""
         self._container.mux(self._stream.encode(None))
         self._container.close()
-        return self._buf.getvalue()
 
     def abort(self) -> None:
         with contextlib.suppress(av.error.FFmpegError, ValueError, OSError):
             self._container.close()
 
 
-def _transcode(data: bytes, params: PrepareParams) -> tuple[bytes, int]:
-    """:func:`transcode_video`, also returning the number of frames encoded."""
+def _transcode(
+    source: Source, params: PrepareParams, out_path: str, limits: VideoLimits = NO_LIMITS
+) -> int:
+    """:func:`transcode_video` into the local file ``out_path``; returns the frames encoded."""
     params.check()
     writer: _Mp4Writer | None = None
     try:
-        with contextlib.closing(_decoded_frames(data, params.threads)) as frames:
+        with contextlib.closing(_decoded_frames(source, params.threads, limits)) as frames:
             for frame, rate in frames:
                 if writer is None:
                     height, width = output_size(frame.height, frame.width, params.short_side)
-                    writer = _Mp4Writer(height, width, rate, params)
+                    writer = _Mp4Writer(out_path, height, width, rate, params)
                 writer.write(frame)
         if writer is None:  # _decoded_frames raises first; kept for type checkers
             raise VideoError("zero_frames", "no frame decoded")
-        encoded = writer.finish()
+        writer.finish()
         count, writer = writer.count, None
-        return encoded, count
+        return count
     except VideoError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as e:
@@ -326,7 +339,11 @@ def transcode_video(
         ValueError: bad parameters.
     """
     params = PrepareParams(short_side=short_side, gop=gop, crf=crf, preset=preset, threads=threads)
-    return _transcode(data, params)[0]
+    with tempfile.TemporaryDirectory(prefix="rayssl-prepare-") as tmp:
+        out = os.path.join(tmp, "out.mp4")
+        _transcode(data, params, out)
+        with open(out, "rb") as f:
+            return f.read()
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,10 +424,21 @@ def _probed_row(item: dict[str, Any], probe: VideoProbe, size: int, status: str)
     return row
 
 
+def _source_bytes(source: Source) -> int:
+    """Bytes read from a source: all of a path or a fetched object, the fetched blocks of
+    a stream."""
+    if isinstance(source, storage.RangedReader):
+        return source.bytes_fetched
+    if isinstance(source, bytes | bytearray | memoryview):
+        return len(source)
+    return os.path.getsize(source) if isinstance(source, str | os.PathLike) else 0
+
+
 def prepare_item(
     item: dict[str, Any],
     params: PrepareParams,
     options: storage.StorageOptions | None = None,
+    access: VideoAccess = DEFAULT_ACCESS,
 ) -> dict[str, Any]:
     """Prepare one video; never raises for a bad video or a storage failure.
 
@@ -420,6 +448,8 @@ def prepare_item(
             ``check_existing``: first probe an existing ``dest`` and keep it if valid.
         params: the encoding settings.
         options: storage settings for both URIs.
+        access: caps and streaming of the source (``VideoAccess``): a large S3 source
+            is streamed, the output is written to a local temporary file and uploaded.
 
     Returns:
         The output's manifest row (:data:`rayssl.data.manifest.SCHEMA` columns, ``uri`` =
@@ -428,23 +458,30 @@ def prepare_item(
     """
     try:
         if item.get("check_existing"):
-            row = _existing_output(item, params, options)
+            row = _existing_output(item, params, options, access)
             if row is not None:
                 return row
         try:
-            data = storage.read_bytes(item["source"], options=options)
+            source = access.source(item["source"], options, int(item.get("size_bytes", -1)))
         except storage.StorageNotFoundError as e:
             return _failure(item, "missing", f"source: {e}")
-        encoded, count = _transcode(data, params)
-        probe = probe_video(encoded)
-        problem = _output_problem(probe, item, params)
-        if problem is None and probe.num_frames != count:
-            problem = f"encoded {count} frames but the output decodes {probe.num_frames}"
-        if problem is not None:
-            return _failure(item, TRANSCODE_ERROR, problem)
-        storage.write_bytes(item["dest"], encoded, options=options)
-        row = _probed_row(item, probe, len(encoded), "transcoded")
-        row.update(bytes_in=len(data), bytes_out=len(encoded))
+        try:
+            with tempfile.TemporaryDirectory(prefix="rayssl-prepare-") as tmp:
+                out = os.path.join(tmp, "out.mp4")
+                count = _transcode(source, params, out, access.limits)
+                probe = probe_video(out)
+                problem = _output_problem(probe, item, params)
+                if problem is None and probe.num_frames != count:
+                    problem = f"encoded {count} frames but the output decodes {probe.num_frames}"
+                if problem is not None:
+                    return _failure(item, TRANSCODE_ERROR, problem)
+                written = os.path.getsize(out)
+                storage.upload_file(out, item["dest"], options=options)
+        finally:
+            if isinstance(source, storage.RangedReader):
+                source.close()
+        row = _probed_row(item, probe, written, "transcoded")
+        row.update(bytes_in=_source_bytes(source), bytes_out=written)
         return row
     except VideoError as e:
         return _failure(item, e.reason, e.detail)
@@ -457,17 +494,25 @@ def prepare_item(
 
 
 def _existing_output(
-    item: dict[str, Any], params: PrepareParams, options: storage.StorageOptions | None
+    item: dict[str, Any],
+    params: PrepareParams,
+    options: storage.StorageOptions | None,
+    access: VideoAccess = DEFAULT_ACCESS,
 ) -> dict[str, Any] | None:
     """The row of a valid existing output, else None (it will be replaced)."""
+    source: Source | None = None
     try:
-        data = storage.read_bytes(item["dest"], options=options)
-        probe = probe_video(data)
+        source = access.source(item["dest"], options)
+        probe = probe_video(source, limits=access.limits)
+        size = storage.size(item["dest"], options)
     except (VideoError, storage.StorageError):
         return None
+    finally:
+        if isinstance(source, storage.RangedReader):
+            source.close()
     if _output_problem(probe, item, params) is not None:
         return None
-    return _probed_row(item, probe, len(data), "skipped")
+    return _probed_row(item, probe, size, "skipped")
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,13 +520,15 @@ def _existing_output(
 # --------------------------------------------------------------------------------------------
 
 
-def _load_source(src: str, options: storage.StorageOptions) -> pa.Table:
+def _load_source(
+    src: str, options: storage.StorageOptions, access: VideoAccess = DEFAULT_ACCESS
+) -> pa.Table:
     """A manifest URI (*.parquet) is read; a folder (SRC/<class>/<video>) is indexed."""
     if src.endswith(".parquet"):
         return read_manifest(src, options=options)
     entries = list_entries(src, "folder", options=options)
     print(f"prepare: indexing {len(entries)} videos under {src}", flush=True)
-    return build_manifest(entries, options, use_ray=True)
+    return build_manifest(entries, options, use_ray=True, access=access)
 
 
 def _normalise_out(out: str) -> str:
@@ -542,6 +589,7 @@ def run_prepare(
     *,
     threads: int = 1,
     num_cpus_per_task: float = 1.0,
+    access: VideoAccess = DEFAULT_ACCESS,
 ) -> dict[str, Any]:
     """Transcode every usable video of ``src`` to ``out/<video_id>.mp4`` with Ray Data.
 
@@ -556,6 +604,7 @@ def run_prepare(
         overwrite: re-transcode outputs that exist and are valid instead of skipping them.
         threads: decoder/encoder threads per video.
         num_cpus_per_task: CPUs Ray reserves per video.
+        access: caps (`too_large`, `too_many_pixels`, ...) and S3 streaming of the sources.
 
     Returns:
         Summary: ``ok`` (usable outputs in the new manifest: ``transcoded`` +
@@ -589,7 +638,7 @@ def run_prepare(
             f"{src}; choose another --out"
         )
 
-    source = _load_source(src, options)
+    source = _load_source(src, options, access)
     existing = {} if overwrite else _existing_outputs(out, options)
     previous = _previous_rows(manifest_uri, options) if existing else {}
 
@@ -612,6 +661,7 @@ def run_prepare(
             "num_frames": int(src_row.get("num_frames") or 0),
             "height": int(src_row.get("height") or 0),
             "width": int(src_row.get("width") or 0),
+            "size_bytes": -1 if src_row.get("size_bytes") is None else int(src_row["size_bytes"]),
         }
         if src_row.get("error"):
             rows.append(_failure(item, src_row["error"], src_row.get("error_detail") or ""))
@@ -640,7 +690,7 @@ def run_prepare(
         flush=True,
     )
     if items:
-        task = functools.partial(prepare_item, params=params, options=task_options)
+        task = functools.partial(prepare_item, params=params, options=task_options, access=access)
         results = (
             ray.data.from_items(items, override_num_blocks=min(len(items), 512))
             .map(task, num_cpus=num_cpus_per_task)

@@ -121,6 +121,8 @@ _ITEM_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts")
 
 MANIFEST_ERROR = "manifest_error"
 TOO_SHORT = "too_short"
+#: Clips of one video decoded (and held) at a time by `score_video`.
+SCORE_CHUNK_CLIPS = 8
 TOO_SMALL = "too_small"
 FLOW_ERROR = "flow_error"
 NO_MOTION = "no_motion"
@@ -287,42 +289,48 @@ def score_video(row: dict[str, Any], spec: ScoreSpec) -> dict[str, Any]:
     length = spec.frames_per_clip
     if num_frames < length:
         return _result(row, spec, error=TOO_SHORT, detail=f"{num_frames} frames < {length}")
-    t0 = time.perf_counter()
     try:
         idx = clip_indices(spec.clips, num_frames, spec.clip_len)
-        try:
-            frames = read_row_frames(
-                row, idx.reshape(-1), spec.resize, spec.storage_options, spec.decode_threads
-            )
-        except RowSkip as e:
-            cause = e.__cause__
-            return _result(row, spec, error=e.reason, detail=_short(cause) if cause else "")
-        clips = frames.reshape(len(idx), idx.shape[1], *frames.shape[1:])
-        height, width = clips.shape[2:4]
-        if height < spec.crop[0] or width < spec.crop[1]:
-            return _result(
-                row, spec, error=TOO_SMALL, detail=f"frames {height}x{width} < crop {spec.crop}"
-            )
-        top, left = center_crop_params(height, width, spec.crop)
-        t1 = time.perf_counter()
         scores: list[float] = []
-        try:
-            for clip in clips:
-                flow = compute_flow(
-                    np.ascontiguousarray(crop_clip(clip, top, left, spec.crop)), spec.flow
+        decode_s = flow_s = 0.0
+        # Clips are decoded SCORE_CHUNK_CLIPS at a time: memory stays at one chunk of
+        # frames whatever the video's length (sliding clips over an hour-long video).
+        for first in range(0, len(idx), SCORE_CHUNK_CLIPS):
+            chunk = idx[first : first + SCORE_CHUNK_CLIPS]
+            t0 = time.perf_counter()
+            try:
+                frames = read_row_frames(
+                    row, chunk.reshape(-1), spec.resize, spec.storage_options, spec.decode_threads
                 )
-                scores.append(float(difficulty(flow)))
-        except Exception as e:  # a flow/statistics failure on this video only
-            out = _result(row, spec, error=FLOW_ERROR, detail=_short(e))
-            out.update(decode_s=t1 - t0, flow_s=time.perf_counter() - t1)
-            return out
-        t2 = time.perf_counter()
+            except RowSkip as e:
+                cause = e.__cause__
+                return _result(row, spec, error=e.reason, detail=_short(cause) if cause else "")
+            clips = frames.reshape(len(chunk), chunk.shape[1], *frames.shape[1:])
+            height, width = clips.shape[2:4]
+            if height < spec.crop[0] or width < spec.crop[1]:
+                return _result(
+                    row, spec, error=TOO_SMALL, detail=f"frames {height}x{width} < crop {spec.crop}"
+                )
+            top, left = center_crop_params(height, width, spec.crop)
+            t1 = time.perf_counter()
+            decode_s += t1 - t0
+            try:
+                for clip in clips:
+                    flow = compute_flow(
+                        np.ascontiguousarray(crop_clip(clip, top, left, spec.crop)), spec.flow
+                    )
+                    scores.append(float(difficulty(flow)))
+            except Exception as e:  # a flow/statistics failure on this video only
+                out = _result(row, spec, error=FLOW_ERROR, detail=_short(e))
+                out.update(decode_s=decode_s, flow_s=flow_s + time.perf_counter() - t1)
+                return out
+            flow_s += time.perf_counter() - t1
         finite = [s for s in scores if math.isfinite(s)]
         if not finite:
             out = _result(row, spec, error=NO_MOTION, detail=f"f undefined for {len(scores)} clips")
         else:
             out = _result(row, spec, value=float(np.mean(finite)), clips=len(finite))
-        out.update(decode_s=t1 - t0, flow_s=t2 - t1)
+        out.update(decode_s=decode_s, flow_s=flow_s)
         return out
     except Exception as e:  # never lose the job for one video
         return _result(row, spec, error=SCORE_ERROR, detail=_short(e))

@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -42,6 +43,9 @@ TRAIN, SKIP = "train", "skip"
 #: Frames of a good file: every pace of {1, 2} fits a 16-frame clip (3 and 4 are redrawn).
 GOOD_FRAMES = 32
 HEIGHT, WIDTH = 48, 64
+#: The `--max-video-bytes` (`data.max_video_bytes`) the corpus is meant to be run with:
+#: every good file is far below it, the ``oversized`` file above it.
+MAX_VIDEO_BYTES = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,28 @@ CATEGORIES: dict[str, Category] = {
             exact=False,
         ),
         _bad("truncated", "not_a_video", "H.264 MP4 cut at 60%: its index (moov) is lost"),
+        _bad(
+            "oversized",
+            "too_large",
+            "a good H.264 MP4 padded (a `free` atom) past MAX_VIDEO_BYTES: refused before "
+            "a byte is read",
+        ),
+        _bad(
+            "huge_frame_count",
+            "implausible_frames",
+            "MPEG-4 AVI whose headers claim 2^31-1 frames in 10 KB",
+        ),
+        _bad(
+            "concat_playlist",
+            "unsafe_format",
+            "an FFmpeg concat list named .mp4 naming a good video of the corpus: would make "
+            "the reader open other local files",
+        ),
+        _bad(
+            "hls_playlist",
+            "unsafe_format",
+            "an HLS playlist named .mp4 naming an http:// URL: would make the reader fetch it",
+        ),
         _bad("empty", "empty_file", "0 bytes, .mp4"),
         _bad("text", "not_a_video", "a text file named .avi"),
         _bad("audio_only", "no_video_stream", "an AAC-only .mp4"),
@@ -388,6 +414,23 @@ def _files(seed: int, per_codec: int) -> list[tuple[str, str, bytes, int]]:
     assert ok
     out.append(("image", ".mp4", jpeg.tobytes(), 1))
     out.append(("too_short", ".mp4", _h264(frames(6)), 6))
+
+    padding = MAX_VIDEO_BYTES + (1 << 20)
+    free = struct.pack(">I", padding + 8) + b"free" + bytes(padding)
+    out.append(("oversized", ".mp4", _h264(frames(GOOD_FRAMES)) + free, GOOD_FRAMES))
+    avi = bytearray(_mpeg4_avi(frames(GOOD_FRAMES)))
+    at = avi.find(b"strh")  # AVISTREAMHEADER.dwLength, then AVIMAINHEADER.dwTotalFrames
+    struct.pack_into("<I", avi, at + 8 + 32, 2**31 - 1)
+    at = avi.find(b"avih")
+    struct.pack_into("<I", avi, at + 8 + 16, 2**31 - 1)
+    out.append(("huge_frame_count", ".avi", bytes(avi), GOOD_FRAMES))
+    concat = b"ffconcat version 1.0\nfile ../h264/h264_0.mp4\nfile ../h264/h264_0.mp4\n"
+    out.append(("concat_playlist", ".mp4", concat, 0))
+    hls = (
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nhttp://127.0.0.1:9/seg.ts\n"
+        b"#EXTINF:10,\n../h264/h264_0.mp4\n#EXT-X-ENDLIST\n"
+    )
+    out.append(("hls_playlist", ".mp4", hls, 0))
     out.append(("missing", ".mp4", _h264(frames(GOOD_FRAMES)), GOOD_FRAMES))
     return out
 

@@ -38,7 +38,14 @@ import pyarrow.parquet as pq
 
 from rayssl.data import storage
 from rayssl.data.sampling import stable_hash
-from rayssl.data.video import VideoError, VideoProbe, probe_video
+from rayssl.data.video import (
+    DEFAULT_ACCESS,
+    MIN_BYTES_PER_FRAME,
+    VideoAccess,
+    VideoError,
+    VideoProbe,
+    probe_video,
+)
 
 VIDEO_EXTENSIONS = {
     ".avi",
@@ -302,8 +309,16 @@ def probe_columns(probe: VideoProbe) -> dict[str, Any]:
     }
 
 
-def probe_entry(entry: dict[str, Any], options: storage.StorageOptions | None = None) -> dict:
-    """Probe one video; never raises for a bad video (the row gets an `error`)."""
+def probe_entry(
+    entry: dict[str, Any],
+    options: storage.StorageOptions | None = None,
+    access: VideoAccess = DEFAULT_ACCESS,
+) -> dict:
+    """Probe one video; never raises for a bad video (the row gets an `error`).
+
+    The video is opened under `access` (`VideoAccess`): its size is checked before a byte
+    is read, a large S3 object is streamed (bounded memory), and the caps on pixels,
+    frames and decode time apply."""
     row: dict[str, Any] = {
         "uri": entry["uri"],
         "video_id": entry["video_id"],
@@ -324,10 +339,16 @@ def probe_entry(entry: dict[str, Any], options: storage.StorageOptions | None = 
         "pts_start": 0,
         "pts_step": 0,
     }
+    source = None
     try:
-        data = storage.read_bytes(entry["uri"], options=options)
-        row["size_bytes"] = len(data)
-        row.update(probe_columns(probe_video(data)))
+        source = access.source(entry["uri"], options, row["size_bytes"])
+        if isinstance(source, bytes):
+            row["size_bytes"] = len(source)
+        elif isinstance(source, storage.RangedReader):
+            row["size_bytes"] = source.size()
+        else:
+            row["size_bytes"] = storage.size(source)
+        row.update(probe_columns(probe_video(source, limits=access.limits)))
     except VideoError as e:
         row["error"], row["error_detail"] = e.reason, e.detail
     except storage.StorageNotFoundError as e:
@@ -337,6 +358,9 @@ def probe_entry(entry: dict[str, Any], options: storage.StorageOptions | None = 
     except Exception as e:  # one file the decoder trips over must not lose the whole job
         detail = storage.redact(f"{type(e).__name__}: {e}")[:300]
         row["error"], row["error_detail"] = "decode_error", detail
+    finally:
+        if isinstance(source, storage.RangedReader):
+            source.close()
     return row
 
 
@@ -350,11 +374,12 @@ def build_manifest(
     options: storage.StorageOptions | None = None,
     use_ray: bool = True,
     num_cpus_per_task: float = 1.0,
+    access: VideoAccess = DEFAULT_ACCESS,
 ) -> pa.Table:
     """Probe every entry (in parallel with Ray Data when `use_ray`) into a table.
 
     An entry with an `error` (an unsafe id included, `UNSAFE_ID`) is not read: it becomes
-    a row with that error.
+    a row with that error. `access`: the caps and streaming settings every probe uses.
     """
     checked = [_checked(e) for e in entries]
     rows = [_unprobed_row(e) for e in checked if e.error]
@@ -362,11 +387,11 @@ def build_manifest(
     if not items:
         return rows_to_table(rows)
     if not use_ray:
-        return rows_to_table(rows + [probe_entry(i, options) for i in items])
+        return rows_to_table(rows + [probe_entry(i, options, access) for i in items])
     import ray
 
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 256))
-    ds = ds.map(lambda r: probe_entry(r, options), num_cpus=num_cpus_per_task)
+    ds = ds.map(lambda r: probe_entry(r, options, access), num_cpus=num_cpus_per_task)
     return rows_to_table(rows + ds.take_all())
 
 
@@ -411,7 +436,36 @@ def read_manifest(uri: str, options=None) -> pa.Table:
     missing = {"uri", "video_id", "num_frames", "error"} - set(table.column_names)
     if missing:
         raise ManifestError(f"{uri}: not a rayssl manifest (missing columns {sorted(missing)})")
-    return mark_unsafe_ids(migrate(table))
+    return mark_implausible_frames(mark_unsafe_ids(migrate(table)))
+
+
+def mark_implausible_frames(table: pa.Table) -> pa.Table:
+    """`table` with error `implausible_frames` on every row without an error whose
+    `num_frames` cannot fit in its `size_bytes` (`rayssl.data.video.check_frame_count`;
+    a row of unknown size, -1, is not checked): nothing downstream allocates clip
+    positions, score arrays or draws from a frame count a manifest merely claims."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if "size_bytes" not in table.column_names or table.num_rows == 0:
+        return table
+    frames = table["num_frames"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    sizes = table["size_bytes"].fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    ok = table["error"].is_null().to_numpy(zero_copy_only=False)
+    marked = ok & (sizes >= 0) & (frames > np.maximum(sizes, 0) // MIN_BYTES_PER_FRAME)
+    if not marked.any():
+        return table
+    details = [
+        f"{n} frames claimed in {size} bytes" if m else None
+        for n, size, m in zip(frames.tolist(), sizes.tolist(), marked.tolist(), strict=True)
+    ]
+    mask = pa.array(marked)
+    error = pc.if_else(mask, pa.scalar("implausible_frames"), table["error"].cast(pa.string()))
+    table = table.set_column(table.column_names.index("error"), "error", error)
+    if "error_detail" not in table.column_names:
+        table = table.append_column("error_detail", pa.nulls(table.num_rows, pa.string()))
+    detail = pc.if_else(mask, pa.array(details, pa.string()), table["error_detail"])
+    return table.set_column(table.column_names.index("error_detail"), "error_detail", detail)
 
 
 def mark_unsafe_ids(table: pa.Table) -> pa.Table:

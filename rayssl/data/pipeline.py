@@ -32,7 +32,14 @@ from rayssl.config import AugmentSettings, DataConfig
 from rayssl.data import storage
 from rayssl.data.sampling import clip_rng, fraction_mask
 from rayssl.data.transforms import AugmentConfig
-from rayssl.data.video import ERROR_REASONS, VideoError, read_frames
+from rayssl.data.video import (
+    DEFAULT_ACCESS,
+    ERROR_REASONS,
+    VideoAccess,
+    VideoError,
+    check_frame_count,
+    read_frames,
+)
 from rayssl.pretext.base import Pretext
 
 #: Why a draw became a masked placeholder row (counted per reason in training metrics).
@@ -48,7 +55,7 @@ TRACE_NODE_ENV = "RAYSSL_TEST_TRACE"
 #: Manifest columns a draw row carries into the sampler.
 ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts", "height", "width")
 #: ... and those an old manifest may lack (then the reader counts frames, skips none).
-OPTIONAL_ROW_COLUMNS = ("pts_start", "pts_step")
+OPTIONAL_ROW_COLUMNS = ("pts_start", "pts_step", "size_bytes")
 
 
 def augment_config(settings: AugmentSettings) -> AugmentConfig | None:
@@ -82,6 +89,8 @@ class SamplerSpec:
     #: Let the reader drop the non-reference frames a clip does not use (rows with a pts
     #: grid only; `read_frames`' `skip_nonref`).
     skip_nonref: bool = True
+    #: caps and streaming (`data.max_*`, `data.stream_*`).
+    access: VideoAccess = DEFAULT_ACCESS
 
     @property
     def decode_size(self) -> tuple[int, int] | None:
@@ -118,6 +127,7 @@ def sampler_spec(
         data.decode_threads,
         options,
         skip_nonref=data.skip_nonref,
+        access=VideoAccess.from_config(data),
     )
 
 
@@ -129,12 +139,6 @@ def _placeholder(spec: SamplerSpec, row: dict[str, Any], reason: str) -> dict[st
     out["indices"] = np.full(spec.pretext.clip_len, -1, dtype=np.int64)
     out.update(valid=False, skip_reason=reason, resampled=False)
     return out
-
-
-def _source(uri: str, options: storage.StorageOptions | None) -> str | bytes:
-    if storage.is_s3(uri):
-        return storage.read_bytes(uri, options=options)
-    return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
 class RowSkip(Exception):
@@ -152,12 +156,20 @@ def read_row_frames(
     options: storage.StorageOptions | None,
     threads: int = 1,
     skip_nonref: bool = True,
+    access: VideoAccess = DEFAULT_ACCESS,
 ) -> np.ndarray:
     """Frames `wanted` ((N,) indices) of a manifest row's video as (N, H, W, 3) uint8, in
-    one decode; raises `RowSkip` with the reason when the video cannot be read."""
+    one decode; raises `RowSkip` with the reason when the video cannot be read.
+
+    The file is opened by `video_source` under `access`: a large S3 object is streamed
+    (ranged GETs of the blocks the frames lie in), never fetched whole."""
+    source = None
     try:
+        size_bytes = _size_bytes(row)
+        check_frame_count(int(row["num_frames"]), size_bytes)
+        source = access.source(str(row["uri"]), options, size_bytes)
         return read_frames(
-            _source(str(row["uri"]), options),
+            source,
             wanted,
             size=size,
             keyframes=_as_list(row.get("keyframes")),
@@ -166,6 +178,7 @@ def read_row_frames(
             pts_start=int(row.get("pts_start") or 0),
             pts_step=int(row.get("pts_step") or 0),
             skip_nonref=skip_nonref,
+            limits=access.limits,
         )
     except VideoError as e:
         raise RowSkip(e.reason) from e
@@ -173,6 +186,15 @@ def read_row_frames(
         raise RowSkip("missing") from e
     except storage.StorageError as e:
         raise RowSkip("storage_error") from e
+    finally:
+        if isinstance(source, storage.RangedReader):
+            source.close()
+
+
+def _size_bytes(row: dict[str, Any]) -> int:
+    """The row's `size_bytes` (-1: unknown, as an old manifest or a failed listing)."""
+    value = row.get("size_bytes")
+    return -1 if value is None else int(value)
 
 
 def sample_row(row: dict[str, Any], spec: SamplerSpec) -> dict[str, Any]:
@@ -183,6 +205,10 @@ def sample_row(row: dict[str, Any], spec: SamplerSpec) -> dict[str, Any]:
     "skip_reason" and "resampled". Never raises for a bad video.
     """
     rng = clip_rng(spec.seed, str(row["video_id"]), int(row["epoch"]), int(row["draw"]))
+    try:  # before anything is planned (allocated) from the row's frame count
+        check_frame_count(int(row["num_frames"]), _size_bytes(row))
+    except VideoError as e:
+        return _placeholder(spec, row, e.reason)
     plan = spec.pretext.plan(int(row["num_frames"]), rng)
     if plan is None:
         return _placeholder(spec, row, "too_short")
@@ -195,6 +221,7 @@ def sample_row(row: dict[str, Any], spec: SamplerSpec) -> dict[str, Any]:
             spec.storage_options,
             spec.decode_threads,
             spec.skip_nonref,
+            spec.access,
         )
     except RowSkip as e:
         return _placeholder(spec, row, e.reason)

@@ -33,6 +33,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import io
 import os
 import random
 import re
@@ -40,6 +41,7 @@ import stat
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -55,6 +57,7 @@ import pyarrow.fs as pafs
 __all__ = [
     "RETRY_STATS",
     "FileInfo",
+    "RangedReader",
     "RetryStats",
     "StorageError",
     "StorageNotFoundError",
@@ -85,6 +88,7 @@ __all__ = [
     "retry_call",
     "s3_client",
     "size",
+    "upload_file",
     "write_bytes",
 ]
 
@@ -1143,6 +1147,50 @@ def write_bytes(
         ) from exc
 
 
+def upload_file(local_path: PathLike, uri: PathLike, options: StorageOptions | None = None) -> None:
+    """Store the local file ``local_path`` at ``uri`` without reading it into memory.
+
+    S3: boto3's managed transfer (multipart above its threshold) under :func:`retry_call`.
+    Local: copied to a temporary file beside the target, fsynced and ``os.replace``-d into
+    place, as :func:`write_bytes` does.
+    """
+    import shutil
+
+    text = os.fspath(uri)
+    if is_s3(text):
+        opts = _opts(options)
+        bucket, key = parse_s3(text)
+        if not key or key.endswith("/"):
+            raise ValueError(f"cannot write to a bucket or prefix: {redact(text)!r}")
+        client = s3_client(opts, botocore_retries=False)
+        _s3_call(
+            functools.partial(client.upload_file, os.fspath(local_path), bucket, key),
+            what=f"write {text}",
+            uri=text,
+            options=opts,
+        )
+        return
+    path = os.path.abspath(_local_path(text))
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f, open(local_path, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        code = error_code(exc)
+        reason = exc.strerror or str(exc)
+        raise StorageError(
+            f"write {text} failed: {code}: {reason}", uri=text, attempts=1, code=code
+        ) from exc
+
+
 def _head(uri: str, opts: StorageOptions) -> dict[str, Any]:
     bucket, key = parse_s3(uri)
     client = s3_client(opts, botocore_retries=False)
@@ -1228,3 +1276,98 @@ def open_input_file(uri: PathLike, options: StorageOptions | None = None) -> pa.
             code=code,
             transient=default_is_transient(exc),
         ) from exc
+
+
+_size_of = size  # `RangedReader.__init__` has a parameter of that name
+
+
+class RangedReader(io.RawIOBase):
+    """A seekable, read-only file over an object (or a local file), fetched in blocks.
+
+    Each block of ``block_bytes`` is one ranged GET through :func:`read_bytes` (retried
+    on transient errors, counted in :data:`RETRY_STATS`); the last ``cache_blocks``
+    blocks are kept, so memory stays at ``block_bytes * cache_blocks`` whatever the
+    object's size. Hand it to PyAV (``rayssl.data.video.open_container``): a decoder
+    seeking to a keyframe fetches only the blocks it reads. ``bytes_fetched`` and
+    ``requests`` count what was transferred.
+
+    ``size``: the object's size when known (a manifest's ``size_bytes``); else one HEAD.
+    """
+
+    def __init__(
+        self,
+        uri: PathLike,
+        options: StorageOptions | None = None,
+        *,
+        size: int | None = None,
+        block_bytes: int = 1 << 20,
+        cache_blocks: int = 4,
+    ) -> None:
+        super().__init__()
+        if block_bytes < 1 or cache_blocks < 1:
+            raise ValueError("block_bytes and cache_blocks must be >= 1")
+        self.uri = os.fspath(uri)
+        self.options = options
+        self._size = int(size) if size is not None and size >= 0 else _size_of(self.uri, options)
+        self.block_bytes = int(block_bytes)
+        self.cache_blocks = int(cache_blocks)
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._pos = 0
+        self.bytes_fetched = 0
+        self.requests = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def size(self) -> int:
+        return self._size
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"bad whence {whence}")
+        if pos < 0:
+            raise OSError(errno.EINVAL, "negative seek position")
+        self._pos = pos
+        return pos
+
+    def _block(self, index: int) -> bytes:
+        block = self._cache.get(index)
+        if block is not None:
+            self._cache.move_to_end(index)
+            return block
+        start = index * self.block_bytes
+        end = min(start + self.block_bytes, self._size)
+        block = read_bytes(self.uri, self.options, byte_range=(start, end))
+        self.requests += 1
+        self.bytes_fetched += len(block)
+        self._cache[index] = block
+        while len(self._cache) > self.cache_blocks:
+            self._cache.popitem(last=False)
+        return block
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), max(self._size - self._pos, 0))
+        done = 0
+        while done < want:
+            index, offset = divmod(self._pos, self.block_bytes)
+            block = self._block(index)
+            chunk = block[offset : offset + want - done]
+            if not chunk:  # the object shrank under us: end of file
+                break
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
+            self._pos += len(chunk)
+        return done

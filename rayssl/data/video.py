@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-Source = str | os.PathLike | bytes | io.BufferedIOBase
+from rayssl.data import storage
+
+Source = str | os.PathLike | bytes | io.RawIOBase | io.BufferedIOBase
 
 #: Error reasons recorded in the manifest's `error` column.
 ERROR_REASONS = (
@@ -45,7 +48,51 @@ ERROR_REASONS = (
     "decode_error",
     "zero_frames",
     "storage_error",
+    # the caps of `VideoLimits` and the container allow-list (hostile or huge files)
+    "too_large",
+    "too_many_pixels",
+    "too_many_frames",
+    "implausible_frames",
+    "decode_timeout",
+    "unsafe_format",
 )
+
+#: Demuxers a video may be opened with (FFmpeg's names, `format_whitelist`). Playlist and
+#: reference formats (hls, dash, concat, image2 patterns, ...) are left out on purpose:
+#: they open further files or URLs named inside the file.
+ALLOWED_FORMATS = (
+    "mov,mp4,m4a,3gp,3g2,mj2",
+    "avi",
+    "matroska,webm",
+    "mpeg",
+    "mpegts",
+    "mpegvideo",
+    "m4v",
+    "h264",
+    "hevc",
+    "flv",
+    "asf",
+    "ogg",
+    "ivf",
+    "nut",
+    "mjpeg",
+    "gif",
+    "yuv4mpegpipe",
+    "jpeg_pipe",
+    "png_pipe",
+)
+
+#: Protocols FFmpeg may use: `file` for a local path; a stream (bytes, a ranged S3
+#: reader) goes through Python I/O and needs none. Nothing a file names is fetched.
+PROTOCOL_WHITELIST = "file"
+
+#: Text formats that name other files or URLs (checked on the first bytes, whatever the
+#: file's extension): refused before FFmpeg sees them.
+_PLAYLIST_MAGIC = (b"#EXTM3U", b"ffconcat", b"<?xml", b"<MPD", b"[playlist]")
+
+#: The fewest bytes one frame can take in any container we read (a sample-size entry
+#: plus a packet): a frame count above size / this is not believed.
+MIN_BYTES_PER_FRAME = 4
 
 
 class VideoError(Exception):
@@ -82,35 +129,190 @@ class VideoProbe:
     pts_step: int = 0
 
 
-def _open(source: Source) -> av.container.InputContainer:
+@dataclass(frozen=True)
+class VideoLimits:
+    """Caps on one video (0 = no cap); `DataConfig` holds the configured values.
+
+    Attributes:
+        max_bytes: file size; larger files are `too_large` (checked before reading).
+        max_pixels: height x width of the video stream (`too_many_pixels`, checked before
+            the first frame is decoded).
+        max_frames: frames a probe decodes, and frame indices a reader is asked for
+            (`too_many_frames`).
+        decode_timeout_s: wall time of one probe or one read (`decode_timeout`; checked
+            between frames, so a single frame is never cut).
+    """
+
+    max_bytes: int = 0
+    max_pixels: int = 0
+    max_frames: int = 0
+    decode_timeout_s: float = 0.0
+
+    def check_size(self, size: int, what: str = "") -> None:
+        """`too_large` if `size` bytes exceed `max_bytes`."""
+        if self.max_bytes and size > self.max_bytes:
+            raise VideoError(
+                "too_large", f"{what + ': ' if what else ''}{size} bytes > {self.max_bytes}"
+            )
+
+    def deadline(self) -> float | None:
+        return time.monotonic() + self.decode_timeout_s if self.decode_timeout_s > 0 else None
+
+
+NO_LIMITS = VideoLimits()
+
+
+@dataclass(frozen=True)
+class VideoAccess:
+    """How a task opens a video: the caps, and above which size an S3 object is
+    streamed (`video_source`). Picklable; `from_config` takes a `DataConfig`."""
+
+    limits: VideoLimits = NO_LIMITS
+    stream_threshold_bytes: int = 16 << 20
+    stream_block_bytes: int = 1 << 20
+
+    @classmethod
+    def from_config(cls, data) -> VideoAccess:  # noqa: ANN001 -- rayssl.config.DataConfig
+        return cls(data.limits(), data.stream_threshold_bytes, data.stream_block_bytes)
+
+    def source(self, uri: str, options=None, size_bytes: int = -1) -> Source:  # noqa: ANN001
+        """`video_source` of `uri` under these settings."""
+        return video_source(
+            uri,
+            options,
+            limits=self.limits,
+            size_bytes=size_bytes,
+            stream_threshold_bytes=self.stream_threshold_bytes,
+            stream_block_bytes=self.stream_block_bytes,
+        )
+
+
+#: Caps off, the default streaming threshold (tests, benchmarks, old callers).
+DEFAULT_ACCESS = VideoAccess()
+
+
+def _check_deadline(deadline: float | None, done: int) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise VideoError("decode_timeout", f"time limit reached after {done} frames")
+
+
+def check_frame_count(num_frames: int, size_bytes: int, what: str = "") -> None:
+    """`implausible_frames` when `num_frames` (a manifest's or a container's claim) cannot
+    fit in a file of `size_bytes` (< 0: unknown, not checked): callers check before
+    allocating anything from the count."""
+    if size_bytes >= 0 and num_frames > max(size_bytes, 0) // MIN_BYTES_PER_FRAME:
+        raise VideoError(
+            "implausible_frames",
+            f"{what + ': ' if what else ''}{num_frames} frames claimed in {size_bytes} bytes",
+        )
+
+
+def _source_size(source: Source) -> int:
+    """Bytes of `source` (-1 when unknown); `missing` / `empty_file` checked here."""
     if isinstance(source, bytes | bytearray | memoryview):
-        if len(source) == 0:
-            raise VideoError("empty_file", "0 bytes")
-        source = io.BytesIO(source)
+        n = len(source)
     elif isinstance(source, str | os.PathLike):
         path = Path(source)
         if not path.exists():
             raise VideoError("missing", str(path))
-        if path.stat().st_size == 0:
-            raise VideoError("empty_file", str(path))
-        source = str(path)
+        n = path.stat().st_size
+    else:
+        size_fn = getattr(source, "size", None)
+        n = int(size_fn()) if callable(size_fn) else -1
+        if n < 0 and source.seekable():
+            pos = source.tell()
+            n = source.seek(0, io.SEEK_END)
+            source.seek(pos)
+    if n == 0:
+        raise VideoError("empty_file", "0 bytes")
+    return n
+
+
+def _head(source: Source, n: int = 64) -> bytes:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source[:n])
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as f:
+            return f.read(n)
+    pos = source.tell()
     try:
-        return av.open(source, mode="r", metadata_errors="ignore")
+        return source.read(n) or b""
+    finally:
+        source.seek(pos)
+
+
+def open_container(source: Source, limits: VideoLimits = NO_LIMITS) -> av.container.InputContainer:
+    """The only way this project opens a video for reading.
+
+    `source`: a local path, the file's bytes, or a seekable binary file object (e.g.
+    `rayssl.data.storage.RangedReader` over an S3 object). The file size is checked
+    against `limits.max_bytes` first; playlist-like text (HLS, concat, DASH) is refused
+    whatever its extension; FFmpeg may only use the demuxers in `ALLOWED_FORMATS` and the
+    `file` protocol, so a file cannot make it fetch a URL or read another local file.
+
+    Raises:
+        VideoError: `missing`, `empty_file`, `too_large`, `unsafe_format` or `not_a_video`.
+    """
+    size = _source_size(source)
+    limits.check_size(size)
+    head = _head(source).lstrip()
+    if head.startswith(_PLAYLIST_MAGIC):
+        raise VideoError("unsafe_format", f"a playlist or reference file ({head[:12]!r}...)")
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = io.BytesIO(source)
+    elif isinstance(source, str | os.PathLike):
+        source = str(source)
+    options = {
+        "format_whitelist": ",".join(ALLOWED_FORMATS),
+        "protocol_whitelist": PROTOCOL_WHITELIST,
+    }
+    try:
+        return av.open(source, mode="r", metadata_errors="ignore", container_options=options)
+    except av.error.ArgumentError as e:
+        # FFmpeg recognised a format that is not allowed (or found nothing at all and
+        # a low-score guess was not allowed): tell the two apart without the allow-list
+        # and with no protocol, so nothing the file names can be opened.
+        raise _diagnose(source, e) from e
     except av.error.FFmpegError as e:
         raise VideoError("not_a_video", _short(e)) from e
+
+
+def _diagnose(source: str | io.IOBase, error: BaseException) -> VideoError:
+    f = open(source, "rb") if isinstance(source, str) else source  # noqa: SIM115
+    try:
+        f.seek(0)
+        with av.open(
+            f, mode="r", metadata_errors="ignore", container_options={"protocol_whitelist": "none"}
+        ) as container:
+            name = container.format.name
+        return VideoError("unsafe_format", f"container format {name!r} is not allowed")
+    except av.error.ArgumentError:
+        return VideoError("unsafe_format", "the demuxer tried to open another file or URL")
+    except av.error.FFmpegError:
+        return VideoError("not_a_video", _short(error))
+    finally:
+        if isinstance(source, str):
+            f.close()
+
+
+def _open(source: Source, limits: VideoLimits = NO_LIMITS) -> av.container.InputContainer:
+    return open_container(source, limits)
 
 
 def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:300]
 
 
-def _video_stream(container: av.container.InputContainer, threads: int) -> av.VideoStream:
+def _video_stream(
+    container: av.container.InputContainer, threads: int, limits: VideoLimits = NO_LIMITS
+) -> av.VideoStream:
     if not container.streams.video:
         raise VideoError("no_video_stream", "container has no video stream")
     stream = container.streams.video[0]
     ctx = stream.codec_context
     if ctx is None:  # FFmpeg knows no decoder for this codec (or its header is broken)
         raise VideoError("decode_error", "no decoder for the video stream's codec")
+    _check_pixels(ctx.height, ctx.width, limits)
     if threads > 1:
         ctx.thread_type = "AUTO"
         ctx.thread_count = threads
@@ -120,17 +322,26 @@ def _video_stream(container: av.container.InputContainer, threads: int) -> av.Vi
     return stream
 
 
+def _check_pixels(height: int, width: int, limits: VideoLimits) -> None:
+    if limits.max_pixels and height * width > limits.max_pixels:
+        raise VideoError(
+            "too_many_pixels", f"{width}x{height} > {limits.max_pixels} pixels per frame"
+        )
+
+
 def _fps(stream: av.VideoStream) -> float:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     return float(rate) if rate else 0.0
 
 
-def probe_video(source: Source, threads: int = 1) -> VideoProbe:
+def probe_video(source: Source, threads: int = 1, limits: VideoLimits = NO_LIMITS) -> VideoProbe:
     """Decode a whole video once and report what really decodes.
 
     Args:
         source: a local path, the file's bytes, or a binary file object.
         threads: decoder threads (1 = one core; parallelism comes from workers).
+        limits: caps (`VideoLimits`): size, pixels, frames, decode time. A container
+            that claims more frames than its size can hold is `implausible_frames`.
 
     Returns:
         VideoProbe with the true number of decoded frames (not the container's claim).
@@ -141,9 +352,13 @@ def probe_video(source: Source, threads: int = 1) -> VideoProbe:
             decoded and the break was at the end (a truncated tail); anything else is
             `decode_error`.
     """
-    container = _open(source)
+    deadline = limits.deadline()
+    size = _source_size(source)
+    container = _open(source, limits)
     try:
-        stream = _video_stream(container, threads)
+        stream = _video_stream(container, threads, limits)
+        if stream.frames:
+            check_frame_count(int(stream.frames), size, "the container")
         num_frames = 0
         height = width = 0
         keyframes: list[int] = []
@@ -161,6 +376,10 @@ def probe_video(source: Source, threads: int = 1) -> VideoProbe:
                     else:
                         packet_pts.append(int(packet.pts))
                 for frame in packet.decode():
+                    _check_deadline(deadline, num_frames)
+                    if limits.max_frames and num_frames >= limits.max_frames:
+                        raise VideoError("too_many_frames", f"more than {limits.max_frames}")
+                    _check_pixels(frame.height, frame.width, limits)
                     if num_frames == 0:
                         height, width = frame.height, frame.width
                     pts = frame.pts
@@ -237,6 +456,7 @@ def read_frames(
     pts_start: int | None = None,
     pts_step: int | None = None,
     skip_nonref: bool = True,
+    limits: VideoLimits = NO_LIMITS,
 ) -> np.ndarray:
     """Return exactly the frames at `indices` (display order, 0-based), as RGB uint8.
 
@@ -258,6 +478,9 @@ def read_frames(
             B-frames between its frames). None / 0 (an old manifest): frames are counted
             from the keyframe and every frame is decoded.
         skip_nonref: False decodes every frame even with a pts grid.
+        limits: caps (`VideoLimits`); an index at or past `max_frames` is
+            `too_many_frames` before anything is opened, and the whole read must finish
+            within `decode_timeout_s` (`decode_timeout`).
 
     Returns:
         (len(indices), H, W, 3) uint8 array; row i is frame indices[i]. Without `size`,
@@ -275,6 +498,9 @@ def read_frames(
         raise ValueError(f"negative frame index {int(idx.min())}")
     wanted = np.unique(idx)
     last = int(wanted[-1])
+    if limits.max_frames and last >= limits.max_frames:
+        raise VideoError("too_many_frames", f"frame {last} asked, limit {limits.max_frames}")
+    deadline = limits.deadline()
 
     have_keys = bool(keyframes and keyframe_pts and len(keyframes) == len(keyframe_pts))
     key_list = [int(k) for k in keyframes] if have_keys and keyframes else []
@@ -288,19 +514,19 @@ def read_frames(
         if any(p != grid[0] + k * grid[1] for k, p in zip(key_list, pts_list, strict=True)):
             grid = None
 
-    container = _open(source)
+    container = _open(source, limits)
     try:
-        stream = _video_stream(container, threads)
+        stream = _video_stream(container, threads, limits)
         frames: dict[int, np.ndarray] | None = {}
         for segment in segments:
             k = bisect_right(key_list, int(segment[0])) - 1
             if k > 0:
                 got = _decode_range(
-                    container, stream, segment, key_list[k], pts_list[k], size, grid
+                    container, stream, segment, key_list[k], pts_list[k], size, grid, deadline
                 )
             else:  # no keyframe info, or the segment starts in the first GOP
                 got = (
-                    _decode_range(container, stream, segment, 0, None, size, grid)
+                    _decode_range(container, stream, segment, 0, None, size, grid, deadline)
                     if _seek(container, 0)
                     else None
                 )
@@ -316,10 +542,10 @@ def read_frames(
         # with a fresh demuxer and decoder.
         if hasattr(source, "seek"):
             source.seek(0)
-        container = _open(source)
+        container = _open(source, limits)
         try:
-            stream = _video_stream(container, threads)
-            frames = _decode_range(container, stream, wanted, 0, None, size)
+            stream = _video_stream(container, threads, limits)
+            frames = _decode_range(container, stream, wanted, 0, None, size, None, deadline)
         finally:
             container.close()
         if frames is None:
@@ -385,6 +611,7 @@ def _decode_range(
     start_pts: int | None,
     size: tuple[int, int] | None,
     grid: tuple[int, int] | None = None,
+    deadline: float | None = None,
 ) -> dict[int, np.ndarray] | None:
     """Decode forward from a keyframe, counting display indices (or, with a pts `grid`,
     naming frames by pts and dropping unwanted non-reference frames).
@@ -393,7 +620,9 @@ def _decode_range(
     could not be verified (the caller then decodes from the start).
     """
     if grid is not None:
-        return _decode_range_skip(container, stream, wanted, start_index, start_pts, size, grid)
+        return _decode_range_skip(
+            container, stream, wanted, start_index, start_pts, size, grid, deadline
+        )
     wanted_set = set(int(i) for i in wanted)
     last = int(wanted[-1])
     out: dict[int, np.ndarray] = {}
@@ -405,6 +634,7 @@ def _decode_range(
     index = None if start_pts is not None else start_index
     try:
         for frame in container.decode(stream):
+            _check_deadline(deadline, len(out))
             if index is None:
                 assert start_pts is not None  # index starts as None only after a seek
                 # Find the keyframe we seeked to; frames before it (an earlier
@@ -448,6 +678,7 @@ def _decode_range_skip(
     start_pts: int | None,
     size: tuple[int, int] | None,
     grid: tuple[int, int],
+    deadline: float | None = None,
 ) -> dict[int, np.ndarray] | None:
     """`_decode_range` for a stream whose frame i has pts `pts0 + i * step` (the probe
     checked it, and that each packet carries its frame's pts).
@@ -491,6 +722,7 @@ def _decode_range_skip(
                 ctx.skip_frame = "NONREF" if skip else "DEFAULT"
                 skipping = skip
             for frame in packet.decode():
+                _check_deadline(deadline, len(out))
                 pts = frame.pts
                 if pts is None:
                     return None
@@ -521,3 +753,33 @@ def _decode_range_skip(
     if any(i <= index and i not in out for i in wanted_set):
         return None  # a wanted frame was dropped or never came out: do not guess
     return out
+
+
+def video_source(
+    uri: str,
+    options: storage.StorageOptions | None = None,
+    *,
+    limits: VideoLimits = NO_LIMITS,
+    size_bytes: int = -1,
+    stream_threshold_bytes: int = 16 << 20,
+    stream_block_bytes: int = 1 << 20,
+) -> Source:
+    """What to hand `probe_video` / `read_frames` for a video URI, in bounded memory.
+
+    A local path (or ``file://`` URI) is returned as a path: FFmpeg reads it. An S3 object
+    of at most `stream_threshold_bytes` is fetched whole (one GET); a larger one is a
+    `storage.RangedReader` fetching `stream_block_bytes` blocks by ranged GETs, so a
+    clip of a long video costs the blocks its frames lie in, not the whole object.
+    `size_bytes` (a manifest's, when >= 0) saves the HEAD request; the size is checked
+    against `limits.max_bytes` before anything is fetched (`too_large`).
+
+    Raises:
+        VideoError: `too_large`; storage errors pass through (`storage.StorageError`).
+    """
+    if not storage.is_s3(uri):
+        return uri[len("file://") :] if uri.startswith("file://") else uri
+    n = size_bytes if size_bytes is not None and size_bytes >= 0 else storage.size(uri, options)
+    limits.check_size(n, uri)
+    if n <= stream_threshold_bytes:
+        return storage.read_bytes(uri, options=options)
+    return storage.RangedReader(uri, options, size=n, block_bytes=stream_block_bytes)

@@ -22,7 +22,7 @@ import pytest
 
 from rayssl.cli import main as cli_main
 from rayssl.config import load_config
-from rayssl.data.badcorpus import CATEGORIES, TRAIN, generate_bad_corpus
+from rayssl.data.badcorpus import CATEGORIES, MAX_VIDEO_BYTES, TRAIN, generate_bad_corpus
 from rayssl.data.manifest import read_manifest, write_manifest
 from rayssl.data.pipeline import SamplerSpec, sample_row
 from rayssl.data.video import VideoError, probe_video, read_all_frames, read_frames
@@ -74,7 +74,8 @@ def test_bad_corpus_through_manifest_prepare_and_pretraining(ray_local, tmp_path
 
     # 1. rayssl manifest (Ray Data tasks): every file is a row; bad ones carry their reason.
     manifest = tmp_path / "manifest.parquet"
-    assert cli_main(["manifest", str(corpus), "--out", str(manifest)]) == 0
+    cap = ["--max-video-bytes", str(MAX_VIDEO_BYTES)]
+    assert cli_main(["manifest", str(corpus), "--out", str(manifest), *cap]) == 0
     lap("manifest")
     raw = {r["video_id"]: r for r in read_manifest(str(manifest)).to_pylist()}
     assert set(raw) == set(by_id)
@@ -101,7 +102,7 @@ def test_bad_corpus_through_manifest_prepare_and_pretraining(ray_local, tmp_path
 
     # 2. rayssl prepare (Ray Data tasks): the good files are transcoded, no task fails.
     prepared = tmp_path / "prepared"
-    argv = ["prepare", str(manifest), "--out", str(prepared), "--short-side", "48"]
+    argv = ["prepare", str(manifest), "--out", str(prepared), "--short-side", "48", *cap]
     assert cli_main(argv) == 0
     lap("prepare")
     prep = {r["video_id"]: r for r in read_manifest(str(prepared / "manifest.parquet")).to_pylist()}
