@@ -250,4 +250,3 @@ __all__ = [
     "share",
     "stall_seconds",
 ]
-

@@ -218,8 +218,8 @@ def check_evaluation_world(cfg: SweepConfig, grid: list[Trial]) -> None:
     manifest has the splits and labels every enabled evaluation uses, and every other
     path it names (pairs CSV, fine-tuning config) exists and is not a placeholder."""
     from rayssl.data.manifest import ManifestError
-    from rayssl.evaluate.suite import check_labels, check_suite_paths
     from rayssl.evaluate.features import load_manifest
+    from rayssl.evaluate.suite import check_labels, check_suite_paths
 
     suite = evaluation_suite(cfg, trial_config(cfg, grid[0]))
     try:
