@@ -447,7 +447,6 @@ class TrainConfig:
         _in_range(f"{prefix}.max_steps_per_epoch", self.max_steps_per_epoch, 0, None)
         _in_range(f"{prefix}.num_checkpoints_to_keep", self.num_checkpoints_to_keep, 1, None)
         _in_range(f"{prefix}.torch_threads", self.torch_threads, 0, None)
-        _in_range(f"{prefix}.stall_s", self.stall_s, 0.0, None)
         _in_range(f"{prefix}.checkpoint_every_steps", self.checkpoint_every_steps, 0, None)
         _in_range(f"{prefix}.checkpoint_every_minutes", self.checkpoint_every_minutes, 0.0, None)
         _in_range(f"{prefix}.device_prefetch", self.device_prefetch, 0, 8)
@@ -525,6 +524,7 @@ class InferenceSettings:
         _in_range(f"{prefix}.max_clips_per_task", self.max_clips_per_task, 1, None)
         _in_range(f"{prefix}.decode_tasks", self.decode_tasks, 0, None)
         _in_range(f"{prefix}.torch_threads", self.torch_threads, 0, None)
+        _in_range(f"{prefix}.stall_s", self.stall_s, 0.0, None)
 
 
 @dataclass

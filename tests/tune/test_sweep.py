@@ -19,10 +19,14 @@ import pytest
 from rayssl.config import ConfigError
 from rayssl.tune.sweep import (
     PAUSE_ENV,
+    check_evaluation_world,
     check_sweep,
     check_trials_world,
+    error_summary,
+    eval_budget,
     load_sweep,
     max_concurrent,
+    size_suite,
     trial_config,
     trials,
 )
@@ -74,6 +78,61 @@ def test_bad_sweeps_fail_before_any_work(tiny_manifest, tmp_path):
         load_sweep(SWEEP, [m, "evaluation=nope.yaml"])
     with pytest.raises(ConfigError, match="study.max_failures"):
         load_sweep(SWEEP, [m, "study.max_failures=-1"])
+
+
+def test_evaluation_suite_is_checked_against_the_manifest_before_any_trial(tmp_path):
+    """A manifest without the evaluation's `val` split: refused before Ray starts (the
+    issue: every trial pre-trained, then failed in evaluation and was retried)."""
+    manifest = make_dataset(tmp_path / "data", num_videos=8, num_frames=40, val_fraction=0.0)
+    cfg = load_sweep(SWEEP, [f"manifest={manifest}", f"study.storage_path={tmp_path / 'r'}"])
+    with pytest.raises(ConfigError) as err:
+        check_evaluation_world(cfg, check_sweep(cfg))
+    assert str(err.value) == (
+        "evaluation eval_debug.yaml: linear (test): split 'val' has no usable video in the "
+        "manifest (splits present: ['train'])"
+    )
+    pairs = load_sweep(
+        SWEEP,
+        [f"manifest={manifest}", "evaluation_overrides=[similarity.pairs=s3://YOUR-BUCKET/p.csv]"],
+    )
+    with pytest.raises(ConfigError, match="similarity.pairs: s3://YOUR-BUCKET/p.csv is a placeh"):
+        check_evaluation_world(pairs, check_sweep(pairs))
+
+
+def test_evaluation_is_sized_to_the_trial_share(tiny_manifest):
+    """The reproduced hang: on a 2-CPU head a trial holds 0.05 CPU; its model actor and
+    decode task must fit in what is left, with fractional CPUs."""
+    cfg = load_sweep(SWEEP, [f"manifest={tiny_manifest}"])
+    tcfg = trial_config(cfg, trials(cfg)[0])
+    from rayssl.tune.sweep import evaluation_suite
+
+    budget = eval_budget(cfg, tcfg, {"CPU": 2.0})
+    assert budget == pytest.approx(0.5 + 1.0 - 0.05)  # 1 worker x 0.5 + data CPU - trial
+    suite = size_suite(evaluation_suite(cfg, tcfg), budget)
+    inf = suite.features.inference
+    assert inf.num_actors == 1 and inf.decode_tasks == 1
+    assert inf.cpus_per_actor > 0 and suite.data.num_cpus_per_task > 0
+    assert 0.05 + inf.cpus_per_actor + suite.data.num_cpus_per_task <= 2.0
+    roomy = size_suite(evaluation_suite(cfg, tcfg), 8.0)  # fits as configured
+    assert roomy.features.inference.cpus_per_actor == 1.0 and roomy.data.num_cpus_per_task == 1.0
+
+
+def test_failed_trial_is_one_line_of_its_root_exception(ray_local):
+    """Tune hands back Ray's wrapper (`ray::ImplicitFunc.train() (pid=...)`); the RESULT
+    shows the user's exception and where the traceback is."""
+    from rayssl.data.manifest import ManifestError
+
+    @ray_local.remote
+    def trial():
+        raise ManifestError("linear (test): split 'val' has no usable video\nmore detail")
+
+    with pytest.raises(Exception) as err:
+        ray_local.get(trial.remote())
+    assert str(err.value).startswith("ray::")
+    assert error_summary(err.value, "/runs/s/t") == (
+        "ManifestError: linear (test): split 'val' has no usable video "
+        "(full traceback: /runs/s/t/error.txt)"
+    )
 
 
 def test_concurrency_fits_the_cluster(tiny_manifest):
