@@ -18,6 +18,7 @@ import pytest
 
 from rayssl.config import ConfigError
 from rayssl.tune.sweep import (
+    NONRETRYABLE_FILE,
     PAUSE_ENV,
     check_evaluation_world,
     check_sweep,
@@ -303,3 +304,53 @@ def test_sweep_job_killed_and_resubmitted_resumes_without_redoing_trials(tmp_pat
     out.write_text(buf.getvalue())
     text = buf.getvalue()
     assert all(slug in text or by_trial[slug].info.run_name in text for slug in by_trial)
+
+
+@pytest.mark.slow
+def test_sweep_on_a_2_cpu_head_finishes_and_a_stage_that_cannot_fit_is_not_retried(tmp_path):
+    """The reproduced hang: a 2-CPU head, a trial holding 0.05 CPU, a 1-CPU model actor
+    and 1-CPU decode tasks as configured. The evaluation is sized to the trial's share
+    and the study finishes. Then a suite asking for 3 model actors cannot fit: the trial
+    fails with the stage and its resources in one line, and is not pre-trained again."""
+    import json
+
+    from rayssl.localhead import local_ray_head, submit_job
+
+    manifest = make_dataset(tmp_path / "data", num_videos=8, num_frames=40)
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    env = {"MLFLOW_TRACKING_URI": tracking}
+    ok = _tiny_sweep(tmp_path / "ok.yaml", manifest, tmp_path / "runs", "two_cpu")
+    import yaml
+
+    values = yaml.safe_load(ok.read_text())
+    values["axes"][0]["values"] = [1.0]
+    values["study"]["max_concurrent"] = 1
+    ok.write_text(yaml.safe_dump(values))
+    values["study"]["name"] = "too_big"
+    values["evaluation_overrides"].append("features.inference.num_actors=3")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(values))
+    with local_ray_head(
+        num_cpus=2, env=env, log_path=tmp_path / "head.log", stop_grace_s=2
+    ) as head:
+        first = submit_job(
+            head, ["python", "jobs/sweep.py", "--config", str(ok)], ROOT, env_vars=env
+        )
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        second = submit_job(
+            head, ["python", "jobs/sweep.py", "--config", str(bad)], ROOT, env_vars=env
+        )
+    line = next(x for x in second.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT ") :])
+    assert result["trials_done"] == 0
+    (error,) = result["errors"].values()
+    assert error.startswith("UnschedulableError: evaluation inference: needs {'CPU': ")
+    assert "model actors (3 x {CPU " in error and error.endswith("error.txt)")
+    trial_dir = tmp_path / "runs" / "too_big" / "fraction-1.0_backbone-c3d_seed-0"
+    assert (trial_dir / NONRETRYABLE_FILE).read_text().startswith("UnschedulableError")
+    mlflow.set_tracking_uri(tracking)
+    runs = mlflow.search_runs(
+        experiment_names=["rayssl-sweeps"], filter_string="tags.`rayssl.sweep.role` = 'study'"
+    )
+    parent = runs[runs["tags.mlflow.runName"] == "too_big"].iloc[0]["run_id"]
+    assert len(_children(tracking, parent)) == 1  # pre-trained once, not again on retry
