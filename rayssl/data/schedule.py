@@ -84,7 +84,9 @@ def capacity() -> tuple[dict[str, float], str]:
     """(resources this caller's pipeline can ever get, where they come from)."""
     import ray
 
-    pg = ray.util.get_current_placement_group()
+    ctx = ray.get_runtime_context()
+    captured = bool(getattr(ctx, "should_capture_child_tasks_in_placement_group", False))
+    pg = ray.util.get_current_placement_group() if captured else None
     if pg is not None:  # tasks are captured in the caller's group: only its bundles count
         total: dict[str, float] = {}
         for bundle in pg.bundle_specs:
