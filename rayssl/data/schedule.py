@@ -7,8 +7,7 @@ Tune trial holding 0.05 CPU, a 1-CPU model actor and a 1-CPU decode task wait fo
 
 * :func:`check_fits` runs before a pipeline starts. It compares what the pipeline needs
   at once (one task of every task stage, the minimum actors of every actor pool) with
-  what the cluster can ever give this caller: the total of the cluster's nodes (or of
-  the caller's placement group, when its tasks are captured in it) less what the caller
+  what the cluster can ever give this caller: the total of the cluster's nodes less what the caller
   itself holds while it waits. Too much is a :class:`UnschedulableError` naming the
   stage, what it asks and what there is.
 * :class:`StallWatchdog` watches a running pipeline: when no output has come for
@@ -81,18 +80,12 @@ def held_by_caller() -> dict[str, float]:
 
 
 def capacity() -> tuple[dict[str, float], str]:
-    """(resources this caller's pipeline can ever get, where they come from)."""
+    """(resources this caller's pipeline can ever get, where they come from): the
+    cluster's. A caller's placement group (a Tune trial's) does not bound it: Ray Data
+    tasks and actors carry their own scheduling strategy, so they are never captured in
+    it (a 2-CPU sweep trial's 1-CPU model actor ran beside its 0.05-CPU group)."""
     import ray
 
-    ctx = ray.get_runtime_context()
-    captured = bool(getattr(ctx, "should_capture_child_tasks_in_placement_group", False))
-    pg = ray.util.get_current_placement_group() if captured else None
-    if pg is not None:  # tasks are captured in the caller's group: only its bundles count
-        total: dict[str, float] = {}
-        for bundle in pg.bundle_specs:
-            for k, v in bundle.items():
-                total[_base(k)] = total.get(_base(k), 0.0) + float(v)
-        return total, "the caller's placement group"
     return {k: float(v) for k, v in ray.cluster_resources().items()}, "the cluster"
 
 
@@ -105,7 +98,7 @@ def check_fits(demands: Iterable[Demand], what: str) -> None:
         for k, v in d.total().items():
             need[k] = need.get(k, 0.0) + v
     total, source = capacity()
-    held = held_by_caller() if source == "the cluster" else {}
+    held = held_by_caller()
     free = {k: total.get(k, 0.0) - held.get(k, 0.0) for k in set(total) | set(need)}
     short = {k: v for k, v in need.items() if v > free.get(k, 0.0) + 1e-9}
     if not short:
