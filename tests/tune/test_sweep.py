@@ -344,7 +344,9 @@ def test_sweep_on_a_2_cpu_head_finishes_and_a_stage_that_cannot_fit_is_not_retri
     result = json.loads(line[len("RESULT ") :])
     assert result["trials_done"] == 0
     (error,) = result["errors"].values()
-    assert error.startswith("UnschedulableError: evaluation inference: needs {'CPU': ")
+    # the retry's error: it failed at once, carrying the first attempt's root line
+    assert error.startswith("NonRetryableTrialError: not retried: an earlier attempt failed")
+    assert "UnschedulableError: evaluation inference: needs {'CPU': " in error
     assert "model actors (3 x {CPU " in error and error.endswith("error.txt)")
     trial_dir = tmp_path / "runs" / "too_big" / "fraction-1.0_backbone-c3d_seed-0"
     assert (trial_dir / NONRETRYABLE_FILE).read_text().startswith("UnschedulableError")
