@@ -604,6 +604,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 
 def main(argv: Sequence[str] | None = None) -> int:
     from rayssl.data.manifest import ManifestError
+    from rayssl.data.schedule import UnschedulableError
     from rayssl.evaluate.checkpoint import CheckpointError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -617,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (CheckpointError, ManifestError) as e:
+    except (CheckpointError, ManifestError, UnschedulableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

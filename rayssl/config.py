@@ -545,6 +545,10 @@ class InferenceSettings:
     """Decode tasks running at once; 0 = as many as the cluster has CPUs."""
     torch_threads: int = 0
     """CPU threads for torch in each model actor; 0 = Ray's setting (the actor's CPUs)."""
+    stall_s: float = 300.0
+    """Seconds the pipeline may produce nothing while Ray reports one of its requests
+    pending (unschedulable) before it stops with an error naming it; 0 = wait forever.
+    $RAYSSL_STALL_S overrides it."""
 
     def validate(self, prefix: str) -> None:
         _check_clips(f"{prefix}.clips", self.clips)
@@ -555,6 +559,7 @@ class InferenceSettings:
         _in_range(f"{prefix}.max_clips_per_task", self.max_clips_per_task, 1, None)
         _in_range(f"{prefix}.decode_tasks", self.decode_tasks, 0, None)
         _in_range(f"{prefix}.torch_threads", self.torch_threads, 0, None)
+        _in_range(f"{prefix}.stall_s", self.stall_s, 0.0, None)
 
 
 @dataclass

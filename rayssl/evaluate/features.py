@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from rayssl.config import AugmentSettings, DataConfig, InferenceSettings
-from rayssl.data import storage
+from rayssl.data import schedule, storage
 from rayssl.data.manifest import read_manifest
 from rayssl.data.pipeline import RowSkip, read_row_frames
 from rayssl.data.sampling import ClipSpec, clip_indices, parse_clip_spec
@@ -442,12 +442,27 @@ def run_inference(
     if videos.num_rows == 0:
         return aggregate([], videos, skipped)
     rows = eval_rows(videos, spec.clips, spec.clip_len, spec.max_clips)
+    demands = stage_demands(inference, data)
+    schedule.check_fits(demands, "evaluation inference")
     num_actors = actor_resources(inference)[0]
     num_blocks = math.ceil(rows.num_rows / max(1, data.rows_per_task))
     ds = build_eval_dataset(rows, spec, data, decode_concurrency(inference, num_actors, num_blocks))
     ds = infer_with_actors(module, ds, inference)
-    batches = ds.iter_batches(batch_size=256, batch_format="numpy")
+    watchdog = schedule.StallWatchdog(
+        "evaluation inference", demands, schedule.stall_seconds(inference.stall_s)
+    )
+    batches = watchdog.iterate(lambda: ds.iter_batches(batch_size=256, batch_format="numpy"))
     return aggregate(batches, videos, skipped)
+
+
+def stage_demands(inference: InferenceSettings, data: DataConfig) -> list[schedule.Demand]:
+    """What the inference pipeline needs at once: its model actors and one decode task."""
+    num, cpus, gpus = actor_resources(inference)
+    decode = {"CPU": data.num_cpus_per_task}
+    return [
+        schedule.Demand("model actors", {"CPU": cpus, "GPU": gpus}, num),
+        schedule.Demand("decode tasks", decode, 1),
+    ]
 
 
 def extract_features(

@@ -238,6 +238,44 @@ def check_labels(suite: EvalSuite, table: pa.Table) -> None:
         require_labels(table, "similarity (auto pairs)")
 
 
+#: Parts of a path that mark a placeholder copied from an example config.
+PLACEHOLDERS = ("YOUR-BUCKET", "YOUR_BUCKET", "YOUR-", "<", ">", "CHANGE-ME", "CHANGEME")
+
+
+def suite_paths(suite: EvalSuite, suite_dir: Path | None = None) -> dict[str, str]:
+    """Every path the enabled evaluations of `suite` read, by config key."""
+    paths = {"data.manifest": suite.data.manifest}
+    if suite.similarity.enabled and suite.similarity.pairs != "auto":
+        paths["similarity.pairs"] = suite.similarity.pairs
+    if suite.finetune.enabled:
+        paths["finetune.config"] = str(config_path(suite.finetune.config, suite_dir))
+    return paths
+
+
+def check_suite_paths(suite: EvalSuite, suite_dir: Path | None = None) -> None:
+    """Every path the suite names exists and is not a placeholder (`s3://YOUR-BUCKET/..`),
+    before any feature is extracted: a ConfigError naming the key and the path."""
+    options = storage.StorageOptions(endpoint_url=suite.data.endpoint_url or None)
+    for key, uri in suite_paths(suite, suite_dir).items():
+        if not uri:
+            raise ConfigError(f"{key}: empty path")
+        if any(mark in uri for mark in PLACEHOLDERS):
+            raise ConfigError(
+                f"{key}: {uri} is a placeholder from the example suite; set it to your copy "
+                f"(e.g. {key}=s3://my-bucket/...)"
+            )
+        try:
+            found = storage.exists(uri, options)
+        except storage.StorageError as e:
+            raise ConfigError(f"{key}: cannot read {storage.redact(uri)}: {e}") from None
+        except Exception as e:  # e.g. botocore NoCredentialsError
+            raise ConfigError(
+                f"{key}: cannot read {storage.redact(uri)}: {type(e).__name__}: {e}"
+            ) from None
+        if not found:
+            raise ConfigError(f"{key}: {storage.redact(uri)} does not exist")
+
+
 def needed_videos(suite: EvalSuite, table: pa.Table) -> pa.Table:
     """The manifest rows some enabled evaluation uses: features of other splits (e.g. the
     pre-training split of a benchmark manifest) are not extracted."""
@@ -489,6 +527,7 @@ def evaluate_checkpoint(
     out = RunFiles(Path(out_dir))
     cfg = resolve_paths(suite.as_config())
     suite = replace(suite, data=cfg.data, run=cfg.run)
+    check_suite_paths(suite, suite_dir)
     source = resolve_checkpoint(checkpoint, cfg)
     backbone = build_backbone_from(source)
     table = load_manifest(suite.data.manifest, suite.data)

@@ -221,6 +221,22 @@ def check_sweep(cfg: SweepConfig) -> list[Trial]:
     return grid
 
 
+def check_evaluation_world(cfg: SweepConfig, grid: list[Trial]) -> None:
+    """The evaluation suite against what it names, before any trial pre-trains: its
+    manifest has the splits and labels every enabled evaluation uses, and every other
+    path it names (pairs CSV, fine-tuning config) exists and is not a placeholder."""
+    from rayssl.data.manifest import ManifestError
+    from rayssl.evaluate.features import load_manifest
+    from rayssl.evaluate.suite import check_labels, check_suite_paths
+
+    suite = evaluation_suite(cfg, trial_config(cfg, grid[0]))
+    try:
+        check_suite_paths(suite, Path(cfg.evaluation).parent)
+        check_labels(suite, load_manifest(suite.data.manifest, suite.data))
+    except (ConfigError, ManifestError) as e:
+        raise ConfigError(f"evaluation {Path(cfg.evaluation).name}: {e}") from e
+
+
 def check_trials_world(cfg: SweepConfig, grid: list[Trial]) -> None:
     """What the trials name, checked before Ray starts (`rayssl.preflight`): manifests,
     clips that fit, writable storage and tracking; once per distinct combination."""
@@ -281,8 +297,95 @@ def compute_used(cfg: Config, wall_s: float, clips_seen: float, data_cpus: float
     }
 
 
+#: A file in a trial's folder: the one-line deterministic error of its last attempt.
+#: A retry that finds it fails at once (no pre-training wasted on a config/data error).
+NONRETRYABLE_FILE = "nonretryable_error.txt"
+
+
+class NonRetryableTrialError(RuntimeError):
+    """An earlier attempt of this trial failed with a config or data error."""
+
+
+def _deterministic(e: BaseException) -> bool:
+    from rayssl.data.manifest import ManifestError
+    from rayssl.data.schedule import UnschedulableError
+    from rayssl.evaluate.checkpoint import CheckpointError
+
+    return isinstance(e, (ConfigError, ManifestError, CheckpointError, UnschedulableError))
+
+
+def one_line(e: BaseException) -> str:
+    """`Type: first line of the message` of an exception."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def root_exception(e: BaseException) -> BaseException:
+    """The user's exception inside Ray's wrappers (RayTaskError, TuneError, chains)."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "cause", None)
+        if isinstance(inner, BaseException):
+            e = inner
+        elif e.__cause__ is not None and type(e).__module__.startswith("ray"):
+            e = e.__cause__
+        else:
+            break
+    return e
+
+
+def eval_budget(cfg: SweepConfig, tcfg: Config, resources: dict[str, float]) -> float:
+    """CPUs a trial's evaluation may use: the trial's share of the cluster (its train
+    workers' CPUs + study.data_cpus_per_trial, at most the cluster's CPUs divided among
+    the concurrent trials) less what the trial's own process holds."""
+    workers = max(tcfg.train.num_workers, 1)
+    need = workers * tcfg.train.cpus_per_worker + cfg.study.data_cpus_per_trial
+    concurrent = max_concurrent(cfg, trials(cfg), resources)
+    return min(need, float(resources.get("CPU", 1.0)) / concurrent) - TRIAL_CPU
+
+
+def size_suite(suite, budget_cpu: float):
+    """The suite with its model actor and decode tasks sized to `budget_cpu`
+    (`data.schedule.share`: fractional CPUs when the configured ones do not fit)."""
+    from rayssl.data.schedule import share
+
+    inf = suite.features.inference
+    actor, task, tasks = share(budget_cpu, inf.cpus_per_actor, suite.data.num_cpus_per_task)
+    if inf.num_actors == 0:
+        inf = replace(inf, num_actors=1)
+    if inf.decode_tasks == 0 or inf.decode_tasks > tasks:
+        inf = replace(inf, decode_tasks=tasks)
+    inf = replace(inf, cpus_per_actor=actor)
+    return replace(
+        suite,
+        data=replace(suite.data, num_cpus_per_task=task),
+        features=replace(suite.features, inference=inf),
+    )
+
+
 def run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str) -> None:
-    """Tune function trainable: pre-train, evaluate, log, report (see the module doc)."""
+    """Tune function trainable: pre-train, evaluate, log, report (see the module doc).
+
+    A config or data error (deterministic) is written to the trial's folder; Tune's
+    retry of that trial then fails at once instead of pre-training again."""
+    from ray import tune
+
+    marker = Path(tune.get_context().get_trial_dir()) / NONRETRYABLE_FILE
+    if marker.exists():
+        raise NonRetryableTrialError(
+            f"not retried: an earlier attempt failed with {marker.read_text().strip()}"
+        )
+    try:
+        _run_trial(config, sweep, parent_run_id)
+    except Exception as e:
+        if _deterministic(e):
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(one_line(e) + "\n")
+        raise
+
+
+def _run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str) -> None:
     import mlflow
     from ray import tune
 
@@ -307,7 +410,9 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str)
     wall_s = time.monotonic() - t0
     if not result["checkpoint"]:
         raise RuntimeError(f"trial {trial.slug}: pre-training reported no checkpoint")
-    suite = evaluation_suite(cfg, tcfg)
+    import ray
+
+    suite = size_suite(evaluation_suite(cfg, tcfg), eval_budget(cfg, tcfg, ray.cluster_resources()))
     with tempfile.TemporaryDirectory() as out:
         ev = evaluate_checkpoint(suite, result["checkpoint"], out, Path(cfg.evaluation).parent)
     if cfg.metric not in ev["results"]:
@@ -433,6 +538,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
 
     grid = check_sweep(cfg)
     check_trials_world(cfg, grid)
+    check_evaluation_world(cfg, grid)
     uri = default_tracking_uri(trial_config(cfg, grid[0]))
     # trials get the URI redacted (Tune stores their config); they connect with
     # default_tracking_uri, which takes the credentials from MLFLOW_TRACKING_URI
@@ -472,7 +578,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     for i in range(len(results)):
         r = results[i]
         if r.error is not None:
-            errors[Path(r.path).name if r.path else str(i)] = str(r.error)[:300]
+            errors[Path(r.path).name if r.path else str(i)] = error_summary(r.error, r.path)
     records = records_from_mlflow(uri, parent, f"downstream/{cfg.metric}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report"
@@ -502,6 +608,13 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         "table": table,
         "seconds": time.monotonic() - t0,
     }
+
+
+def error_summary(error: BaseException, trial_path: str | None) -> str:
+    """A failed trial in one line: its root exception, and where the traceback is."""
+    line = one_line(root_exception(error))[:500]
+    where = f"{trial_path.rstrip('/')}/error.txt" if trial_path else "the job log"
+    return f"{line} (full traceback: {where})"
 
 
 def _local_report_dir(cfg: SweepConfig) -> Path | None:

@@ -256,3 +256,27 @@ def test_evaluate_job_entry_point(ray_local, tiny_manifest, tmp_path, monkeypatc
     artifacts = {a.path for a in client.list_artifacts(result["mlflow_run_id"])}
     assert artifacts == {"results.json", "report.txt", "retrieval.txt", "retrieval_topk.png"}
     assert (tmp_path / "ev" / "notes.txt").exists()  # left alone, not uploaded
+
+
+def test_evaluate_checks_every_path_before_extracting(tiny_manifest, tmp_path, capsys):
+    """eval_aslan.yaml with only the manifest set: its pairs CSV is still the example's
+    placeholder. Refused before Ray starts or a feature is extracted; a missing pairs
+    file or fine-tuning config is refused the same way."""
+    from rayssl.cli import main as cli_main
+
+    aslan = ROOT / "configs" / "eval_aslan.yaml"
+    out = tmp_path / "eval"
+    base = ["evaluate", "--checkpoint", "random", "--suite", str(aslan), "--out", str(out)]
+    assert cli_main([*base, f"data.manifest={tiny_manifest}"]) == 2
+    err = capsys.readouterr().err
+    assert "similarity.pairs: s3://YOUR-BUCKET/aslan/pairs.csv is a placeholder" in err
+    assert not (out / "results.json").exists() and not list(out.glob("*.parquet"))
+    gone = tmp_path / "pairs.csv"
+    assert cli_main([*base, f"data.manifest={tiny_manifest}", f"similarity.pairs={gone}"]) == 2
+    assert f"similarity.pairs: {gone} does not exist" in capsys.readouterr().err
+    debug = [
+        "evaluate", "--checkpoint", "random", "--suite", str(SUITE), "--out", str(out),
+        f"data.manifest={tiny_manifest}", f"finetune.config={tmp_path / 'nope.yaml'}",
+    ]  # fmt: skip
+    assert cli_main(debug) == 2
+    assert f"finetune.config: {tmp_path / 'nope.yaml'} does not exist" in capsys.readouterr().err

@@ -18,11 +18,16 @@ import pytest
 
 from rayssl.config import ConfigError
 from rayssl.tune.sweep import (
+    NONRETRYABLE_FILE,
     PAUSE_ENV,
+    check_evaluation_world,
     check_sweep,
     check_trials_world,
+    error_summary,
+    eval_budget,
     load_sweep,
     max_concurrent,
+    size_suite,
     trial_config,
     trials,
 )
@@ -74,6 +79,61 @@ def test_bad_sweeps_fail_before_any_work(tiny_manifest, tmp_path):
         load_sweep(SWEEP, [m, "evaluation=nope.yaml"])
     with pytest.raises(ConfigError, match="study.max_failures"):
         load_sweep(SWEEP, [m, "study.max_failures=-1"])
+
+
+def test_evaluation_suite_is_checked_against_the_manifest_before_any_trial(tmp_path):
+    """A manifest without the evaluation's `val` split: refused before Ray starts (the
+    issue: every trial pre-trained, then failed in evaluation and was retried)."""
+    manifest = make_dataset(tmp_path / "data", num_videos=8, num_frames=40, val_fraction=0.0)
+    cfg = load_sweep(SWEEP, [f"manifest={manifest}", f"study.storage_path={tmp_path / 'r'}"])
+    with pytest.raises(ConfigError) as err:
+        check_evaluation_world(cfg, check_sweep(cfg))
+    assert str(err.value) == (
+        "evaluation eval_debug.yaml: linear (test): split 'val' has no usable video in the "
+        "manifest (splits present: ['train'])"
+    )
+    pairs = load_sweep(
+        SWEEP,
+        [f"manifest={manifest}", "evaluation_overrides=[similarity.pairs=s3://YOUR-BUCKET/p.csv]"],
+    )
+    with pytest.raises(ConfigError, match="similarity.pairs: s3://YOUR-BUCKET/p.csv is a placeh"):
+        check_evaluation_world(pairs, check_sweep(pairs))
+
+
+def test_evaluation_is_sized_to_the_trial_share(tiny_manifest):
+    """The reproduced hang: on a 2-CPU head a trial holds 0.05 CPU; its model actor and
+    decode task must fit in what is left, with fractional CPUs."""
+    cfg = load_sweep(SWEEP, [f"manifest={tiny_manifest}"])
+    tcfg = trial_config(cfg, trials(cfg)[0])
+    from rayssl.tune.sweep import evaluation_suite
+
+    budget = eval_budget(cfg, tcfg, {"CPU": 2.0})
+    assert budget == pytest.approx(0.5 + 1.0 - 0.05)  # 1 worker x 0.5 + data CPU - trial
+    suite = size_suite(evaluation_suite(cfg, tcfg), budget)
+    inf = suite.features.inference
+    assert inf.num_actors == 1 and inf.decode_tasks == 1
+    assert inf.cpus_per_actor > 0 and suite.data.num_cpus_per_task > 0
+    assert 0.05 + inf.cpus_per_actor + suite.data.num_cpus_per_task <= 2.0
+    roomy = size_suite(evaluation_suite(cfg, tcfg), 8.0)  # fits as configured
+    assert roomy.features.inference.cpus_per_actor == 1.0 and roomy.data.num_cpus_per_task == 1.0
+
+
+def test_failed_trial_is_one_line_of_its_root_exception(ray_local):
+    """Tune hands back Ray's wrapper (`ray::ImplicitFunc.train() (pid=...)`); the RESULT
+    shows the user's exception and where the traceback is."""
+    from rayssl.data.manifest import ManifestError
+
+    @ray_local.remote
+    def trial():
+        raise ManifestError("linear (test): split 'val' has no usable video\nmore detail")
+
+    with pytest.raises(Exception) as err:
+        ray_local.get(trial.remote())
+    assert "ray::trial()" in str(err.value)  # the header the RESULT used to show
+    assert error_summary(err.value, "/runs/s/t") == (
+        "ManifestError: linear (test): split 'val' has no usable video "
+        "(full traceback: /runs/s/t/error.txt)"
+    )
 
 
 def test_concurrency_fits_the_cluster(tiny_manifest):
@@ -244,3 +304,55 @@ def test_sweep_job_killed_and_resubmitted_resumes_without_redoing_trials(tmp_pat
     out.write_text(buf.getvalue())
     text = buf.getvalue()
     assert all(slug in text or by_trial[slug].info.run_name in text for slug in by_trial)
+
+
+@pytest.mark.slow
+def test_sweep_on_a_2_cpu_head_finishes_and_a_stage_that_cannot_fit_is_not_retried(tmp_path):
+    """The reproduced hang: a 2-CPU head, a trial holding 0.05 CPU, a 1-CPU model actor
+    and 1-CPU decode tasks as configured. The evaluation is sized to the trial's share
+    and the study finishes. Then a suite asking for 3 model actors cannot fit: the trial
+    fails with the stage and its resources in one line, and is not pre-trained again."""
+    import json
+
+    from rayssl.localhead import local_ray_head, submit_job
+
+    manifest = make_dataset(tmp_path / "data", num_videos=8, num_frames=40)
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    env = {"MLFLOW_TRACKING_URI": tracking}
+    ok = _tiny_sweep(tmp_path / "ok.yaml", manifest, tmp_path / "runs", "two_cpu")
+    import yaml
+
+    values = yaml.safe_load(ok.read_text())
+    values["axes"][0]["values"] = [1.0]
+    values["study"]["max_concurrent"] = 1
+    ok.write_text(yaml.safe_dump(values))
+    values["study"]["name"] = "too_big"
+    values["evaluation_overrides"].append("features.inference.num_actors=3")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(values))
+    with local_ray_head(
+        num_cpus=2, env=env, log_path=tmp_path / "head.log", stop_grace_s=2
+    ) as head:
+        first = submit_job(
+            head, ["python", "jobs/sweep.py", "--config", str(ok)], ROOT, env_vars=env
+        )
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        second = submit_job(
+            head, ["python", "jobs/sweep.py", "--config", str(bad)], ROOT, env_vars=env
+        )
+    line = next(x for x in second.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT ") :])
+    assert result["trials_done"] == 0
+    (error,) = result["errors"].values()
+    # the retry's error: it failed at once, carrying the first attempt's root line
+    assert error.startswith("NonRetryableTrialError: not retried: an earlier attempt failed")
+    assert "UnschedulableError: evaluation inference: needs {'CPU': " in error
+    assert "model actors (3 x {CPU " in error and error.endswith("error.txt)")
+    trial_dir = tmp_path / "runs" / "too_big" / "fraction-1.0_backbone-c3d_seed-0"
+    assert (trial_dir / NONRETRYABLE_FILE).read_text().startswith("UnschedulableError")
+    mlflow.set_tracking_uri(tracking)
+    runs = mlflow.search_runs(
+        experiment_names=["rayssl-sweeps"], filter_string="tags.`rayssl.sweep.role` = 'study'"
+    )
+    parent = runs[runs["tags.mlflow.runName"] == "too_big"].iloc[0]["run_id"]
+    assert len(_children(tracking, parent)) == 1  # pre-trained once, not again on retry
