@@ -10,14 +10,16 @@ and what was expected. YAML only overrides the dataclass defaults.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, cast, get_args, get_origin, get_type_hints
+from typing import Any, Literal, cast, get_args, get_origin, get_type_hints
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 if typing.TYPE_CHECKING:
     from rayssl.data.video import VideoLimits
@@ -737,99 +739,119 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+# Parsing: pydantic v2 validates the stdlib dataclasses above in strict JSON mode (an int
+# is a number, a string is never a number, a bool is not an int, no unknown keys, no NaN);
+# the errors are rewritten to name the dotted key. Ranges and cross-field checks are the
+# sections' own `validate()`.
+
+_PYDANTIC_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+#: pydantic error type -> what the key expected.
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true/false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+}
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the annotation `tp`, converting only lossless cases."""
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(key, value, a)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{key}: expected one of {list(get_args(tp))}, got {value!r}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item_tp, *_) = get_args(tp) or (Any,)
-        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        k_tp, v_tp = get_args(tp) or (Any, Any)
-        return {
-            _coerce(f"{key} (a key)", k, k_tp): _coerce(f"{key}.{k}", v, v_tp)
-            for k, v in value.items()
-        }
+def _dataclasses_in(tp: Any) -> typing.Iterator[type]:
+    """Every dataclass type reachable from the annotation `tp` (fields, list items, ...)."""
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(
-                f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}"
-            )
-        return _build(cast(type, tp), value, key + ".")  # a dataclass type hint
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+        yield cast(type, tp)
+        for hint in get_type_hints(tp).values():
+            yield from _dataclasses_in(hint)
+    for arg in get_args(tp):
+        yield from _dataclasses_in(arg)
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; valid keys here: {sorted(names)}")
-    obj = cls()
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    for section in _dataclasses_in(cls):
+        if "__pydantic_config__" not in vars(section):
+            section.__pydantic_config__ = _PYDANTIC_CONFIG  # type: ignore[attr-defined]
+    return TypeAdapter(cls)
+
+
+def _type_at(cls: type, loc: tuple[int | str, ...]) -> Any:
+    """The annotation at pydantic error location `loc` below `cls` (Any if unknown)."""
+    tp: Any = cls
+    for part in loc:
+        if dataclasses.is_dataclass(tp):
+            tp = get_type_hints(tp).get(str(part), Any)
+        elif get_origin(tp) in (list, dict):
+            tp = get_args(tp)[-1] if get_args(tp) else Any
+        else:
+            return Any
+    return tp
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _message(cls: type, error: Any) -> str:
+    """One pydantic error as today's message: the dotted key, what it expected, the value."""
+    loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
+    key = _dotted(loc) or cls.__name__
+    if kind == "unexpected_keyword_argument":
+        section = _type_at(cls, loc[:-1])
+        valid = sorted(f.name for f in dataclasses.fields(section))
+        return f"{key}: unknown key; valid keys here: {valid}"
+    if kind == "dataclass_type":
+        section_name = error.get("ctx", {}).get("class_name", "section")
+        return f"{key}: expected a mapping of {section_name} fields, got {value!r}"
+    if kind == "literal_error":
+        return f"{key}: expected one of {list(get_args(_type_at(cls, loc)))}, got {value!r}"
+    if kind in _EXPECTED:
+        return f"{key}: expected {_EXPECTED[kind]}, got {value!r}"
+    return f"{key}: {error['msg']}, got {value!r}"
+
+
+def _check_plain(key: str, value: Any) -> None:
+    """YAML values JSON can carry: string keys; no dates, sets or other objects."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{key} (a key): expected a string, got {k!r}")
+            _check_plain(f"{key}.{k}".lstrip("."), v)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_plain(f"{key}[{i}]", v)
+    elif value is not None and not isinstance(value, str | int | float):
+        raise ConfigError(
+            f"{key}: expected a number, string, true/false, list or mapping, got {value!r} "
+            "(quote it to make it a string)"
+        )
+
+
+def _merged(default: Any, values: Any) -> Any:
+    """`values` over the `default` section, section by section: a nested section keeps its
+    default's values (even a default_factory's non-class defaults) for keys not given."""
+    if not (dataclasses.is_dataclass(default) and isinstance(values, dict)):
+        return values
+    out = dataclasses.asdict(default)  # type: ignore[arg-type]
     for k, v in values.items():
-        current = getattr(obj, k)
-        if dataclasses.is_dataclass(current) and isinstance(v, dict):
-            v = _merge_into(current, v, f"{prefix}{k}.")
-        else:
-            v = _coerce(f"{prefix}{k}", v, hints[k])
-        setattr(obj, k, v)
-    return obj
+        out[k] = _merged(getattr(default, k, None), v)
+    return out
 
 
-def _merge_into(obj: Any, values: dict[str, Any], prefix: str) -> Any:
-    merged = dataclasses.asdict(obj)
-    _deep_update(merged, values)
-    return _build(type(obj), merged, prefix)
-
-
-def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _deep_update(base[k], v)
-        else:
-            base[k] = v
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    """`values` over `cls()`'s defaults, type-checked strictly by pydantic."""
+    merged = _merged(cls(), values)
+    _check_plain("", merged)
+    try:
+        return _adapter(cls).validate_json(json.dumps(merged), strict=True)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        message = _message(cls, errors[0])
+        if len(errors) > 1:
+            more = ", ".join(_dotted(tuple(x["loc"])) for x in errors[1:])
+            message += f" (and {len(errors) - 1} more: {more})"
+        raise ConfigError(message) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

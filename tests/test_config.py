@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from rayssl.config import (
     config_from_dict,
     load_config,
     parse_override,
+    typed_from_dict,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -441,3 +443,83 @@ def test_speed_settings_are_checked():
         load_config(None, ["optim.lr_batch_size=0"])
     cfg = load_config(None, ["optim.lr_scaling=linear", "train.batch_size=120"])
     assert cfg.optim.scaled_lr(cfg.train.batch_size) == pytest.approx(4 * cfg.optim.lr)
+
+
+# --------------------------------------------------------------------------- parsing (pydantic)
+
+
+@dataclass
+class _Inner:
+    x: int = 1
+    y: float = 0.5
+
+
+def _custom_inner() -> _Inner:
+    return _Inner(x=5)
+
+
+@dataclass
+class _Outer:
+    inner: _Inner = field(default_factory=_custom_inner)
+    items: list[_Inner] = field(default_factory=list)
+
+    def validate(self) -> _Outer:
+        return self
+
+
+def test_section_default_from_factory_survives_partial_override():
+    """A section whose default is not its class's (default_factory=_custom_inner) keeps
+    that default's values for the keys a YAML or override leaves out."""
+    obj = typed_from_dict(_Outer, {"inner": {"y": 2}})
+    assert obj.inner == _Inner(x=5, y=2.0) and isinstance(obj.inner.y, float)
+    obj = typed_from_dict(_Outer, {}, ["inner.y=3"])
+    assert obj.inner == _Inner(x=5, y=3.0)
+    # The evaluation suite's `run` section is one of these (name "eval").
+    from rayssl.evaluate.suite import load_suite
+
+    run = load_suite(None, ["run.seed=3", "data.manifest=m.parquet"]).run
+    assert (run.name, run.experiment, run.seed) == ("eval", "rayssl-eval", 3)
+
+
+def test_list_of_sections_is_checked_item_by_item():
+    obj = typed_from_dict(_Outer, {"items": [{"x": 2}, {}]})
+    assert obj.items == [_Inner(x=2), _Inner()]
+    with pytest.raises(ConfigError) as info:
+        typed_from_dict(_Outer, {"items": [{}, {"z": 1}]})
+    assert str(info.value) == "items[1].z: unknown key; valid keys here: ['x', 'y']"
+    with pytest.raises(ConfigError, match=r"^items\[0\]: expected a mapping of _Inner"):
+        typed_from_dict(_Outer, {"items": [3]})
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=.nan", "optim.lr: expected a finite number, got nan"),
+        ("optim.lr=.inf", "optim.lr: expected a finite number, got inf"),
+        ("train.num_workers=2.5", "train.num_workers: expected an integer, got 2.5"),
+        ("train.use_gpu=1", "train.use_gpu: expected true/false, got 1"),
+        ("run.name=null", "run.name: expected a string, got None"),
+        ("data=3", "data: expected a mapping of DataConfig fields, got 3"),
+        (
+            "data.short_video=cut",
+            "data.short_video: expected one of ['resample_pace', 'skip'], got 'cut'",
+        ),
+        ("data.decode_resources={1: 2}", "data.decode_resources (a key): expected a string"),
+        ("run.name=2024-01-01", "run.name: expected a number, string, true/false, list or"),
+        ("pretext.paces=!!set {1: null}", "pretext.paces: expected a number, string,"),
+    ],
+)
+def test_error_messages_exact(override, message):
+    """The messages docs/training.md shows; NaN and inf are not numbers a config means,
+    and YAML values JSON cannot carry (dates, sets, non-string keys) are refused, not
+    turned into something else."""
+    msg = _error([override])
+    assert msg.startswith(message), msg
+    assert "\n" not in msg
+
+
+def test_several_errors_in_one_line():
+    msg = _error(["train.num_workers=two", "train.batch_size=x", "bogus=1"])
+    assert "\n" not in msg
+    assert msg.startswith("train.batch_size: expected an integer, got 'x'")
+    assert "(and 2 more: train.num_workers, bogus)" in msg
