@@ -63,6 +63,11 @@ def test_a_hostile_pickle_is_refused_by_every_entry_point(tmp_path, capsys):
     run = tmp_path / "evilruns" / "r"
     state = evil_state(run / "checkpoint_000001", cfg, marker)
     manifest = tmp_path / "nowhere.parquet"
+    # the suite checks that its paths exist before it reads the checkpoint; this one is
+    # never opened: the hostile checkpoint is refused first
+    present = tmp_path / "present.parquet"
+    present.write_bytes(b"")
+    in_suite = f"data.manifest={present}"
     out = tmp_path / "out"
     cases = [
         (
@@ -77,9 +82,24 @@ def test_a_hostile_pickle_is_refused_by_every_entry_point(tmp_path, capsys):
             ],
             backbone,
         ),
-        (["evaluate", "--checkpoint", backbone, "--suite", SUITE, "--out", out / "e1"], backbone),
-        (["evaluate", "--checkpoint", run, "--suite", SUITE, "--out", out / "e2"], state),
-        (["evaluate", "--checkpoint", state.parent, "--suite", SUITE, "--out", out / "e3"], state),
+        (
+            ["evaluate", "--checkpoint", backbone, "--suite", SUITE, "--out", out / "e1", in_suite],
+            backbone,
+        ),
+        (["evaluate", "--checkpoint", run, "--suite", SUITE, "--out", out / "e2", in_suite], state),
+        (
+            [
+                "evaluate",
+                "--checkpoint",
+                state.parent,
+                "--suite",
+                SUITE,
+                "--out",
+                out / "e3",
+                in_suite,
+            ],
+            state,
+        ),
         (
             [
                 "finetune",
