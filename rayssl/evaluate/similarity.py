@@ -71,10 +71,16 @@ import math
 import os
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rayssl.config import _check_clips, _check_layers, _in_range
+from rayssl.data import storage
+from rayssl.data.manifest import ManifestError
+from rayssl.evaluate.registry import Evaluation, Outcome, RunContext, register
 
 __all__ = [
     "MEASURES",
@@ -713,3 +719,98 @@ def make_pairs(
         "same": same,
         "fold": fold,
     }
+
+
+# --------------------------------------------------------------------------- the suite's
+
+
+def _similarity_layers() -> list[str]:
+    return ["pool3", "pool4", "pool5"]
+
+
+@dataclass
+class SimilaritySettings:
+    """Action similarity (ASLAN-style): 12 measures per layer, z-norm, linear SVM, k-fold."""
+
+    enabled: bool = False
+    pairs: str = "auto"
+    """Pairs CSV (video_a,video_b,same,fold; local or s3://), or 'auto': balanced pairs
+    made from the manifest's labels with class-disjoint folds (written to DIR/pairs.csv)."""
+    layers: list[str] = field(default_factory=_similarity_layers)
+    clips: str = "sliding:16:8"
+    C: float = 1.0
+    num_pairs: int = 600
+    """'auto' pairs: how many (fewer when the videos cannot make that many)."""
+    num_folds: int = 10
+
+    def validate(self, prefix: str) -> None:
+        _check_layers(f"{prefix}.layers", self.layers)
+        _check_clips(f"{prefix}.clips", self.clips)
+        _in_range(f"{prefix}.C", self.C, 1e-12, None)
+        _in_range(f"{prefix}.num_pairs", self.num_pairs, 4, None)
+        _in_range(f"{prefix}.num_folds", self.num_folds, 2, None)
+
+
+def auto_pairs(ids: list[str], labels: np.ndarray, s: SimilaritySettings, seed: int) -> dict:
+    """As many balanced pairs as asked, or as the videos allow (halving on failure)."""
+    n = s.num_pairs - s.num_pairs % 2
+    folds = min(s.num_folds, max(2, len(set(labels.tolist())) // 2))
+    while n >= 2 * folds:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # folds not class-disjoint
+                return make_pairs(ids, labels, num_pairs=n, num_folds=folds, seed=seed)
+        except ValueError:
+            n = (n // 2) - (n // 2) % 2
+    raise ManifestError(f"similarity: too few labelled videos ({len(ids)}) to make pairs")
+
+
+@register
+class Similarity(Evaluation):
+    """Same/not-same accuracy and AUC of the joined layers: "similarity/<l1-l2..>/auc"."""
+
+    name = "similarity"
+    settings = SimilaritySettings
+    order = 30
+    files = ("pairs.csv",)
+
+    def features(self, s: SimilaritySettings, suite: Any) -> dict[str, list[str]]:
+        return {s.clips: list(s.layers)}
+
+    def splits(self, s: SimilaritySettings) -> None:
+        return None  # pairs may join videos of any split
+
+    def labels(self, s: SimilaritySettings) -> list[tuple[str, str | None]]:
+        return [("similarity (auto pairs)", None)] if s.pairs == "auto" else []
+
+    def paths(self, s: SimilaritySettings, suite_dir: Path | None) -> dict[str, str]:
+        return {} if s.pairs == "auto" else {"pairs": s.pairs}
+
+    def _pairs(self, s: SimilaritySettings, f: Any, ctx: RunContext) -> dict[str, np.ndarray]:
+        if s.pairs != "auto":
+            options = storage.StorageOptions(endpoint_url=ctx.suite.data.endpoint_url or None)
+            return parse_pairs_csv(storage.read_bytes(s.pairs, options).decode("utf-8"))
+        labelled = f.labels >= 0
+        ids = [v for v, ok in zip(f.video_ids, labelled, strict=True) if ok]
+        pairs = auto_pairs(ids, f.labels[labelled], s, ctx.suite.run.seed)
+        write_pairs_csv(ctx.out.path("pairs.csv"), **pairs)
+        return pairs
+
+    def run(self, s: SimilaritySettings, ctx: RunContext) -> Outcome:
+        f = ctx.features.get(s.clips)
+        pairs, dropped = filter_pairs(self._pairs(s, f, ctx), set(f.video_ids))
+        index = {v: i for i, v in enumerate(f.video_ids)}
+        per_layer = {
+            layer: {v: f.outputs[layer][index[v]] for v in f.video_ids} for layer in s.layers
+        }
+        desc = pair_descriptors(per_layer, pairs, layers=s.layers)
+        r = similarity_eval(desc, pairs["same"], pairs["fold"], C=s.C, seed=ctx.suite.run.seed)
+        key = "-".join(s.layers)
+        results = {f"similarity/{key}/accuracy": r["accuracy"]}
+        if not math.isnan(r["auc"]):
+            results[f"similarity/{key}/auc"] = r["auc"]
+        line = (
+            f"  {key}: accuracy {r['accuracy']:.3f}, AUC {r['auc']:.3f} "
+            f"({r['num_pairs']} pairs, {r['num_folds']} folds, {dropped} pairs without features)"
+        )
+        return Outcome(results, [f"action similarity ({s.clips})", line])
