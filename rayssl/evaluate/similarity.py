@@ -811,7 +811,7 @@ def auto_pairs(ids: list[str], labels: np.ndarray, s: SimilaritySettings, seed: 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # folds not class-disjoint
-                return make_pairs(ids, labels, num_pairs=n, num_folds=folds, seed=seed)
+                return make_pairs(ids, labels.tolist(), num_pairs=n, num_folds=folds, seed=seed)
         except ValueError:
             n = (n // 2) - (n // 2) % 2
     raise ManifestError(f"similarity: too few labelled videos ({len(ids)}) to make pairs")
