@@ -23,10 +23,12 @@ from rayssl.evaluate.registry import (
     Evaluation,
     Outcome,
     RunContext,
+    RunFiles,
     config_path,
     register,
 )
 from rayssl.evaluate.suite import (
+    FeatureStore,
     check_labels,
     evaluate_checkpoint,
     load_suite,
@@ -139,6 +141,17 @@ def test_register_refuses_clashing_names(toy):
     with pytest.raises(ValueError, match="`enabled` field"):
         register(NoSwitch)
     assert "noswitch" not in EVALUATIONS
+
+
+def test_features_nobody_declared_are_refused(tmp_path):
+    """An evaluation reading features of a clip protocol it did not declare gets a clear
+    error before anything is extracted (not a silent extraction of other layers)."""
+    suite = load_suite(SUITE, ["data.manifest=m"])
+    store = FeatureStore(suite, None, pa.table({"video_id": ["a"]}), RunFiles(tmp_path))
+    store.want({"uniform:2": ["pool5"]})
+    with pytest.raises(KeyError, match="'uniform:3': no evaluation declared them"):
+        store.get("uniform:3")
+    assert not list(tmp_path.iterdir())
 
 
 def test_finetune_config_from_typed_overrides_matches_the_strings(tmp_path):
