@@ -10,6 +10,7 @@ videos, no Ray) and writes one PNG: a row per video, frames across the clip.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayssl.config import DataConfig
-from rayssl.evaluate.features import DecodeSpec, decode_eval_row
+from rayssl.config import DataConfig, _in_range
+from rayssl.evaluate.features import DecodeSpec, decode_eval_row, usable
+from rayssl.evaluate.registry import Evaluation, Outcome, RunContext, register
 
 
 def attention_from_activations(act: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
@@ -148,3 +150,49 @@ def attention_grid_png(
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     return [t.split(" ")[0] for t in titles]
+
+
+# --------------------------------------------------------------------------- the suite's
+
+
+@dataclass
+class AttentionSettings:
+    """Activation-based attention maps of conv5 overlaid on frames (a PNG grid)."""
+
+    enabled: bool = True
+    videos: list[str] = field(default_factory=list)
+    """Video ids to show; [] = the first video of each class of `split`."""
+    num_videos: int = 4
+    split: str = "test"
+    num_frames: int = 4
+
+    def validate(self, prefix: str) -> None:
+        _in_range(f"{prefix}.num_videos", self.num_videos, 1, None)
+        _in_range(f"{prefix}.num_frames", self.num_frames, 1, None)
+
+
+@register
+class Attention(Evaluation):
+    """A picture, no results: DIR/attention.png."""
+
+    name = "attention"
+    settings = AttentionSettings
+    order = 40
+    files = ("attention.png",)
+
+    def splits(self, s: AttentionSettings) -> set[str] | None:
+        return {s.split} if s.split else None
+
+    def run(self, s: AttentionSettings, ctx: RunContext) -> Outcome:
+        path = ctx.out.path("attention.png")
+        shown = attention_grid_png(
+            ctx.backbone,
+            usable(ctx.table),
+            ctx.suite.data,
+            path,
+            video_ids=s.videos,
+            num_videos=s.num_videos,
+            split=s.split,
+            num_frames=s.num_frames,
+        )
+        return Outcome({}, [f"attention maps of {len(shown)} videos: {path}"])

@@ -15,14 +15,25 @@ The metric functions at the top are plain numpy (unit-tested on known logits).
 from __future__ import annotations
 
 import csv
+import json
 import tempfile
-from dataclasses import replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rayssl.config import Config
+from rayssl.config import Config, ConfigError, load_config, typed_from_dict
+from rayssl.evaluate.checkpoint import RANDOM
+from rayssl.evaluate.registry import (
+    Evaluation,
+    Outcome,
+    RunContext,
+    backbone_fields,
+    config_path,
+    register,
+)
 
 # --------------------------------------------------------------------------- metrics
 
@@ -219,3 +230,84 @@ def _log_test(
         for name in ("per_class_accuracy.csv", "confusion_matrix.csv", "confusion_matrix.png"):
             tracker.log_file(root / name, "test")
     tracker.finish()
+
+
+# --------------------------------------------------------------------------- the suite's
+
+
+@dataclass
+class FinetuneSuiteSettings:
+    """Fine-tuning (a Ray Train job) with its test protocol, from the checkpoint."""
+
+    enabled: bool = False
+    config: str = "configs/finetune_ucf101.yaml"
+    """The fine-tuning config (relative paths: from the current directory)."""
+    overrides: list[str] = field(default_factory=list)
+    """key=value overrides of that config. The suite's data.manifest, data.clip_len and
+    data.augment resize / crop are applied first: one geometry for every evaluation."""
+
+    def validate(self, prefix: str) -> None:
+        if self.enabled and not self.config:
+            raise ConfigError(f"{prefix}.config: a fine-tuning config is needed")
+
+
+def suite_finetune_config(suite: Any, path: Path, overrides: list[str], run_name: str) -> Config:
+    """The fine-tuning config at `path` with the suite's manifest, clip geometry, storage,
+    tracking and seed (one geometry for every evaluation), then `overrides` (the suite's
+    `finetune.overrides`, which win)."""
+    cfg = load_config(path)
+    data, run = suite.data, suite.run
+    augment = replace(
+        cfg.data.augment, resize=list(data.augment.resize), crop=list(data.augment.crop)
+    )
+    cfg = replace(
+        cfg,
+        data=replace(
+            cfg.data,
+            manifest=data.manifest,
+            clip_len=data.clip_len,
+            augment=augment,
+            endpoint_url=data.endpoint_url or cfg.data.endpoint_url,
+        ),
+        run=replace(
+            cfg.run,
+            name=run_name,
+            storage_path=run.storage_path,
+            seed=run.seed,
+            tracking_uri=run.tracking_uri or cfg.run.tracking_uri,
+        ),
+    )
+    return typed_from_dict(Config, cfg.to_dict(), overrides)
+
+
+@register
+class Finetune(Evaluation):
+    """Fine-tuning's test accuracy: "finetune/classifier/{video,clip}_top1"."""
+
+    name = "finetune"
+    settings = FinetuneSuiteSettings
+    order = 50
+    files = ("finetune.json",)
+
+    def paths(self, s: FinetuneSuiteSettings, suite_dir: Path | None) -> dict[str, str]:
+        return {"config": str(config_path(s.config, suite_dir))}
+
+    def run(self, s: FinetuneSuiteSettings, ctx: RunContext) -> Outcome:
+        source = ctx.source
+        run_name = f"{ctx.suite.run.name}-finetune-{source.kind}-{int(time.time())}"
+        path = config_path(s.config, ctx.suite_dir)
+        cfg = suite_finetune_config(ctx.suite, path, s.overrides, run_name)
+        if source.kind == RANDOM:  # the from-scratch baseline: same backbone, same seed
+            cfg = replace(cfg, model=replace(cfg.model, **backbone_fields(source.model)))
+        summary = finetune(cfg, source.spec)
+        test = summary.get("test", {})
+        video = test.get("test/video_top1", float("nan"))
+        clip = test.get("test/clip_top1", float("nan"))
+        ctx.out.path("finetune.json").write_text(json.dumps(summary, default=str, indent=1))
+        return Outcome(
+            {"finetune/classifier/video_top1": video, "finetune/classifier/clip_top1": clip},
+            [
+                f"fine-tuning (run {summary.get('mlflow_run_id', '')})",
+                f"  video top1 {video:.3f}, clip top1 {clip:.3f}",
+            ],
+        )

@@ -10,12 +10,23 @@ Predictions are pooled over folds, so accuracy = correct / tested samples overal
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.svm import LinearSVC
+
+from rayssl.config import _check_clips, _check_layers, _in_range
+from rayssl.evaluate.registry import (
+    Evaluation,
+    Outcome,
+    RunContext,
+    clips_or,
+    layers_or,
+    register,
+)
 
 LINEAR_PROTOCOLS = ("split", "loo", "kfold")
 CLASSIFIERS = ("svm", "logreg")
@@ -174,3 +185,72 @@ def linear_eval(
         "fold_accuracy": fold_accuracy,
         "predictions": predictions,
     }
+
+
+# --------------------------------------------------------------------------- the suite's
+
+
+@dataclass
+class LinearSettings:
+    """Linear probe on L2-normalised video features (YUPENN: protocol loo, sliding:16:8)."""
+
+    enabled: bool = True
+    layers: list[str] = field(default_factory=list)
+    protocol: Literal["split", "loo", "kfold"] = "split"
+    """split: train on train_split, test on test_split; loo: leave-one-out; kfold: k folds
+    (loo and kfold use every labelled video)."""
+    classifier: Literal["svm", "logreg"] = "svm"
+    C: float = 1.0
+    folds: int = 5
+    train_split: str = "train"
+    test_split: str = "test"
+    clips: str = ""
+
+    def validate(self, prefix: str) -> None:
+        _check_layers(f"{prefix}.layers", self.layers, allow_empty=True)
+        _in_range(f"{prefix}.C", self.C, 1e-12, None)
+        _in_range(f"{prefix}.folds", self.folds, 2, None)
+        if self.clips:
+            _check_clips(f"{prefix}.clips", self.clips)
+
+
+@register
+class Linear(Evaluation):
+    """Linear-probe accuracy per layer: results "linear/<layer>/accuracy"."""
+
+    name = "linear"
+    settings = LinearSettings
+    order = 20
+
+    def features(self, s: LinearSettings, suite: Any) -> dict[str, list[str]]:
+        return {clips_or(s.clips, suite): layers_or(s.layers, suite)}
+
+    def splits(self, s: LinearSettings) -> set[str] | None:
+        return {s.train_split, s.test_split} if s.protocol == "split" else None
+
+    def labels(self, s: LinearSettings) -> list[tuple[str, str | None]]:
+        if s.protocol == "split":
+            return [("linear (train)", s.train_split), ("linear (test)", s.test_split)]
+        return [("linear", None)]
+
+    def run(self, s: LinearSettings, ctx: RunContext) -> Outcome:
+        f = ctx.features.get(clips_or(s.clips, ctx.suite))
+        if s.protocol == "split":
+            keep = f.split_mask(s.train_split) | f.split_mask(s.test_split)
+        else:
+            keep = f.labels >= 0
+        results, lines = {}, []
+        for layer in layers_or(s.layers, ctx.suite):
+            r = linear_eval(
+                f.outputs[layer][keep],
+                f.labels[keep],
+                protocol=s.protocol,
+                train_mask=f.split_mask(s.train_split)[keep],
+                k=s.folds,
+                classifier=s.classifier,
+                C=s.C,
+                seed=ctx.suite.run.seed,
+            )
+            results[f"linear/{layer}/accuracy"] = r["accuracy"]
+            lines.append(f"  {layer}: accuracy {r['accuracy']:.3f} ({r['num_test']} tested)")
+        return Outcome(results, [f"linear ({s.classifier}, {s.protocol})", *lines])

@@ -16,9 +16,21 @@ memory is O(chunk_size * Ng), never O(Nq * Ng).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from rayssl.config import ConfigError, _check_clips, _check_layers
+from rayssl.evaluate.registry import (
+    Evaluation,
+    Outcome,
+    RunContext,
+    clips_or,
+    layers_or,
+    register,
+)
 
 DEFAULT_KS = (1, 5, 10, 20, 50)
 # 256 queries x 100k gallery videos x 8 bytes = 205 MB per float64 block.
@@ -219,3 +231,67 @@ def format_table(results: Mapping[str, Mapping[int, float]]) -> str:
         cells = [f"{per_k[k]:.3f}" if k in per_k else "-" for k in ks]
         lines.append("  ".join([layer.ljust(layer_width), *(c.rjust(7) for c in cells)]))
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the suite's
+
+
+@dataclass
+class RetrievalSettings:
+    """Nearest-neighbour retrieval (VCOP protocol): `query_split` queries `gallery_split`."""
+
+    enabled: bool = True
+    layers: list[str] = field(default_factory=list)
+    """'' / [] = features.layers."""
+    ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS))
+    query_split: str = "test"
+    gallery_split: str = "train"
+    clips: str = ""
+    """Clip protocol; '' = features.inference.clips."""
+
+    def validate(self, prefix: str) -> None:
+        _check_layers(f"{prefix}.layers", self.layers, allow_empty=True)
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"{prefix}.ks: expected k values >= 1, got {self.ks}")
+        if self.clips:
+            _check_clips(f"{prefix}.clips", self.clips)
+
+
+@register
+class Retrieval(Evaluation):
+    """Top-k retrieval accuracy per layer: results "retrieval/<layer>/top<k>"."""
+
+    name = "retrieval"
+    settings = RetrievalSettings
+    order = 10
+    files = ("retrieval_topk.png", "retrieval.txt")
+
+    def features(self, s: RetrievalSettings, suite: Any) -> dict[str, list[str]]:
+        return {clips_or(s.clips, suite): layers_or(s.layers, suite)}
+
+    def splits(self, s: RetrievalSettings) -> set[str]:
+        return {s.query_split, s.gallery_split}
+
+    def labels(self, s: RetrievalSettings) -> list[tuple[str, str | None]]:
+        return [("retrieval (query)", s.query_split), ("retrieval (gallery)", s.gallery_split)]
+
+    def run(self, s: RetrievalSettings, ctx: RunContext) -> Outcome:
+        f = ctx.features.get(clips_or(s.clips, ctx.suite))
+        q, g = f.split_mask(s.query_split), f.split_mask(s.gallery_split)
+        table: dict[str, dict[int, float]] = {}
+        results = {}
+        for layer in layers_or(s.layers, ctx.suite):
+            acc = topk_accuracy(
+                f.outputs[layer][q], f.labels[q], f.outputs[layer][g], f.labels[g], s.ks
+            )
+            table[layer] = acc
+            results.update({f"retrieval/{layer}/top{k}": v for k, v in acc.items()})
+        plot_topk(
+            table,
+            ctx.out.path("retrieval_topk.png"),
+            title=f"retrieval: {s.query_split} -> {s.gallery_split}",
+        )
+        text = format_table(table)
+        ctx.out.path("retrieval.txt").write_text(text + "\n")
+        head = f"retrieval ({int(q.sum())} queries, {int(g.sum())} gallery)"
+        return Outcome(results, [head, text])

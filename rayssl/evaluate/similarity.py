@@ -71,10 +71,16 @@ import math
 import os
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rayssl.config import _check_clips, _check_layers, _in_range
+from rayssl.data import storage
+from rayssl.data.manifest import ManifestError
+from rayssl.evaluate.registry import Evaluation, Outcome, RunContext, register
 
 __all__ = [
     "MEASURES",
@@ -462,9 +468,31 @@ def similarity_eval(
         ValueError: on inconsistent shapes, non-finite descriptors, non-boolean labels,
             non-integer folds, or fewer than 2 distinct folds.
     """
-    from sklearn.metrics import roc_auc_score
-    from sklearn.svm import LinearSVC
+    x, y, f_arr, fold_ids = _checked_eval_inputs(descriptors, same, folds)
+    fold_acc: list[float] = []
+    fold_auc: list[float] = []
+    for f in fold_ids:
+        acc, auc = _fold_scores(x, y, f_arr == f, C=C, seed=seed)
+        fold_acc.append(acc)
+        fold_auc.append(auc)
+    valid_auc = [a for a in fold_auc if not math.isnan(a)]
+    return {
+        "accuracy": float(np.mean(fold_acc)),
+        "accuracy_std": float(np.std(fold_acc)),
+        "auc": float(np.mean(valid_auc)) if valid_auc else float("nan"),
+        "fold_accuracy": fold_acc,
+        "fold_auc": fold_auc,
+        "folds": [int(f) for f in fold_ids],
+        "num_folds": int(fold_ids.size),
+        "num_pairs": int(x.shape[0]),
+    }
 
+
+def _checked_eval_inputs(
+    descriptors: np.ndarray, same: np.ndarray, folds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(descriptors float64, same bool, folds int64, the distinct folds) of
+    :func:`similarity_eval`'s arguments, or the ValueError it documents."""
     x = np.asarray(descriptors, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"descriptors must be 2-D (N, F); got shape {x.shape}")
@@ -479,7 +507,6 @@ def similarity_eval(
         raise ValueError("descriptors contain NaN or inf")
     if y_raw.dtype != bool and not np.isin(y_raw, (0, 1)).all():
         raise ValueError("same must be boolean (or 0/1)")
-    y = y_raw.astype(bool)
     whole_floats = np.issubdtype(f_raw.dtype, np.floating) and bool(
         np.all(np.isfinite(f_raw) & (f_raw == np.round(f_raw)))
     )
@@ -488,43 +515,35 @@ def similarity_eval(
     fold_ids = np.unique(f_raw.astype(np.int64))
     if fold_ids.size < 2:
         raise ValueError(f"need at least 2 distinct folds; got {fold_ids.tolist()}")
-    f_arr = f_raw.astype(np.int64)
+    return x, y_raw.astype(bool), f_raw.astype(np.int64), fold_ids
 
-    fold_acc: list[float] = []
-    fold_auc: list[float] = []
-    for f in fold_ids:
-        test = f_arr == f
-        train = ~test
-        mean, std = _train_stats(x[train])
-        z_train = (x[train] - mean) / std
-        z_test = (x[test] - mean) / std
-        y_train, y_test = y[train], y[test]
-        if np.unique(y_train).size == 1:
-            label = bool(y_train[0])
-            pred = np.full(y_test.shape, label)
-            score = np.full(y_test.shape, 1.0 if label else -1.0)
-        else:
-            clf = LinearSVC(C=C, dual="auto", max_iter=20000, random_state=seed)
-            clf.fit(z_train, y_train)
-            score = clf.decision_function(z_test)
-            pred = score > 0  # classes_ == [False, True]
-        fold_acc.append(float(np.mean(pred == y_test)))
-        if np.unique(y_test).size < 2:
-            fold_auc.append(float("nan"))
-        else:
-            fold_auc.append(float(roc_auc_score(y_test, score)))
 
-    valid_auc = [a for a in fold_auc if not math.isnan(a)]
-    return {
-        "accuracy": float(np.mean(fold_acc)),
-        "accuracy_std": float(np.std(fold_acc)),
-        "auc": float(np.mean(valid_auc)) if valid_auc else float("nan"),
-        "fold_accuracy": fold_acc,
-        "fold_auc": fold_auc,
-        "folds": [int(f) for f in fold_ids],
-        "num_folds": int(fold_ids.size),
-        "num_pairs": int(n),
-    }
+def _fold_scores(
+    x: np.ndarray, y: np.ndarray, test: np.ndarray, *, C: float, seed: int
+) -> tuple[float, float]:
+    """(accuracy, AUC) on the `test` rows of an SVM fit on the others (z-normalised with
+    the training rows' statistics); NaN AUC when the test rows hold one class."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.svm import LinearSVC
+
+    train = ~test
+    mean, std = _train_stats(x[train])
+    z_train = (x[train] - mean) / std
+    z_test = (x[test] - mean) / std
+    y_train, y_test = y[train], y[test]
+    if np.unique(y_train).size == 1:
+        label = bool(y_train[0])
+        pred = np.full(y_test.shape, label)
+        score = np.full(y_test.shape, 1.0 if label else -1.0)
+    else:
+        clf = LinearSVC(C=C, dual="auto", max_iter=20000, random_state=seed)
+        clf.fit(z_train, y_train)
+        score = clf.decision_function(z_test)
+        pred = score > 0  # classes_ == [False, True]
+    accuracy = float(np.mean(pred == y_test))
+    if np.unique(y_test).size < 2:
+        return accuracy, float("nan")
+    return accuracy, float(roc_auc_score(y_test, score))
 
 
 # --------------------------------------------------------------------------------------------
@@ -633,6 +652,34 @@ def make_pairs(
     """
     ids = [str(v) for v in video_ids]
     labs = list(labels)
+    _check_pair_args(ids, labs, num_pairs, num_folds)
+    rng = np.random.default_rng(seed)
+    class_index: dict[Hashable, int] = {}
+    for lab in labs:
+        class_index.setdefault(lab, len(class_index))
+    cls_of = np.array([class_index[lab] for lab in labs], dtype=np.int64)
+    by_class = [np.flatnonzero(cls_of == c) for c in range(len(class_index))]
+    half = num_pairs // 2
+    quota = [len(q) for q in np.array_split(np.arange(half), num_folds)]
+    order = rng.permutation(len(by_class))
+    class_groups = [
+        order[part].tolist() for part in np.array_split(np.arange(len(order)), num_folds)
+    ]
+    reason = _not_disjoint(class_groups, by_class, quota, num_folds)
+    if not reason:
+        drawn = _disjoint_pairs(rng, class_groups, by_class, quota)
+    else:
+        warnings.warn(
+            f"make_pairs: folds cannot be class-disjoint ({reason}); pairs are drawn from all "
+            "videos and folds share classes",
+            UserWarning,
+            stacklevel=2,
+        )
+        drawn = _shared_pairs(rng, by_class, half, num_folds)
+    return _arranged(rng, ids, *drawn)
+
+
+def _check_pair_args(ids: list[str], labs: list, num_pairs: int, num_folds: int) -> None:
     if len(ids) != len(labs):
         raise ValueError(f"{len(ids)} video ids but {len(labs)} labels")
     if len(set(ids)) != len(ids):
@@ -643,61 +690,72 @@ def make_pairs(
         raise ValueError(
             f"num_pairs must be even and >= 2 * num_folds = {2 * num_folds}; got {num_pairs}"
         )
-    rng = np.random.default_rng(seed)
 
-    class_index: dict[Hashable, int] = {}
-    for lab in labs:
-        class_index.setdefault(lab, len(class_index))
-    cls_of = np.array([class_index[lab] for lab in labs], dtype=np.int64)
-    by_class = [np.flatnonzero(cls_of == c) for c in range(len(class_index))]
 
-    half = num_pairs // 2
-    quota = [len(q) for q in np.array_split(np.arange(half), num_folds)]
+def _not_disjoint(
+    class_groups: list[list[int]], by_class: list[np.ndarray], quota: list[int], num_folds: int
+) -> str:
+    """Why class-disjoint folds are impossible ('' = they are possible)."""
+    for k, classes in enumerate(class_groups):
+        sizes = [len(by_class[c]) for c in classes]
+        if len(classes) < 2:
+            return f"fewer than 2 * num_folds = {2 * num_folds} classes ({len(by_class)})"
+        if _num_same(sizes) < quota[k] or _num_not_same(sizes) < quota[k]:
+            return f"fold {k + 1}'s classes have too few distinct pairs for {quota[k]} each"
+    return ""
+
+
+_Drawn = tuple[list[tuple[int, int]], list[tuple[int, int]], list[int], list[int]]
+
+
+def _disjoint_pairs(
+    rng: np.random.Generator,
+    class_groups: list[list[int]],
+    by_class: list[np.ndarray],
+    quota: list[int],
+) -> _Drawn:
+    """(same pairs, not-same pairs, their folds): fold k's pairs from class group k."""
     same_pairs: list[tuple[int, int]] = []
     diff_pairs: list[tuple[int, int]] = []
     fold_same: list[int] = []
     fold_diff: list[int] = []
-
-    order = rng.permutation(len(by_class))
-    class_groups = [
-        order[part].tolist() for part in np.array_split(np.arange(len(order)), num_folds)
-    ]
-    reason = ""
     for k, classes in enumerate(class_groups):
-        sizes = [len(by_class[c]) for c in classes]
-        if len(classes) < 2:
-            reason = f"fewer than 2 * num_folds = {2 * num_folds} classes ({len(by_class)})"
-        elif _num_same(sizes) < quota[k] or _num_not_same(sizes) < quota[k]:
-            reason = f"fold {k + 1}'s classes have too few distinct pairs for {quota[k]} each"
-        if reason:
-            break
-    if not reason:
-        for k, classes in enumerate(class_groups):
-            groups = [by_class[c] for c in classes]
-            s = _sample_pairs(rng, groups, quota[k], same=True)
-            d = _sample_pairs(rng, groups, quota[k], same=False)
-            same_pairs += s
-            diff_pairs += d
-            fold_same += [k + 1] * len(s)
-            fold_diff += [k + 1] * len(d)
-    else:
-        warnings.warn(
-            f"make_pairs: folds cannot be class-disjoint ({reason}); pairs are drawn from all "
-            "videos and folds share classes",
-            UserWarning,
-            stacklevel=2,
-        )
-        sizes = [len(g) for g in by_class]
-        if _num_same(sizes) < half or _num_not_same(sizes) < half:
-            raise ValueError(
-                f"cannot make {half} same and {half} not-same distinct pairs: only "
-                f"{_num_same(sizes)} same and {_num_not_same(sizes)} not-same exist"
-            )
-        same_pairs = _sample_pairs(rng, by_class, half, same=True)
-        diff_pairs = _sample_pairs(rng, by_class, half, same=False)
-        fold_same = [i % num_folds + 1 for i in range(half)]
-        fold_diff = [i % num_folds + 1 for i in range(half)]
+        groups = [by_class[c] for c in classes]
+        s = _sample_pairs(rng, groups, quota[k], same=True)
+        d = _sample_pairs(rng, groups, quota[k], same=False)
+        same_pairs += s
+        diff_pairs += d
+        fold_same += [k + 1] * len(s)
+        fold_diff += [k + 1] * len(d)
+    return same_pairs, diff_pairs, fold_same, fold_diff
 
+
+def _shared_pairs(
+    rng: np.random.Generator, by_class: list[np.ndarray], half: int, num_folds: int
+) -> _Drawn:
+    """(same pairs, not-same pairs, their folds) from all videos, folds round-robin."""
+    sizes = [len(g) for g in by_class]
+    if _num_same(sizes) < half or _num_not_same(sizes) < half:
+        raise ValueError(
+            f"cannot make {half} same and {half} not-same distinct pairs: only "
+            f"{_num_same(sizes)} same and {_num_not_same(sizes)} not-same exist"
+        )
+    same_pairs = _sample_pairs(rng, by_class, half, same=True)
+    diff_pairs = _sample_pairs(rng, by_class, half, same=False)
+    folds = [i % num_folds + 1 for i in range(half)]
+    return same_pairs, diff_pairs, folds, list(folds)
+
+
+def _arranged(
+    rng: np.random.Generator,
+    ids: list[str],
+    same_pairs: list[tuple[int, int]],
+    diff_pairs: list[tuple[int, int]],
+    fold_same: list[int],
+    fold_diff: list[int],
+) -> dict[str, np.ndarray]:
+    """The pairs as :func:`make_pairs` returns them: random orientation, by fold,
+    shuffled within a fold."""
     pairs = np.array(same_pairs + diff_pairs, dtype=np.int64).reshape(-1, 2)
     same = np.array([True] * len(same_pairs) + [False] * len(diff_pairs))
     fold = np.array(fold_same + fold_diff, dtype=np.int64)
@@ -713,3 +771,98 @@ def make_pairs(
         "same": same,
         "fold": fold,
     }
+
+
+# --------------------------------------------------------------------------- the suite's
+
+
+def _similarity_layers() -> list[str]:
+    return ["pool3", "pool4", "pool5"]
+
+
+@dataclass
+class SimilaritySettings:
+    """Action similarity (ASLAN-style): 12 measures per layer, z-norm, linear SVM, k-fold."""
+
+    enabled: bool = False
+    pairs: str = "auto"
+    """Pairs CSV (video_a,video_b,same,fold; local or s3://), or 'auto': balanced pairs
+    made from the manifest's labels with class-disjoint folds (written to DIR/pairs.csv)."""
+    layers: list[str] = field(default_factory=_similarity_layers)
+    clips: str = "sliding:16:8"
+    C: float = 1.0
+    num_pairs: int = 600
+    """'auto' pairs: how many (fewer when the videos cannot make that many)."""
+    num_folds: int = 10
+
+    def validate(self, prefix: str) -> None:
+        _check_layers(f"{prefix}.layers", self.layers)
+        _check_clips(f"{prefix}.clips", self.clips)
+        _in_range(f"{prefix}.C", self.C, 1e-12, None)
+        _in_range(f"{prefix}.num_pairs", self.num_pairs, 4, None)
+        _in_range(f"{prefix}.num_folds", self.num_folds, 2, None)
+
+
+def auto_pairs(ids: list[str], labels: np.ndarray, s: SimilaritySettings, seed: int) -> dict:
+    """As many balanced pairs as asked, or as the videos allow (halving on failure)."""
+    n = s.num_pairs - s.num_pairs % 2
+    folds = min(s.num_folds, max(2, len(set(labels.tolist())) // 2))
+    while n >= 2 * folds:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # folds not class-disjoint
+                return make_pairs(ids, labels.tolist(), num_pairs=n, num_folds=folds, seed=seed)
+        except ValueError:
+            n = (n // 2) - (n // 2) % 2
+    raise ManifestError(f"similarity: too few labelled videos ({len(ids)}) to make pairs")
+
+
+@register
+class Similarity(Evaluation):
+    """Same/not-same accuracy and AUC of the joined layers: "similarity/<l1-l2..>/auc"."""
+
+    name = "similarity"
+    settings = SimilaritySettings
+    order = 30
+    files = ("pairs.csv",)
+
+    def features(self, s: SimilaritySettings, suite: Any) -> dict[str, list[str]]:
+        return {s.clips: list(s.layers)}
+
+    def splits(self, s: SimilaritySettings) -> None:
+        return None  # pairs may join videos of any split
+
+    def labels(self, s: SimilaritySettings) -> list[tuple[str, str | None]]:
+        return [("similarity (auto pairs)", None)] if s.pairs == "auto" else []
+
+    def paths(self, s: SimilaritySettings, suite_dir: Path | None) -> dict[str, str]:
+        return {} if s.pairs == "auto" else {"pairs": s.pairs}
+
+    def _pairs(self, s: SimilaritySettings, f: Any, ctx: RunContext) -> dict[str, np.ndarray]:
+        if s.pairs != "auto":
+            options = storage.StorageOptions(endpoint_url=ctx.suite.data.endpoint_url or None)
+            return parse_pairs_csv(storage.read_bytes(s.pairs, options).decode("utf-8"))
+        labelled = f.labels >= 0
+        ids = [v for v, ok in zip(f.video_ids, labelled, strict=True) if ok]
+        pairs = auto_pairs(ids, f.labels[labelled], s, ctx.suite.run.seed)
+        write_pairs_csv(ctx.out.path("pairs.csv"), **pairs)
+        return pairs
+
+    def run(self, s: SimilaritySettings, ctx: RunContext) -> Outcome:
+        f = ctx.features.get(s.clips)
+        pairs, dropped = filter_pairs(self._pairs(s, f, ctx), set(f.video_ids))
+        index = {v: i for i, v in enumerate(f.video_ids)}
+        per_layer = {
+            layer: {v: f.outputs[layer][index[v]] for v in f.video_ids} for layer in s.layers
+        }
+        desc = pair_descriptors(per_layer, pairs, layers=s.layers)
+        r = similarity_eval(desc, pairs["same"], pairs["fold"], C=s.C, seed=ctx.suite.run.seed)
+        key = "-".join(s.layers)
+        results = {f"similarity/{key}/accuracy": r["accuracy"]}
+        if not math.isnan(r["auc"]):
+            results[f"similarity/{key}/auc"] = r["auc"]
+        line = (
+            f"  {key}: accuracy {r['accuracy']:.3f}, AUC {r['auc']:.3f} "
+            f"({r['num_pairs']} pairs, {r['num_folds']} folds, {dropped} pairs without features)"
+        )
+        return Outcome(results, [f"action similarity ({s.clips})", line])

@@ -15,6 +15,7 @@ from rayssl.cli import main as cli_main
 from rayssl.config import ConfigError, dump_config, load_config
 from rayssl.data.manifest import ManifestError, read_manifest
 from rayssl.evaluate.checkpoint import backbone_file_payload
+from rayssl.evaluate.registry import EVALUATIONS
 from rayssl.evaluate.suite import check_labels, comparison_table, config_path, load_suite
 from rayssl.pretext import build_pretext
 from rayssl.train.step import build_model
@@ -151,6 +152,10 @@ def test_evaluate_whole_debug_suite_on_cpu(ray_local, tiny_manifest, tmp_path, c
     assert all(0.0 <= v <= 1.0 for v in results.values()), results
     for name in ("retrieval_topk.png", "attention.png", "pairs.csv", "report.txt"):
         assert (out / name).exists(), name
+    # every file an evaluation wrote is one it declares (`Evaluation.files`)
+    declared = {f for e in EVALUATIONS.values() for f in e.files} | {"results.json", "report.txt"}
+    written = {p.name for p in out.iterdir() if not p.name.startswith("features-")}
+    assert written <= declared, written - declared
     assert "retrieval/pool5/top1" in printed and "fine-tuning" in printed
     # One MLflow run, nested under the pre-training run and tagged with it.
     client = mlflow.MlflowClient(tracking)

@@ -1,0 +1,102 @@
+"""What the suite does with its results: log them to MLflow, and the comparison table
+of several checkpoints (`rayssl evaluate --baseline`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rayssl.config import flatten
+from rayssl.data import storage
+from rayssl.train.tracking import (
+    PRETRAIN_RUN_TAG,
+    experiment_id,
+    git_commit,
+    real_tracking_uri,
+)
+
+#: The files of an evaluation's folder logged to MLflow (features Parquet stay local).
+ARTIFACT_SUFFIXES = (".json", ".png", ".txt", ".csv")
+
+
+def _experiment(client: Any, suite: Any, source: Any, tags: dict[str, str]) -> str:
+    """The pre-training run's experiment (and nest under that run) when the checkpoint
+    names a run of this tracking store; else the suite's `run.experiment`."""
+    import mlflow  # heavy: imported where used
+
+    if source.pretrain_run_id:
+        tags[PRETRAIN_RUN_TAG] = source.pretrain_run_id
+        try:
+            parent = client.get_run(source.pretrain_run_id)
+            tags["mlflow.parentRunId"] = source.pretrain_run_id
+            return parent.info.experiment_id
+        except mlflow.exceptions.MlflowException:
+            pass  # the pre-training run lives in another tracking store
+    return experiment_id(client, suite.run.experiment)
+
+
+def log_to_mlflow(
+    suite: Any,
+    source: Any,
+    checkpoint: str,
+    results: dict,
+    files: Sequence[Path],
+) -> str:
+    """One MLflow run per evaluation, nested under (and tagged with) the pre-training run
+    when the checkpoint names one; the results as metrics, and as artifacts the `files`
+    this run wrote (`RunFiles.written`) that are reports or plots (json, png, txt, csv)."""
+    import mlflow  # heavy: imported where used
+
+    client = mlflow.MlflowClient(real_tracking_uri(suite.run.tracking_uri))
+    tags = {
+        "checkpoint": storage.redact(checkpoint),
+        "checkpoint_kind": source.kind,
+        "backbone": source.model.backbone,
+        "evaluation": "suite",
+        "git_commit": git_commit(),
+    }
+    exp_id = _experiment(client, suite, source, tags)
+    run = client.create_run(exp_id, run_name=f"{suite.run.name}-{source.label}", tags=tags)
+    run_id = run.info.run_id
+    params = {k: str(v)[:500] for k, v in flatten(dataclasses.asdict(suite)).items()}
+    items = list(params.items())
+    for i in range(0, len(items), 100):
+        client.log_batch(
+            run_id, params=[mlflow.entities.Param(k, v) for k, v in items[i : i + 100]]
+        )
+    ts = int(time.time() * 1000)
+    metrics = [mlflow.entities.Metric(k, float(v), ts, 0) for k, v in results.items()]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i : i + 500])
+    for p in sorted(files):
+        if p.suffix in ARTIFACT_SUFFIXES and p.is_file():
+            client.log_artifact(run_id, str(p))
+    client.set_terminated(run_id)
+    return run_id
+
+
+def comparison_table(columns: dict[str, dict[str, float]]) -> str:
+    """Rows = result keys, one column per checkpoint label, then the difference of every
+    column but the last to the last (the baseline, e.g. random init): one "delta" column
+    for two checkpoints, "delta <name>" columns for more."""
+    names = list(columns)
+    keys = sorted({k for c in columns.values() for k in c})
+    width = max([len(k) for k in keys] + [10])
+    head = f"{'':{width}s} " + " ".join(f"{n[:14]:>14s}" for n in names)
+    compared = names[:-1] if len(names) >= 2 else []
+    if len(compared) == 1:
+        head += f" {'delta':>8s}"
+    else:
+        head += "".join(f" {'delta ' + n.split()[0][:8]:>14s}" for n in compared)
+    lines = [head]
+    for k in keys:
+        vals = [columns[n].get(k, float("nan")) for n in names]
+        line = f"{k:{width}s} " + " ".join(f"{v:14.3f}" for v in vals)
+        deltas = [v - vals[-1] for v in vals[:-1]] if compared else []
+        w = 8 if len(compared) == 1 else 14
+        line += "".join(f" {d:+{w}.3f}" for d in deltas)
+        lines.append(line)
+    return "\n".join(lines)
