@@ -733,13 +733,14 @@ def _s3_error(exc: Exception, *, what: str, uri: str, call: _Call) -> StorageErr
     code = _client_error_info(exc)[0] if isinstance(exc, ClientError) else type(exc).__name__
     if code in _NOT_FOUND_CODES:
         return StorageNotFoundError(uri, code=code, attempts=attempts)
-    # A body cut short is read after botocore's loop: retryable, but not retried.
-    transient = call.retryable or isinstance(exc, _BODY_ERRORS)
     plural = "attempt" if attempts == 1 else "attempts"
-    if transient:
+    if call.retryable:
         message = f"{what}: gave up after {attempts} {plural}; last error: "
+    elif isinstance(exc, _BODY_ERRORS):  # read after botocore's loop: retryable, not retried
+        message = f"{what}: response body cut short (bodies are not retried): "
     else:
         message = f"{what}: failed after {attempts} {plural} (not retryable): "
+    transient = call.retryable or isinstance(exc, _BODY_ERRORS)
     return StorageError(
         message + _error_detail(exc), uri=uri, attempts=attempts, code=code, transient=transient
     )

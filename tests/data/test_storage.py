@@ -490,6 +490,38 @@ def test_write_and_dropped_connections_are_retried(s3, bucket):
     assert storage.read_bytes(uri) == payload
 
 
+def test_upload_file_is_retried_from_the_start_of_the_file(s3, bucket, tmp_path):
+    local = tmp_path / "clip.mp4"
+    local.write_bytes(os.urandom(300_000))
+    uri = f"s3://{bucket}/up/clip.mp4"
+    with flaky_s3_proxy(s3.endpoint, fail_first=1, status=500, methods={"PUT"}) as (p, stats):
+        storage.upload_file(local, uri, fast(p))
+        assert stats.failures_served == 1 and stats.forwarded == 1
+    assert storage.read_bytes(uri) == local.read_bytes()
+    with pytest.raises(StorageError, match="ENOENT"):
+        storage.upload_file(tmp_path / "gone.mp4", tmp_path / "out.mp4")
+    with pytest.raises(StorageError, match=r"write s3://.*FileNotFoundError"):
+        storage.upload_file(tmp_path / "gone.mp4", uri)
+
+
+def test_body_cut_short_is_one_clear_error(s3, bucket):
+    """botocore retries requests, not a body stream it already returned: a body cut after
+    the headers fails that read at once, as a transient StorageError naming the cut."""
+    uri = f"s3://{bucket}/cut/clip.mp4"
+    storage.write_bytes(uri, os.urandom(100_000))
+    before = storage.RETRY_STATS.snapshot()
+    with flaky_s3_proxy(s3.endpoint, fail_first=1, status=-1, fail_keys="cut/") as (p, stats):
+        with pytest.raises(StorageError) as info:
+            storage.read_bytes(uri, fast(p))
+        assert stats.log[-1][2] == -1 and stats.requests_seen == 1
+        assert len(storage.read_bytes(uri, fast(p))) == 100_000  # the next read is whole
+    exc = info.value
+    assert exc.transient and exc.attempts == 1 and "\n" not in str(exc)
+    assert f"read {uri}: response body cut short (bodies are not retried)" in str(exc)
+    assert exc.code in ("IncompleteReadError", "ResponseStreamingError"), exc.code
+    assert storage.RETRY_STATS.snapshot()["failures"] - before["failures"] == 1
+
+
 def test_unreachable_endpoint_gives_up(s3, bucket):
     opts = StorageOptions(endpoint_url="http://127.0.0.1:9", max_attempts=2, timeout_s=2)
     with pytest.raises(StorageError) as info:
@@ -645,12 +677,9 @@ def test_which_errors_are_retried(s3, bucket, status, code, requests):
     uri = f"s3://{bucket}/policy.bin"
     storage.write_bytes(uri, b"x")
     before = storage.RETRY_STATS.snapshot()
-    with flaky_s3_proxy(s3.endpoint, fail_first=100, status=status, fail_keys="policy") as (
-        proxy,
-        stats,
-    ):
-        with pytest.raises(StorageError) as info:
-            storage.read_bytes(uri, fast(proxy, max_attempts=2))
+    proxy = flaky_s3_proxy(s3.endpoint, fail_first=100, status=status, fail_keys="policy")
+    with proxy as (endpoint, stats), pytest.raises(StorageError) as info:
+        storage.read_bytes(uri, fast(endpoint, max_attempts=2))
     assert stats.failures_served == requests
     exc = info.value
     assert (exc.code, exc.attempts, exc.transient) == (code, requests, requests > 1)
