@@ -679,6 +679,7 @@ class _Call:
 
     attempts: int = 0
     codes: list[str] = field(default_factory=list)
+    last_failed: bool = False  # botocore saw the last attempt fail
     retryable: bool = False  # botocore's verdict on the last attempt, attempts left aside
 
 
@@ -704,9 +705,10 @@ def _observe(**kwargs: Any) -> None:
     context = _ADAPTER.create_retry_context(**kwargs)
     call.attempts = context.attempt_number
     status = context.http_response.status_code if context.http_response is not None else 0
+    call.last_failed = context.caught_exception is not None or status >= 300
     if context.caught_exception is not None:
         call.codes.append(type(context.caught_exception).__name__)
-    elif status >= 300:
+    elif call.last_failed:
         call.codes.append(str(context.get_error_code() or status))
     call.retryable = _RETRYABLE.is_retryable(context)
 
@@ -720,6 +722,8 @@ def _s3_call(fn: Callable[[], T], *, what: str, uri: str) -> T:
         result = fn()
     except Exception as exc:
         error = _s3_error(exc, what=what, uri=uri, call=call)
+        if not call.last_failed:  # failed outside botocore's requests (a cut body, no creds)
+            call.codes.append(error.code or type(exc).__name__)
         RETRY_STATS._record(call, failed=True, exhausted=error.transient)
         raise error from exc
     finally:

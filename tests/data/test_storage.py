@@ -519,7 +519,9 @@ def test_body_cut_short_is_one_clear_error(s3, bucket):
     assert exc.transient and exc.attempts == 1 and "\n" not in str(exc)
     assert f"read {uri}: response body cut short (bodies are not retried)" in str(exc)
     assert exc.code in ("IncompleteReadError", "ResponseStreamingError"), exc.code
-    assert storage.RETRY_STATS.snapshot()["failures"] - before["failures"] == 1
+    after = storage.RETRY_STATS.snapshot()
+    assert after["failures"] - before["failures"] == 1
+    assert after["error_codes"][exc.code] - before["error_codes"].get(exc.code, 0) == 1
 
 
 def test_unreachable_endpoint_gives_up(s3, bucket):
