@@ -201,7 +201,8 @@ class ProxyStats:
 
     ``requests_seen``: all requests received; ``matched``: requests matching the failure
     filter; ``failures_served``: injected failures; ``forwarded``: requests passed upstream;
-    ``log``: ``(method, path, status)`` per request (status 0 = connection dropped).
+    ``log``: ``(method, path, status)`` per request (status 0 = connection dropped, -1 = body
+    cut).
     ``fail_remaining`` can be changed (under ``lock``, or with :meth:`fail_next`) to inject
     more failures.
     """
@@ -302,7 +303,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         stats = self.server.stats
         inject = stats._decide(self.command, self.path)
-        if inject is not None:
+        if inject == -1:  # forward, but cut the response body in half
+            with stats.lock:
+                stats.forwarded += 1
+            self._forward(body, cut=True)
+        elif inject is not None:
             self._inject(inject)
         else:
             with stats.lock:
@@ -335,7 +340,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _forward(self, body: bytes) -> None:
+    def _forward(self, body: bytes, cut: bool = False) -> None:
         host, port = self.server.upstream
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         # Host (and so the SigV4 signature input) stays the client's; moto does not verify it.
@@ -361,6 +366,12 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
                 self.close_connection = True
             self.end_headers()
+            if cut:
+                self.wfile.write(response.read()[: int(length or 0) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.server.stats._log(self.command, self.path, -1)
+                return
             if not no_body:
                 while chunk := response.read(64 * 1024):
                     self.wfile.write(chunk)
@@ -381,11 +392,12 @@ def flaky_s3_proxy(
 
     The first ``fail_first`` matching requests are answered with ``status`` and an S3-style
     XML error (``<Code>SlowDown</Code>`` for 503/429, ``InternalError`` for 500, ...);
-    ``status=0`` drops the connection instead.  A request matches if its path contains
-    ``fail_keys`` (when given) and its method is in ``methods`` (default: ``GET`` when
-    ``fail_keys`` is given, otherwise any method).  Other requests are forwarded verbatim
-    (method, path, headers, body; responses streamed back with their Content-Length /
-    Content-Range).  Yields ``(endpoint_url, stats)``.
+    ``status=0`` drops the connection instead, ``status=-1`` forwards the request but cuts the
+    response body in half (headers intact) and closes the connection.  A request matches if
+    its path contains ``fail_keys`` (when given) and its method is in ``methods`` (default:
+    ``GET`` when ``fail_keys`` is given, otherwise any method).  Other requests are forwarded
+    verbatim (method, path, headers, body; responses streamed back with their Content-Length
+    / Content-Range).  Yields ``(endpoint_url, stats)``.
     """
     parts = urlsplit(upstream_endpoint)
     if parts.hostname is None or parts.port is None:

@@ -135,7 +135,7 @@ def test_storage_path_in_a_missing_bucket_is_reported(tmp_path):
     from tests.s3server import make_bucket, moto_s3_server, s3_env
 
     with moto_s3_server() as endpoint, s3_env(endpoint):
-        options = StorageOptions(endpoint_url=endpoint, backoff_s=0.001, backoff_max_s=0.01)
+        options = StorageOptions(endpoint_url=endpoint)
         make_bucket(endpoint, "runs")
         check_writable("run.storage_path", "s3://runs/pre", options)
         with pytest.raises(ConfigError, match=r"run\.storage_path: cannot write under s3://gone"):

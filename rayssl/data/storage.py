@@ -19,31 +19,42 @@ Errors
     URI, the number of attempts and the last error code, and pass through :func:`redact` so
     they never contain credentials.
 
+One S3 layer: boto3
+    Every S3 request rayssl makes itself (read, ranged read, write, upload, list, stat,
+    delete) goes through one cached boto3 client per process and :class:`StorageOptions`
+    (:func:`s3_client`).  boto3 rather than pyarrow's ``S3FileSystem``, because its errors are
+    structured (an S3 error code and HTTP status, not a message to parse), its retry policy
+    can be observed per attempt (its event hooks feed :data:`RETRY_STATS`), it deletes in
+    batches, and its 5xx handling has no gap (pyarrow's AWS SDK fails a read smaller than the
+    error body at once).  Ray Train and Tune need a ``pyarrow.fs.FileSystem`` for their
+    ``storage_path``, so :func:`get_filesystem` builds an ``S3FileSystem`` as an adapter for
+    Ray only, from the same options: endpoint, region, timeouts and the AWS SDKs' "standard"
+    retry mode with the same ``max_attempts``.  Nothing in rayssl reads or writes through it.
+
 Retries
-    S3 calls made by this module go through :func:`retry_call`: transient errors (HTTP 5xx,
-    throttling, timeouts, dropped connections) are retried with exponential backoff and
-    jitter; permanent ones (missing key/bucket, access denied) are not.  botocore's own retries
-    are disabled for those calls so that ``StorageOptions.max_attempts`` is the real number of
-    requests and every retry is counted in :data:`RETRY_STATS`.
+    Retries are botocore's: ``retries={"mode": "standard", "total_max_attempts":
+    max_attempts}``.  Transient errors (HTTP 500/502/503/504, throttling codes such as
+    ``SlowDown``, ``RequestTimeout``, dropped connections, connect/read timeouts) are retried
+    with jittered exponential backoff; anything else (missing key/bucket, access denied, bad
+    request, missing credentials) is not.  A botocore event hook counts every attempt and its
+    error code in :data:`RETRY_STATS`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import hashlib
 import io
 import os
-import random
 import re
+import shutil
 import stat
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 from urllib.request import url2pathname
@@ -51,8 +62,9 @@ from urllib.request import url2pathname
 import boto3
 import botocore.config
 import botocore.exceptions
-import pyarrow as pa
+import botocore.retries.standard
 import pyarrow.fs as pafs
+from botocore.exceptions import ClientError
 
 __all__ = [
     "RETRY_STATS",
@@ -64,19 +76,15 @@ __all__ = [
     "StorageOptions",
     "UNSAFE_RELATIVE_PATH",
     "UnsafePathError",
-    "backoff_delay",
     "basename",
     "child",
     "clear_caches",
-    "default_is_transient",
-    "error_code",
     "exists",
     "get_filesystem",
     "is_s3",
     "iter_files",
     "join",
     "list_files",
-    "open_input_file",
     "parent",
     "parse_s3",
     "read_bytes",
@@ -85,7 +93,6 @@ __all__ = [
     "relative_path_problem",
     "resolve_endpoint",
     "resolve_region",
-    "retry_call",
     "s3_client",
     "size",
     "upload_file",
@@ -236,16 +243,12 @@ class StorageOptions:
         region: signing region; ``None`` means ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` /
             ``us-east-1``.
         max_attempts: total attempts per request (first try included), >= 1.
-        backoff_s: base delay of the exponential backoff.
-        backoff_max_s: cap of a single backoff delay.
         timeout_s: connect and read/request timeout of a single request.
     """
 
     endpoint_url: str | None = None
     region: str | None = None
     max_attempts: int = 5
-    backoff_s: float = 0.2
-    backoff_max_s: float = 5.0
     timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -253,8 +256,6 @@ class StorageOptions:
             _validate_endpoint(self.endpoint_url)
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.backoff_s < 0 or self.backoff_max_s < 0:
-            raise ValueError("backoff_s and backoff_max_s must be >= 0")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
 
@@ -322,16 +323,16 @@ def clear_caches() -> None:
         _FILESYSTEMS.clear()
 
 
-def s3_client(options: StorageOptions | None = None, *, botocore_retries: bool = True) -> Any:
+def s3_client(options: StorageOptions | None = None) -> Any:
     """A cached, thread-safe boto3 S3 client for ``options``.
 
     The client uses the resolved endpoint/region, path-style addressing for custom endpoints,
     connect/read timeouts of ``timeout_s`` and botocore ``standard`` retries with
-    ``total_max_attempts=max_attempts``.  ``botocore_retries=False`` returns a client that
-    makes exactly one request per call (what this module uses under :func:`retry_call`).
+    ``total_max_attempts=max_attempts``; its attempts are counted in :data:`RETRY_STATS`
+    when made through this module's functions.
     """
     opts = _opts(options)
-    key = _cache_key(opts, "boto3", botocore_retries)
+    key = _cache_key(opts, "boto3")
     client = _CLIENTS.get(key)
     if client is not None:
         return client
@@ -342,10 +343,7 @@ def s3_client(options: StorageOptions | None = None, *, botocore_retries: bool =
             region = resolve_region(opts)
             config = botocore.config.Config(
                 region_name=region,
-                retries={
-                    "total_max_attempts": opts.max_attempts if botocore_retries else 1,
-                    "mode": "standard",
-                },
+                retries={"total_max_attempts": opts.max_attempts, "mode": "standard"},
                 connect_timeout=opts.timeout_s,
                 read_timeout=opts.timeout_s,
                 max_pool_connections=32,
@@ -359,6 +357,7 @@ def s3_client(options: StorageOptions | None = None, *, botocore_retries: bool =
             if session is None:
                 session = _SESSIONS[session_key] = boto3.session.Session()
             client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+            client.meta.events.register("needs-retry.s3", _observe)
             _CLIENTS[key] = client
     return client
 
@@ -369,13 +368,14 @@ _LOCAL_FS = pafs.LocalFileSystem()
 def get_filesystem(
     uri: PathLike, options: StorageOptions | None = None
 ) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path of ``uri`` inside it.
+    """A pyarrow filesystem and the path of ``uri`` inside it, for Ray to write through.
 
     Local paths give ``(LocalFileSystem(), absolute_path)``; ``s3://bucket/key`` gives a cached
-    ``S3FileSystem`` (endpoint/scheme/region/retries/timeouts from ``options``, credentials from
-    the default chain) and ``"bucket/key"``.  Suitable for Ray Data and for
-    ``ray.train.RunConfig(storage_path=path, storage_filesystem=fs)``.  The S3 filesystem
-    pickles without credentials.
+    ``S3FileSystem`` and ``"bucket/key"``, configured from the same :class:`StorageOptions` as
+    :func:`s3_client` (endpoint, region, timeouts, the AWS SDK's standard retry mode with
+    ``max_attempts``; credentials from the default chain).  For
+    ``ray.train.RunConfig(storage_path=path, storage_filesystem=fs)`` and Tune; rayssl's own
+    reads and writes use :func:`s3_client`.  The S3 filesystem pickles without credentials.
     """
     text = os.fspath(uri)
     if not is_s3(text):
@@ -615,16 +615,16 @@ def basename(uri: PathLike) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Retries
+# Retries: botocore's, counted; errors: one mapping
 # --------------------------------------------------------------------------------------------
 
 
 class RetryStats:
-    """Thread-safe counters of :func:`retry_call` activity in this process.
+    """Thread-safe counters of the S3 calls this module made in this process.
 
-    ``calls`` (retry_call invocations), ``attempts`` (function invocations), ``retries``
+    ``calls`` (operations), ``attempts`` (HTTP requests, retries included), ``retries``
     (attempts after the first), ``failures`` (calls that raised), ``exhausted`` (calls that
-    gave up on a transient error) and ``error_codes`` (code -> count of every failed attempt).
+    gave up on a retryable error) and ``error_codes`` (code -> count of every failed attempt).
     """
 
     _FIELDS = ("calls", "attempts", "retries", "failures", "exhausted")
@@ -635,23 +635,18 @@ class RetryStats:
 
     def reset(self) -> None:
         with self._lock:
-            self.calls = 0
-            self.attempts = 0
-            self.retries = 0
-            self.failures = 0
-            self.exhausted = 0
+            self.calls = self.attempts = self.retries = self.failures = self.exhausted = 0
             self.error_codes: dict[str, int] = {}
 
-    def _record(
-        self, *, attempts: int, failed: bool, exhausted: bool, codes: Iterable[str]
-    ) -> None:
+    def _record(self, call: _Call, *, failed: bool, exhausted: bool) -> None:
+        attempts = max(call.attempts, 1)
         with self._lock:
             self.calls += 1
             self.attempts += attempts
             self.retries += attempts - 1
             self.failures += int(failed)
             self.exhausted += int(exhausted)
-            for code in codes:
+            for code in call.codes:
                 self.error_codes[code] = self.error_codes.get(code, 0) + 1
 
     def snapshot(self) -> dict[str, Any]:
@@ -675,112 +670,102 @@ class RetryStats:
 
 
 RETRY_STATS = RetryStats()
-"""Process-wide retry counters, updated by every :func:`retry_call`."""
+"""Process-wide counters of every S3 call made through this module."""
 
 
-def _codes(names: str) -> frozenset[str]:
-    return frozenset(names.split())
+@dataclass
+class _Call:
+    """What botocore's attempts of one call looked like (filled in by :func:`_observe`)."""
+
+    attempts: int = 0
+    codes: list[str] = field(default_factory=list)
+    last_failed: bool = False  # botocore saw the last attempt fail
+    retryable: bool = False  # botocore's verdict on the last attempt, attempts left aside
 
 
+_CURRENT = threading.local()  # the _Call in progress in this thread (botocore retries inline)
+_ADAPTER = botocore.retries.standard.RetryEventAdapter()
+# The conditions of botocore's standard mode, without its attempt limit: would this
+# response be retried if attempts were left?
+_RETRYABLE = botocore.retries.standard.OrRetryChecker(
+    [
+        botocore.retries.standard.TransientRetryableChecker(),
+        botocore.retries.standard.ThrottledRetryableChecker(),
+        botocore.retries.standard.ModeledRetryableChecker(),
+    ]
+)
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
-_PERMANENT_CODES = _NOT_FOUND_CODES | _codes(
-    "AccessDenied 403 Forbidden InvalidAccessKeyId SignatureDoesNotMatch AllAccessDisabled "
-    "InvalidBucketName InvalidRange InvalidArgument InvalidRequest PermanentRedirect "
-    "PreconditionFailed MethodNotAllowed 301 400 401 412 416"
-)
-_TRANSIENT_CODES = _codes(
-    "SlowDown Throttling ThrottlingException ThrottledException RequestThrottled "
-    "RequestThrottledException TooManyRequestsException RequestLimitExceeded "
-    "BandwidthLimitExceeded ProvisionedThroughputExceededException EC2ThrottledException "
-    "RequestTimeout RequestTimeoutException InternalError InternalFailure ServiceUnavailable "
-    "ServiceUnavailableException OperationAborted 429 500 502 503 504"
-)
-# pyarrow surfaces AWS SDK C++ errors as OSError with messages like
-# "AWS Error SLOW_DOWN during GetObject operation" or "curlCode: 28, Timeout was reached".
-_ARROW_TRANSIENT_RE = re.compile(
-    r"SLOW_DOWN|THROTTLING|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|REQUEST_TIMEOUT"
-    r"|NETWORK_CONNECTION|HTTP (?:status|response code):?\s*(?:429|5\d\d)"
-    r"|curlCode:\s*(?:6|7|18|28|52|55|56)\b"
-    r"|timed out|Timeout was reached|Connection reset|Broken pipe",
-    re.IGNORECASE,
-)
-_ARROW_ERROR_RE = re.compile(
-    r"AWS Error (?:\[code \d+\]: )?([A-Z][A-Z_]+)(?: \(HTTP status (\d+)\))?"
-)
-_PERMANENT_OS_ERRORS = (
-    FileNotFoundError,
-    PermissionError,
-    IsADirectoryError,
-    NotADirectoryError,
-    FileExistsError,
+
+
+def _observe(**kwargs: Any) -> None:
+    """``needs-retry`` hook: record one attempt of the current call (botocore decides)."""
+    call: _Call | None = getattr(_CURRENT, "call", None)
+    if call is None:
+        return
+    context = _ADAPTER.create_retry_context(**kwargs)
+    call.attempts = context.attempt_number
+    status = context.http_response.status_code if context.http_response is not None else 0
+    call.last_failed = context.caught_exception is not None or status >= 300
+    if context.caught_exception is not None:
+        call.codes.append(type(context.caught_exception).__name__)
+    elif call.last_failed:
+        call.codes.append(str(context.get_error_code() or status))
+    call.retryable = _RETRYABLE.is_retryable(context)
+
+
+def _s3_call(fn: Callable[[], T], *, what: str, uri: str) -> T:
+    """``fn()`` (S3 requests through :func:`s3_client`), counted in :data:`RETRY_STATS`, its
+    failure raised as :class:`StorageError` (``what`` names the operation: ``"read s3://b/k"``)."""
+    outer = getattr(_CURRENT, "call", None)
+    call = _CURRENT.call = _Call()
+    try:
+        result = fn()
+    except Exception as exc:
+        error = _s3_error(exc, what=what, uri=uri, call=call)
+        if not call.last_failed:  # failed outside botocore's requests (a cut body, no creds)
+            call.codes.append(error.code or type(exc).__name__)
+        RETRY_STATS._record(call, failed=True, exhausted=error.transient)
+        raise error from exc
+    finally:
+        _CURRENT.call = outer
+    RETRY_STATS._record(call, failed=False, exhausted=False)
+    return result
+
+
+def _s3_error(exc: Exception, *, what: str, uri: str, call: _Call) -> StorageError:
+    attempts = max(call.attempts, 1)
+    code = _client_error_info(exc)[0] if isinstance(exc, ClientError) else type(exc).__name__
+    if code in _NOT_FOUND_CODES:
+        return StorageNotFoundError(uri, code=code, attempts=attempts)
+    plural = "attempt" if attempts == 1 else "attempts"
+    if call.retryable:
+        message = f"{what}: gave up after {attempts} {plural}; last error: "
+    elif isinstance(exc, _BODY_ERRORS):  # read after botocore's loop: retryable, not retried
+        message = f"{what}: response body cut short (bodies are not retried): "
+    else:
+        message = f"{what}: failed after {attempts} {plural} (not retryable): "
+    transient = call.retryable or isinstance(exc, _BODY_ERRORS)
+    return StorageError(
+        message + _error_detail(exc), uri=uri, attempts=attempts, code=code, transient=transient
+    )
+
+
+_BODY_ERRORS = (
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.ReadTimeoutError,
 )
 
 
-def _client_error_info(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
+def _client_error_info(exc: ClientError) -> tuple[str, int]:
     response = getattr(exc, "response", None) or {}
     status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     code = str(response.get("Error", {}).get("Code") or status or "ClientError")
     return code, status
 
 
-def error_code(exc: BaseException) -> str:
-    """A short code for ``exc``: the S3 error code (``SlowDown``, ``NoSuchKey``, ``503``...),
-    the AWS SDK error of a pyarrow error (``SLOW_DOWN``...), the errno name of an OS error
-    (``ENOENT``...), else the exception class name."""
-    if isinstance(exc, StorageError) and exc.code:
-        return exc.code
-    if isinstance(exc, botocore.exceptions.ClientError):
-        return _client_error_info(exc)[0]
-    if isinstance(exc, OSError) and not isinstance(exc, botocore.exceptions.BotoCoreError):
-        if exc.errno is not None and exc.errno in errno.errorcode:
-            return errno.errorcode[exc.errno]
-        match = _ARROW_ERROR_RE.search(str(exc))
-        if match:  # "AWS Error UNKNOWN (HTTP status 503)" -> "503"
-            return (
-                match.group(2) if match.group(1) == "UNKNOWN" and match.group(2) else match.group(1)
-            )
-    return type(exc).__name__
-
-
-def default_is_transient(exc: BaseException) -> bool:
-    """Whether retrying ``exc`` may help.
-
-    Transient: HTTP 5xx / 429 and throttling/timeout error codes, connection errors, read and
-    connect timeouts, truncated bodies, and pyarrow S3 errors naming such conditions.
-    Permanent: missing key/bucket (404), access denied (403), bad requests, missing
-    credentials, certificate failures, local filesystem errors, and anything unknown.
-    """
-    if isinstance(exc, StorageError):
-        return bool(exc.transient)
-    if isinstance(exc, botocore.exceptions.ClientError):
-        code, status = _client_error_info(exc)
-        if code in _PERMANENT_CODES:
-            return False
-        return code in _TRANSIENT_CODES or status == 429 or status >= 500
-    if isinstance(exc, botocore.exceptions.SSLError):
-        return "CERTIFICATE_VERIFY_FAILED" not in str(exc).upper()
-    if isinstance(
-        exc,
-        (
-            botocore.exceptions.ConnectionError,  # endpoint/connect timeout/proxy errors
-            botocore.exceptions.HTTPClientError,  # read timeout, closed connection, streaming
-            botocore.exceptions.IncompleteReadError,
-        ),
-    ):
-        return True
-    if isinstance(exc, botocore.exceptions.BotoCoreError):
-        return False  # NoCredentialsError, ParamValidationError, ...
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, _PERMANENT_OS_ERRORS):
-        return False
-    if isinstance(exc, OSError):
-        return bool(_ARROW_TRANSIENT_RE.search(str(exc)))
-    return False
-
-
 def _error_detail(exc: BaseException, limit: int = 300) -> str:
-    if isinstance(exc, botocore.exceptions.ClientError):
+    if isinstance(exc, ClientError):
         code, _ = _client_error_info(exc)
         message = (getattr(exc, "response", None) or {}).get("Error", {}).get("Message") or ""
         detail = f"{code}: {message}" if message else code
@@ -791,87 +776,6 @@ def _error_detail(exc: BaseException, limit: int = 300) -> str:
         detail = f"{type(exc).__name__}: {exc}"
     detail = redact(" ".join(detail.split()))
     return detail if len(detail) <= limit else detail[: limit - 3] + "..."
-
-
-def backoff_delay(attempt: int, options: StorageOptions | None = None) -> float:
-    """Sleep before retry number ``attempt`` (1-based): exponential, capped, "equal jitter"
-    (half fixed, half random) so concurrent workers spread out but still back off."""
-    opts = _opts(options)
-    cap = min(opts.backoff_max_s, opts.backoff_s * (2 ** (attempt - 1)))
-    return cap / 2 + random.uniform(0, cap / 2)
-
-
-def retry_call(
-    fn: Callable[[], T],
-    *,
-    what: str,
-    options: StorageOptions | None = None,
-    is_transient: Callable[[BaseException], bool] = default_is_transient,
-    uri: str | None = None,
-    stats: RetryStats | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Call ``fn()`` up to ``options.max_attempts`` times, backing off between transient errors.
-
-    Returns ``fn()``'s result.  Raises :class:`StorageError` (the original exception as
-    ``__cause__``) on a permanent error or when attempts run out; a ``StorageError`` raised by
-    ``fn`` itself (e.g. :class:`StorageNotFoundError`) is re-raised as is with ``attempts`` set.
-    ``what`` describes the operation for messages (e.g. ``"read s3://b/k"``).  Counts go to
-    :data:`RETRY_STATS` and, if given, to ``stats``.
-    """
-    opts = _opts(options)
-    codes: list[str] = []
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            result = fn()
-        except Exception as exc:
-            code = error_code(exc)
-            codes.append(code)
-            transient = is_transient(exc)
-            if transient and attempt < opts.max_attempts:
-                sleep(backoff_delay(attempt, opts))
-                continue
-            _record(stats, attempts=attempt, failed=True, exhausted=transient, codes=codes)
-            if isinstance(exc, StorageError):
-                exc.attempts = attempt
-                raise
-            plural = "attempt" if attempt == 1 else "attempts"
-            if transient:
-                message = f"{what}: gave up after {attempt} {plural}; last error: "
-            else:
-                message = f"{what}: failed after {attempt} {plural} (not retryable): "
-            raise StorageError(
-                message + _error_detail(exc),
-                uri=uri,
-                attempts=attempt,
-                code=code,
-                transient=transient,
-            ) from exc
-        _record(stats, attempts=attempt, failed=False, exhausted=False, codes=codes)
-        return result
-
-
-def _record(stats: RetryStats | None, **kwargs: Any) -> None:
-    RETRY_STATS._record(**kwargs)
-    if stats is not None and stats is not RETRY_STATS:
-        stats._record(**kwargs)
-
-
-def _s3_call(fn: Callable[[], T], *, what: str, uri: str, options: StorageOptions) -> T:
-    """retry_call that maps "not found" S3 errors to StorageNotFoundError."""
-
-    def call() -> T:
-        try:
-            return fn()
-        except botocore.exceptions.ClientError as exc:
-            code, _ = _client_error_info(exc)
-            if code in _NOT_FOUND_CODES:
-                raise StorageNotFoundError(uri, code=code) from exc
-            raise
-
-    return retry_call(call, what=what, options=options, uri=uri)
 
 
 # --------------------------------------------------------------------------------------------
@@ -957,18 +861,13 @@ def _iter_s3(
         raise ValueError(f"page_size must be in [1, {_MAX_PAGE_SIZE}], got {page_size}")
     bucket, key = parse_s3(uri)
     prefix = key if not key or key.endswith("/") else key + "/"
-    client = s3_client(opts, botocore_retries=False)
+    client = s3_client(opts)
     request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
     if not recursive:
         request["Delimiter"] = "/"
     found = False
     while True:
-        page = _s3_call(
-            functools.partial(client.list_objects_v2, **request),
-            what=f"list {uri}",
-            uri=uri,
-            options=opts,
-        )
+        page = _s3_call(lambda: client.list_objects_v2(**request), what=f"list {uri}", uri=uri)
         for obj in page.get("Contents", ()):
             name = obj["Key"]
             found = True
@@ -1035,7 +934,7 @@ def _iter_local(uri: str, exts: tuple[str, ...] | None, recursive: bool) -> Iter
 
 
 def _local_error(op: str, uri: str, exc: OSError) -> StorageError:
-    code = error_code(exc)
+    code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
     if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
         return StorageNotFoundError(uri, code=code, attempts=1)
     reason = exc.strerror or str(exc)
@@ -1059,8 +958,8 @@ def read_bytes(
     """The content of a file/object, or of ``byte_range = (start, end)`` of it.
 
     The range is half-open like a slice: ``read_bytes(u, byte_range=(a, b)) ==
-    read_bytes(u)[a:b]`` (also past the end of the object).  S3 reads are retried on transient
-    errors (:func:`retry_call`); missing objects raise :class:`StorageNotFoundError` at once.
+    read_bytes(u)[a:b]`` (also past the end of the object).  S3 reads are retried by botocore
+    on transient errors; missing objects raise :class:`StorageNotFoundError` at once.
     """
     rng = _check_range(byte_range)
     text = os.fspath(uri)
@@ -1078,9 +977,8 @@ def read_bytes(
         except OSError as exc:
             raise _local_error("read", text, exc) from exc
 
-    opts = _opts(options)
     bucket, key = parse_s3(text)
-    client = s3_client(opts, botocore_retries=False)
+    client = s3_client(options)
     request: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if rng is not None:
         request["Range"] = f"bytes={rng[0]}-{rng[1] - 1}"
@@ -1088,44 +986,26 @@ def read_bytes(
     def get() -> bytes:
         try:
             response = client.get_object(**request)
-        except botocore.exceptions.ClientError as exc:
+        except ClientError as exc:
             if rng is not None and _client_error_info(exc)[0] in ("InvalidRange", "416"):
                 return b""  # start at/after the end of the object, as a slice would
             raise
-        body = response["Body"]
-        try:
-            return body.read()  # botocore checks the length: a cut-off body is retried
-        finally:
-            body.close()
+        with contextlib.closing(response["Body"]) as body:
+            return body.read()  # botocore checks the length: a cut-off body raises
 
-    return _s3_call(get, what=f"read {text}", uri=text, options=opts)
+    return _s3_call(get, what=f"read {text}", uri=text)
 
 
-def write_bytes(
-    uri: PathLike, data: bytes | bytearray | memoryview, options: StorageOptions | None = None
-) -> None:
-    """Store ``data`` at ``uri``, replacing it.
+def _s3_target(text: str) -> tuple[str, str]:
+    bucket, key = parse_s3(text)
+    if not key or key.endswith("/"):
+        raise ValueError(f"cannot write to a bucket or prefix: {redact(text)!r}")
+    return bucket, key
 
-    S3: ``PutObject`` with retries.  Local: parent directories are created and the data is
-    written to a temporary file in the same directory, fsynced and ``os.replace``-d into place,
-    so readers see either the old or the new content, never a partial file.
-    """
-    text = os.fspath(uri)
-    payload = bytes(data) if isinstance(data, memoryview) else data
-    if is_s3(text):
-        opts = _opts(options)
-        bucket, key = parse_s3(text)
-        if not key or key.endswith("/"):
-            raise ValueError(f"cannot write to a bucket or prefix: {redact(text)!r}")
-        client = s3_client(opts, botocore_retries=False)
-        _s3_call(
-            functools.partial(client.put_object, Bucket=bucket, Key=key, Body=payload),
-            what=f"write {text}",
-            uri=text,
-            options=opts,
-        )
-        return
 
+def _write_local(text: str, write: Callable[[io.BufferedWriter], object]) -> None:
+    """Write through ``write(file)`` to a temporary file beside ``text``, fsync, then
+    ``os.replace`` it into place: readers see the old or the new content, never a part."""
     path = os.path.abspath(_local_path(text))
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
@@ -1133,73 +1013,72 @@ def write_bytes(
         os.makedirs(directory, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # honours the umask
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        code = error_code(exc)
+        code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         reason = exc.strerror or str(exc)
         raise StorageError(
             f"write {text} failed: {code}: {reason}", uri=text, attempts=1, code=code
         ) from exc
+
+
+def write_bytes(
+    uri: PathLike, data: bytes | bytearray | memoryview, options: StorageOptions | None = None
+) -> None:
+    """Store ``data`` at ``uri``, replacing it.
+
+    S3: one ``PutObject`` (retried by botocore).  Local: parent directories are created and
+    the data is written to a temporary file in the same directory, fsynced and
+    ``os.replace``-d into place, so readers see either the old or the new content.
+    """
+    text = os.fspath(uri)
+    payload = bytes(data) if isinstance(data, memoryview) else data
+    if not is_s3(text):
+        _write_local(text, lambda f: f.write(payload))
+        return
+    bucket, key = _s3_target(text)
+    client = s3_client(options)
+    _s3_call(
+        lambda: client.put_object(Bucket=bucket, Key=key, Body=payload),
+        what=f"write {text}",
+        uri=text,
+    )
 
 
 def upload_file(local_path: PathLike, uri: PathLike, options: StorageOptions | None = None) -> None:
     """Store the local file ``local_path`` at ``uri`` without reading it into memory.
 
-    S3: boto3's managed transfer (multipart above its threshold) under :func:`retry_call`.
-    Local: copied to a temporary file beside the target, fsynced and ``os.replace``-d into
-    place, as :func:`write_bytes` does.
+    S3: one ``PutObject`` streamed from the file (up to 5 GiB; botocore rewinds the file
+    for a retry).  Local: copied as :func:`write_bytes` writes.
     """
-    import shutil
-
     text = os.fspath(uri)
-    if is_s3(text):
-        opts = _opts(options)
-        bucket, key = parse_s3(text)
-        if not key or key.endswith("/"):
-            raise ValueError(f"cannot write to a bucket or prefix: {redact(text)!r}")
-        client = s3_client(opts, botocore_retries=False)
-        _s3_call(
-            functools.partial(client.upload_file, os.fspath(local_path), bucket, key),
-            what=f"write {text}",
-            uri=text,
-            options=opts,
-        )
+    if not is_s3(text):
+
+        def copy(f: io.BufferedWriter) -> None:
+            with open(local_path, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+
+        _write_local(text, copy)
         return
-    path = os.path.abspath(_local_path(text))
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f, open(local_path, "rb") as src:
-            shutil.copyfileobj(src, f, 1 << 20)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        code = error_code(exc)
-        reason = exc.strerror or str(exc)
-        raise StorageError(
-            f"write {text} failed: {code}: {reason}", uri=text, attempts=1, code=code
-        ) from exc
+    bucket, key = _s3_target(text)
+    client = s3_client(options)
+
+    def put() -> None:
+        with open(local_path, "rb") as src:
+            client.put_object(Bucket=bucket, Key=key, Body=src)
+
+    _s3_call(put, what=f"write {text}", uri=text)
 
 
-def _head(uri: str, opts: StorageOptions) -> dict[str, Any]:
+def _head(uri: str, options: StorageOptions | None) -> dict[str, Any]:
     bucket, key = parse_s3(uri)
-    client = s3_client(opts, botocore_retries=False)
-    return _s3_call(
-        functools.partial(client.head_object, Bucket=bucket, Key=key),
-        what=f"stat {uri}",
-        uri=uri,
-        options=opts,
-    )
+    client = s3_client(options)
+    return _s3_call(lambda: client.head_object(Bucket=bucket, Key=key), what=f"stat {uri}", uri=uri)
 
 
 def exists(uri: PathLike, options: StorageOptions | None = None) -> bool:
@@ -1210,12 +1089,11 @@ def exists(uri: PathLike, options: StorageOptions | None = None) -> bool:
     text = os.fspath(uri)
     if not is_s3(text):
         return os.path.exists(_local_path(text))
-    opts = _opts(options)
     bucket, key = parse_s3(text)
-    client = s3_client(opts, botocore_retries=False)
+    client = s3_client(options)
     if key:
         try:
-            _head(text, opts)
+            _head(text, options)
             return True
         except StorageNotFoundError:
             pass
@@ -1223,12 +1101,7 @@ def exists(uri: PathLike, options: StorageOptions | None = None) -> bool:
     else:
         request = {"Bucket": bucket, "MaxKeys": 1}
     try:
-        page = _s3_call(
-            functools.partial(client.list_objects_v2, **request),
-            what=f"stat {text}",
-            uri=text,
-            options=opts,
-        )
+        page = _s3_call(lambda: client.list_objects_v2(**request), what=f"stat {text}", uri=text)
     except StorageNotFoundError:  # NoSuchBucket
         return False
     return not key or bool(page.get("KeyCount") or page.get("Contents"))
@@ -1245,37 +1118,7 @@ def size(uri: PathLike, options: StorageOptions | None = None) -> int:
         if stat.S_ISDIR(st.st_mode):
             raise StorageError(f"stat {text}: is a directory", uri=text, attempts=1, code="EISDIR")
         return st.st_size
-    return int(_head(text, _opts(options))["ContentLength"])
-
-
-def open_input_file(uri: PathLike, options: StorageOptions | None = None) -> pa.NativeFile:
-    """A seekable, readable pyarrow file for streaming ``uri`` (use as a context manager).
-
-    On S3, opening makes one HEAD request and each ``read`` one ranged GET; both are retried
-    by pyarrow's own strategy (``AwsStandardS3RetryStrategy(max_attempts)``), not by
-    :func:`retry_call`.  Caveat (AWS SDK C++): a read *smaller than the error response body*
-    (a few hundred bytes) that gets a 5xx fails at once with ``INTERNAL_FAILURE ... Failed to
-    flush response stream`` instead of being retried; the file position is unchanged, so the
-    read can simply be repeated -- :func:`default_is_transient` classifies that error as
-    transient, so ``retry_call(lambda: f.read(n), ...)`` works.  For whole small objects
-    prefer :func:`read_bytes`.
-    """
-    text = os.fspath(uri)
-    fs, path = get_filesystem(text, options)
-    try:
-        return fs.open_input_file(path)
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise StorageNotFoundError(text, code=error_code(exc), attempts=1) from exc
-    except OSError as exc:
-        if not is_s3(text):
-            raise _local_error("open", text, exc) from exc
-        code = error_code(exc)
-        raise StorageError(
-            f"open {text} failed: {_error_detail(exc)}",
-            uri=text,
-            code=code,
-            transient=default_is_transient(exc),
-        ) from exc
+    return int(_head(text, options)["ContentLength"])
 
 
 _size_of = size  # `RangedReader.__init__` has a parameter of that name
@@ -1285,7 +1128,7 @@ class RangedReader(io.RawIOBase):
     """A seekable, read-only file over an object (or a local file), fetched in blocks.
 
     Each block of ``block_bytes`` is one ranged GET through :func:`read_bytes` (retried
-    on transient errors, counted in :data:`RETRY_STATS`); the last ``cache_blocks``
+    by botocore on transient errors, counted in :data:`RETRY_STATS`); the last ``cache_blocks``
     blocks are kept, so memory stays at ``block_bytes * cache_blocks`` whatever the
     object's size. Hand it to PyAV (``rayssl.data.video.open_container``): a decoder
     seeking to a keyframe fetches only the blocks it reads. ``bytes_fetched`` and

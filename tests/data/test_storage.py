@@ -37,14 +37,11 @@ from tests.s3server import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# Tiny backoff so retry tests stay fast; real defaults are 0.2 s doubling up to 5 s.
-FAST = StorageOptions(backoff_s=0.001, backoff_max_s=0.01, timeout_s=10)
+FAST = StorageOptions(timeout_s=10)
 
 
 def fast(endpoint: str | None = None, **kwargs) -> StorageOptions:
-    return StorageOptions(
-        endpoint_url=endpoint, backoff_s=0.001, backoff_max_s=0.01, timeout_s=10, **kwargs
-    )
+    return StorageOptions(endpoint_url=endpoint, timeout_s=10, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +250,7 @@ def test_local_write_read_list_exists(tmp_path):
     assert [os.path.basename(f.uri) for f in top] == ["notes.txt", "three.avi"]
     assert storage.list_files(root / "three.avi") == [FileInfo(str(root / "three.avi"), 30)]
 
-    with storage.open_input_file(root / "a" / "one.mp4") as f:
+    with storage.RangedReader(root / "a" / "one.mp4", block_bytes=4) as f:
         f.seek(8)
         assert f.read() == b"11"
 
@@ -263,7 +260,7 @@ def test_local_missing(tmp_path):
         lambda: storage.read_bytes(tmp_path / "missing.mp4"),
         lambda: storage.size(tmp_path / "missing.mp4"),
         lambda: storage.list_files(tmp_path / "missing-dir"),
-        lambda: storage.open_input_file(tmp_path / "missing.mp4"),
+        lambda: storage.RangedReader(tmp_path / "missing.mp4"),
     ):
         with pytest.raises(StorageNotFoundError) as info:
             call()
@@ -386,44 +383,35 @@ def test_s3_ranged_read(s3, bucket):
         storage.read_bytes(uri, byte_range=(10, 5))
 
 
-def test_s3_open_input_file_streams(s3, bucket):
+def test_s3_ranged_reader_streams(s3, bucket):
     data = os.urandom(300_000)
     uri = f"s3://{bucket}/stream.bin"
     storage.write_bytes(uri, data)
-    with storage.open_input_file(uri) as f:
-        assert f.seekable()
+    with storage.RangedReader(uri, block_bytes=1 << 16, cache_blocks=2) as f:
+        assert f.seekable() and f.size() == len(data)
         f.seek(1000)
         assert f.read(5000) == data[1000:6000]
         assert f.tell() == 6000
+        f.seek(-10, os.SEEK_END)
+        assert f.read() == data[-10:]
+        assert f.requests == 2 and f.bytes_fetched == (1 << 16) + len(data) % (1 << 16)
     with pytest.raises(StorageNotFoundError):
-        storage.open_input_file(f"s3://{bucket}/nope.bin")
+        storage.RangedReader(f"s3://{bucket}/nope.bin")
 
 
-def test_pyarrow_reads_through_a_flaky_endpoint(s3, bucket):
-    data = os.urandom(50_000)
-    uri = f"s3://{bucket}/pa/clip.bin"
-    storage.write_bytes(uri, data)
-    with flaky_s3_proxy(s3.endpoint, fail_first=0, fail_keys="pa/") as (proxy, stats):
-        opts = fast(proxy, max_attempts=3)
-        with storage.open_input_file(uri, opts) as f:
-            # A tiny read hitting a 503 may fail inside pyarrow without a retry (AWS SDK C++
-            # writes the error body into the 4-byte buffer); the position is kept and the
-            # error is classified transient, so retry_call recovers either way.
-            stats.fail_next(1)
-            f.seek(100)
-            chunk = storage.retry_call(lambda: f.read(4), what="read", options=opts)
-            assert chunk == data[100:104] and f.tell() == 104
-            stats.fail_next(1)  # a large read is retried by pyarrow itself
-            assert f.read(20_000) == data[104:20_104]
+def test_ray_filesystem_has_the_same_retry_budget(s3, bucket):
+    """The pyarrow filesystem handed to Ray retries like the boto3 client: max_attempts."""
+    storage.write_bytes(f"s3://{bucket}/pa/clip.bin", b"checkpoint")
+    path = f"{bucket}/pa/clip.bin"
+    with flaky_s3_proxy(s3.endpoint, fail_first=1, status=503, methods={"HEAD"}) as (p, stats):
+        fs, _ = storage.get_filesystem(f"s3://{path}", fast(p, max_attempts=2))
+        assert fs.open_input_file(path).read() == b"checkpoint"
+        assert stats.failures_served == 1
+    with flaky_s3_proxy(s3.endpoint, fail_first=100, status=503, methods={"HEAD"}) as (p, stats):
+        fs, _ = storage.get_filesystem(f"s3://{path}", fast(p, max_attempts=2))
+        with pytest.raises(OSError, match="503|SLOW_DOWN|SERVICE_UNAVAILABLE"):
+            fs.open_input_file(path)
         assert stats.failures_served == 2
-
-    proxy = flaky_s3_proxy(s3.endpoint, fail_first=100, status=503, methods={"HEAD"})
-    with proxy as (endpoint, stats), pytest.raises(StorageError) as info:
-        storage.open_input_file(uri, fast(endpoint, max_attempts=2))
-    assert stats.failures_served == 2  # pyarrow's own attempts, not multiplied by ours
-    assert info.value.code == "503" and info.value.transient
-    assert uri in str(info.value)
-    assert_no_credentials(exception_text(info.value))
 
 
 def test_missing_object_is_not_retried(s3, bucket):
@@ -459,7 +447,6 @@ def test_access_denied_is_permanent(s3, bucket):
 def test_flaky_read_succeeds_after_retries(s3, bucket):
     uri = f"s3://{bucket}/flaky/clip.mp4"
     storage.write_bytes(uri, b"video-bytes")
-    stats_here = RetryStats()
     before = storage.RETRY_STATS.snapshot()
     with flaky_s3_proxy(s3.endpoint, fail_first=2, status=503, fail_keys="flaky/") as (p, stats):
         assert storage.read_bytes(uri, fast(p)) == b"video-bytes"
@@ -469,7 +456,7 @@ def test_flaky_read_succeeds_after_retries(s3, bucket):
     after = storage.RETRY_STATS.snapshot()
     assert after["retries"] - before["retries"] == 2
     assert after["error_codes"].get("SlowDown", 0) - before["error_codes"].get("SlowDown", 0) == 2
-    assert stats_here.snapshot()["calls"] == 0  # only touched when passed explicitly
+    assert (after["calls"] - before["calls"], after["attempts"] - before["attempts"]) == (1, 3)
 
 
 def test_retries_exhausted(s3, bucket):
@@ -503,10 +490,42 @@ def test_write_and_dropped_connections_are_retried(s3, bucket):
     assert storage.read_bytes(uri) == payload
 
 
+def test_upload_file_is_retried_from_the_start_of_the_file(s3, bucket, tmp_path):
+    local = tmp_path / "clip.mp4"
+    local.write_bytes(os.urandom(300_000))
+    uri = f"s3://{bucket}/up/clip.mp4"
+    with flaky_s3_proxy(s3.endpoint, fail_first=1, status=500, methods={"PUT"}) as (p, stats):
+        storage.upload_file(local, uri, fast(p))
+        assert stats.failures_served == 1 and stats.forwarded == 1
+    assert storage.read_bytes(uri) == local.read_bytes()
+    with pytest.raises(StorageError, match="ENOENT"):
+        storage.upload_file(tmp_path / "gone.mp4", tmp_path / "out.mp4")
+    with pytest.raises(StorageError, match=r"write s3://.*FileNotFoundError"):
+        storage.upload_file(tmp_path / "gone.mp4", uri)
+
+
+def test_body_cut_short_is_one_clear_error(s3, bucket):
+    """botocore retries requests, not a body stream it already returned: a body cut after
+    the headers fails that read at once, as a transient StorageError naming the cut."""
+    uri = f"s3://{bucket}/cut/clip.mp4"
+    storage.write_bytes(uri, os.urandom(100_000))
+    before = storage.RETRY_STATS.snapshot()
+    with flaky_s3_proxy(s3.endpoint, fail_first=1, status=-1, fail_keys="cut/") as (p, stats):
+        with pytest.raises(StorageError) as info:
+            storage.read_bytes(uri, fast(p))
+        assert stats.log[-1][2] == -1 and stats.requests_seen == 1
+        assert len(storage.read_bytes(uri, fast(p))) == 100_000  # the next read is whole
+    exc = info.value
+    assert exc.transient and exc.attempts == 1 and "\n" not in str(exc)
+    assert f"read {uri}: response body cut short (bodies are not retried)" in str(exc)
+    assert exc.code in ("IncompleteReadError", "ResponseStreamingError"), exc.code
+    after = storage.RETRY_STATS.snapshot()
+    assert after["failures"] - before["failures"] == 1
+    assert after["error_codes"][exc.code] - before["error_codes"].get(exc.code, 0) == 1
+
+
 def test_unreachable_endpoint_gives_up(s3, bucket):
-    opts = StorageOptions(
-        endpoint_url="http://127.0.0.1:9", max_attempts=2, backoff_s=0.001, timeout_s=2
-    )
+    opts = StorageOptions(endpoint_url="http://127.0.0.1:9", max_attempts=2, timeout_s=2)
     with pytest.raises(StorageError) as info:
         storage.read_bytes(f"s3://{bucket}/x", opts)
     assert info.value.attempts == 2
@@ -546,8 +565,6 @@ def test_s3_client_settings(s3):
     assert client.meta.config.retries["total_max_attempts"] == FAST.max_attempts
     assert client.meta.config.retries["mode"] == "standard"
     assert client.meta.config.read_timeout == FAST.timeout_s
-    single = storage.s3_client(FAST, botocore_retries=False)
-    assert single.meta.config.retries["total_max_attempts"] == 1
 
 
 def test_moto_server_is_reachable_from_another_process(s3, bucket):
@@ -632,7 +649,6 @@ def test_endpoint_with_userinfo_is_rejected_without_echoing_it(endpoint, monkeyp
         {"endpoint_url": "http://host:9000/path"},
         {"max_attempts": 0},
         {"timeout_s": 0},
-        {"backoff_s": -1},
     ],
 )
 def test_invalid_options(kwargs):
@@ -644,73 +660,41 @@ def test_invalid_options(kwargs):
 
 
 @pytest.mark.parametrize(
-    ("exc", "transient"),
+    ("status", "code", "requests"),
     [
-        (client_error("SlowDown", 503), True),
-        (client_error("Throttling", 400), True),
-        (client_error("RequestTimeout", 400), True),
-        (client_error("InternalError", 500), True),
-        (client_error("503", 503), True),
-        (client_error("SomethingNew", 502), True),
-        (client_error("NoSuchKey", 404), False),
-        (client_error("404", 404), False),
-        (client_error("NoSuchBucket", 404), False),
-        (client_error("AccessDenied", 403), False),
-        (client_error("InvalidRange", 416), False),
-        (botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), True),
-        (botocore.exceptions.ReadTimeoutError(endpoint_url="http://x"), True),
-        (botocore.exceptions.ConnectionClosedError(endpoint_url="http://x"), True),
-        (botocore.exceptions.IncompleteReadError(actual_bytes=1, expected_bytes=2), True),
-        (botocore.exceptions.NoCredentialsError(), False),
-        (ConnectionResetError(), True),
-        (TimeoutError(), True),
-        (FileNotFoundError(), False),
-        (PermissionError(), False),
-        (OSError("AWS Error SLOW_DOWN during GetObject operation: Please reduce"), True),
-        (OSError("AWS Error INTERNAL_FAILURE during GetObject operation: Failed to flush"), True),
-        (OSError("AWS Error ACCESS_DENIED during HeadObject operation"), False),
-        (ValueError("bug"), False),
+        (500, "InternalError", 2),
+        (502, "BadGateway", 2),
+        (503, "SlowDown", 2),
+        (504, "GatewayTimeout", 2),
+        (429, "SlowDown", 2),
+        (0, "ConnectionClosedError", 2),  # connection dropped without an answer
+        (400, "BadRequest", 1),
+        (403, "AccessDenied", 1),
+        (404, "NoSuchKey", 1),
     ],
 )
-def test_default_is_transient(exc, transient):
-    assert storage.default_is_transient(exc) is transient
-
-
-def test_retry_call_backoff_and_stats():
-    calls, sleeps = [], []
-
-    def flaky():
-        calls.append(1)
-        if len(calls) < 4:
-            raise client_error("SlowDown", 503)
-        return "ok"
-
-    opts = StorageOptions(max_attempts=5, backoff_s=0.1, backoff_max_s=0.3)
-    stats = RetryStats()
-    assert storage.retry_call(flaky, what="op", options=opts, stats=stats, sleep=sleeps.append)
-    assert len(calls) == 4 and len(sleeps) == 3
-    for attempt, delay in enumerate(sleeps, start=1):
-        cap = min(0.3, 0.1 * 2 ** (attempt - 1))
-        assert cap / 2 <= delay <= cap
-    snap = stats.snapshot()
-    assert snap == {
-        "calls": 1,
-        "attempts": 4,
-        "retries": 3,
-        "failures": 0,
-        "exhausted": 0,
-        "error_codes": {"SlowDown": 3},
-    }
-
-    def permanent():
-        raise client_error("AccessDenied", 403)
-
-    with pytest.raises(StorageError) as info:
-        storage.retry_call(permanent, what="op x", options=opts, stats=stats, sleep=sleeps.append)
-    assert info.value.attempts == 1 and info.value.code == "AccessDenied"
-    assert len(sleeps) == 3  # no backoff for a permanent error
-    assert stats.snapshot()["failures"] == 1
-    assert pickle.loads(pickle.dumps(stats)).snapshot() == stats.snapshot()
+def test_which_errors_are_retried(s3, bucket, status, code, requests):
+    """botocore's standard policy, observed on the wire: transient errors use up the
+    attempts, permanent ones fail at once; the error and RETRY_STATS say which it was."""
+    uri = f"s3://{bucket}/policy.bin"
+    storage.write_bytes(uri, b"x")
+    before = storage.RETRY_STATS.snapshot()
+    proxy = flaky_s3_proxy(s3.endpoint, fail_first=100, status=status, fail_keys="policy")
+    with proxy as (endpoint, stats), pytest.raises(StorageError) as info:
+        storage.read_bytes(uri, fast(endpoint, max_attempts=2))
+    assert stats.failures_served == requests
+    exc = info.value
+    assert (exc.code, exc.attempts, exc.transient) == (code, requests, requests > 1)
+    assert isinstance(exc, StorageNotFoundError) is (status == 404)
+    if status == 404:
+        assert str(exc) == f"{uri}: not found (NoSuchKey)"
+    else:
+        said = "gave up after 2 attempts" if requests > 1 else "failed after 1 attempt (not retry"
+        assert said in str(exc) and uri in str(exc)
+    after = storage.RETRY_STATS.snapshot()
+    assert after["retries"] - before["retries"] == requests - 1
+    assert after["exhausted"] - before["exhausted"] == int(requests > 1)
+    assert after["error_codes"][code] - before["error_codes"].get(code, 0) == requests
 
 
 def test_errors_pickle_with_their_attributes():
@@ -721,6 +705,8 @@ def test_errors_pickle_with_their_attributes():
     exc = StorageError("read x: gave up", uri="s3://b/x", attempts=3, code="SlowDown")
     back = pickle.loads(pickle.dumps(exc))
     assert (str(back), back.attempts, back.code) == ("read x: gave up", 3, "SlowDown")
+    stats = pickle.loads(pickle.dumps(storage.RETRY_STATS))
+    assert type(stats) is RetryStats and stats.snapshot() == storage.RETRY_STATS.snapshot()
 
 
 # ------------------------------------------------------------------------------------ secrets
