@@ -639,7 +639,7 @@ class RetryStats:
             self.error_codes: dict[str, int] = {}
 
     def _record(self, call: _Call, *, failed: bool, exhausted: bool) -> None:
-        attempts = max(call.attempts, 1)
+        attempts = call.total_attempts
         with self._lock:
             self.calls += 1
             self.attempts += attempts
@@ -681,6 +681,13 @@ class _Call:
     codes: list[str] = field(default_factory=list)
     last_failed: bool = False  # botocore saw the last attempt fail
     retryable: bool = False  # botocore's verdict on the last attempt, attempts left aside
+    body_cuts: int = 0  # bodies cut after their headers and fetched again (read_bytes)
+
+    @property
+    def total_attempts(self) -> int:
+        """Requests of this call: botocore's attempts of the last GET, plus the GETs whose
+        body was cut and fetched again."""
+        return max(self.attempts, 1) + self.body_cuts
 
 
 _CURRENT = threading.local()  # the _Call in progress in this thread (botocore retries inline)
@@ -733,15 +740,15 @@ def _s3_call(fn: Callable[[], T], *, what: str, uri: str) -> T:
 
 
 def _s3_error(exc: Exception, *, what: str, uri: str, call: _Call) -> StorageError:
-    attempts = max(call.attempts, 1)
+    attempts = call.total_attempts
     code = _client_error_info(exc)[0] if isinstance(exc, ClientError) else type(exc).__name__
     if code in _NOT_FOUND_CODES:
         return StorageNotFoundError(uri, code=code, attempts=attempts)
     plural = "attempt" if attempts == 1 else "attempts"
     if call.retryable:
         message = f"{what}: gave up after {attempts} {plural}; last error: "
-    elif isinstance(exc, _BODY_ERRORS):  # read after botocore's loop: retryable, not retried
-        message = f"{what}: response body cut short (bodies are not retried): "
+    elif isinstance(exc, _BODY_ERRORS):  # fetched again by read_bytes, up to max_attempts
+        message = f"{what}: response body cut short, gave up after {attempts} {plural}: "
     else:
         message = f"{what}: failed after {attempts} {plural} (not retryable): "
     transient = call.retryable or isinstance(exc, _BODY_ERRORS)
@@ -983,15 +990,29 @@ def read_bytes(
     if rng is not None:
         request["Range"] = f"bytes={rng[0]}-{rng[1] - 1}"
 
+    attempts = (options or StorageOptions()).max_attempts
+
     def get() -> bytes:
-        try:
-            response = client.get_object(**request)
-        except ClientError as exc:
-            if rng is not None and _client_error_info(exc)[0] in ("InvalidRange", "416"):
-                return b""  # start at/after the end of the object, as a slice would
-            raise
-        with contextlib.closing(response["Body"]) as body:
-            return body.read()  # botocore checks the length: a cut-off body raises
+        # botocore retries a request, not a body it already handed over: a body cut after
+        # the headers (botocore checks its length) is fetched again here, by a new GET,
+        # within the same attempt budget. Reads are idempotent, so this is safe.
+        for attempt in range(1, attempts + 1):
+            try:
+                response = client.get_object(**request)
+            except ClientError as exc:
+                if rng is not None and _client_error_info(exc)[0] in ("InvalidRange", "416"):
+                    return b""  # start at/after the end of the object, as a slice would
+                raise
+            try:
+                with contextlib.closing(response["Body"]) as body:
+                    return body.read()
+            except _BODY_ERRORS as exc:
+                if attempt == attempts:
+                    raise  # _s3_call records its code
+                call = _CURRENT.call
+                call.codes.append(type(exc).__name__)
+                call.body_cuts += 1
+        raise AssertionError("unreachable")
 
     return _s3_call(get, what=f"read {text}", uri=text)
 

@@ -504,24 +504,31 @@ def test_upload_file_is_retried_from_the_start_of_the_file(s3, bucket, tmp_path)
         storage.upload_file(tmp_path / "gone.mp4", uri)
 
 
-def test_body_cut_short_is_one_clear_error(s3, bucket):
-    """botocore retries requests, not a body stream it already returned: a body cut after
-    the headers fails that read at once, as a transient StorageError naming the cut."""
+def test_a_body_cut_short_is_fetched_again_then_one_clear_error(s3, bucket):
+    """botocore retries requests, not a body stream it already returned: read_bytes fetches
+    a body cut after its headers again (a new GET), within max_attempts; a body cut every
+    time fails as one transient StorageError naming the cut and the attempts."""
     uri = f"s3://{bucket}/cut/clip.mp4"
-    storage.write_bytes(uri, os.urandom(100_000))
+    data = os.urandom(100_000)
+    storage.write_bytes(uri, data)
     before = storage.RETRY_STATS.snapshot()
     with flaky_s3_proxy(s3.endpoint, fail_first=1, status=-1, fail_keys="cut/") as (p, stats):
+        assert storage.read_bytes(uri, fast(p)) == data  # cut once, fetched again
+        assert [entry[2] for entry in stats.log][-2] == -1 and stats.requests_seen == 2
+    after = storage.RETRY_STATS.snapshot()
+    assert after["retries"] - before["retries"] == 1 and after["failures"] == before["failures"]
+    before = after
+    with flaky_s3_proxy(s3.endpoint, fail_first=99, status=-1, fail_keys="cut/") as (p, stats):
         with pytest.raises(StorageError) as info:
-            storage.read_bytes(uri, fast(p))
-        assert stats.log[-1][2] == -1 and stats.requests_seen == 1
-        assert len(storage.read_bytes(uri, fast(p))) == 100_000  # the next read is whole
+            storage.read_bytes(uri, fast(p, max_attempts=3))
+        assert stats.requests_seen == 3
     exc = info.value
-    assert exc.transient and exc.attempts == 1 and "\n" not in str(exc)
-    assert f"read {uri}: response body cut short (bodies are not retried)" in str(exc)
+    assert exc.transient and exc.attempts == 3 and "\n" not in str(exc)
+    assert f"read {uri}: response body cut short, gave up after 3 attempts" in str(exc)
     assert exc.code in ("IncompleteReadError", "ResponseStreamingError"), exc.code
     after = storage.RETRY_STATS.snapshot()
     assert after["failures"] - before["failures"] == 1
-    assert after["error_codes"][exc.code] - before["error_codes"].get(exc.code, 0) == 1
+    assert after["error_codes"][exc.code] - before["error_codes"].get(exc.code, 0) == 3
 
 
 def test_unreachable_endpoint_gives_up(s3, bucket):
