@@ -3,7 +3,8 @@ Ray head with `ray job submit` (logged to MLflow, sqlite), then submit the evalu
 the pre-trained backbone against the same backbone at random init, and show that it
 learned. Stops the head (and the S3 server) it started.
 
-    python scripts/demo.py [--storage local|s3] [--workdir demo_data] [key=value ...]
+    python scripts/demo.py [--storage local|s3] [--workdir demo_data] [--num-videos N]
+                           [--tracking-uri URI] [key=value ...]
 
 The terminal shows one line per epoch and the final table; Ray's own output goes to
 DIR/job-pretrain.log, DIR/job-evaluate.log and DIR/ray-head.log.
@@ -89,6 +90,11 @@ def main() -> int:
     ap.add_argument("--storage", choices=["local", "s3"], default="local")
     ap.add_argument("--workdir", default=str(ROOT / "demo_data"))
     ap.add_argument("--num-videos", type=int, default=480)
+    ap.add_argument(
+        "--tracking-uri",
+        default=f"sqlite:///{ROOT / 'mlruns.db'}",
+        help="MLflow store of both jobs (default: mlruns.db at the repository root)",
+    )
     ap.add_argument("overrides", nargs="*", help="extra key=value for the pre-training config")
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
@@ -106,7 +112,7 @@ def main() -> int:
     else:
         print(f"1/4 reusing the videos in {work / 'videos'}", flush=True)
 
-    tracking = f"sqlite:///{ROOT / 'mlruns.db'}"
+    tracking = args.tracking_uri
     run_name = f"demo-{args.storage}-{time.strftime('%Y%m%d-%H%M%S')}"
     with contextlib.ExitStack() as stack:
         if args.storage == "s3":

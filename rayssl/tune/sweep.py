@@ -416,8 +416,9 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str
     with tempfile.TemporaryDirectory() as out:
         ev = evaluate_checkpoint(suite, result["checkpoint"], out, Path(cfg.evaluation).parent)
     if cfg.metric not in ev["results"]:
-        raise KeyError(
-            f"metric {cfg.metric!r} is not a result of {cfg.evaluation}; it has "
+        # a config error: every attempt would end the same way, so it is not retried
+        raise ConfigError(
+            f"metric: {cfg.metric!r} is not a result of {cfg.evaluation}; it has "
             f"{sorted(ev['results'])}"
         )
     value = float(ev["results"][cfg.metric])

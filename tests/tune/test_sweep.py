@@ -356,3 +356,50 @@ def test_sweep_on_a_2_cpu_head_finishes_and_a_stage_that_cannot_fit_is_not_retri
     )
     parent = runs[runs["tags.mlflow.runName"] == "too_big"].iloc[0]["run_id"]
     assert len(_children(tracking, parent)) == 1  # pre-trained once, not again on retry
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_reported_not_retried_and_the_study_ends_failed(
+    ray_local, tmp_path, capsys, monkeypatch
+):
+    """The failure path in-process on the session's Ray: a study of two trials whose
+    metric the suite does not produce. Each trial pre-trains and evaluates, then fails
+    with a ConfigError naming the metric and what the suite has (deterministic: the
+    retry fails at once, no second pre-training); the parent run ends FAILED with
+    sweep/trials_failed = 2; the command exits 1 and its result lists both errors."""
+    import json
+
+    import yaml
+
+    from rayssl.cli import main as cli
+
+    manifest = make_dataset(tmp_path / "data", num_videos=8, num_frames=40)
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    path = _tiny_sweep(tmp_path / "bad_metric.yaml", manifest, tmp_path / "runs", "bad_metric")
+    values = yaml.safe_load(path.read_text())
+    values["metric"] = "linear/pool9/accuracy"
+    values["study"]["max_concurrent"] = 1
+    path.write_text(yaml.safe_dump(values))
+    capsys.readouterr()
+    assert cli(["sweep", "--config", str(path)]) == 1
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["trials"] == 2 and result["trials_done"] == 0
+    assert set(result["errors"]) == {
+        "fraction-0.5_backbone-c3d_seed-0",
+        "fraction-1.0_backbone-c3d_seed-0",
+    }
+    for error in result["errors"].values():
+        assert "'linear/pool9/accuracy' is not a result of" in error, error
+        assert "linear/pool5/accuracy" in error  # what the suite does produce
+        assert error.endswith("error.txt)"), error
+    mlflow.set_tracking_uri(tracking)
+    runs = mlflow.search_runs(
+        experiment_names=["rayssl-sweeps"], filter_string="tags.`rayssl.sweep.role` = 'study'"
+    )
+    parent = runs[runs["tags.mlflow.runName"] == "bad_metric"].iloc[0]
+    assert parent["status"] == "FAILED"
+    assert parent["metrics.sweep/trials_failed"] == 2 and parent["metrics.sweep/trials_done"] == 0
+    # one pre-training per trial: the deterministic error was not retried
+    assert len(_children(tracking, parent["run_id"])) == 2
