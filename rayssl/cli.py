@@ -26,15 +26,7 @@ import time
 from collections.abc import Sequence
 
 from rayssl.config import ConfigError, load_config
-
-
-def _init_ray() -> None:
-    import ray
-
-    from rayssl.launch import init_local_or_existing
-
-    if not ray.is_initialized():
-        init_local_or_existing(log_to_driver=False, include_dashboard=False)
+from rayssl.raystart import start_ray
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -112,7 +104,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         **_format_kwargs(args),
     )
     if args.use_ray:
-        _init_ray()
+        start_ray(quiet=True)
     t0 = time.perf_counter()
     table = build_manifest(entries, options, use_ray=args.use_ray, access=access_from_args(args))
     write_manifest(table, args.out, options=options)
@@ -157,7 +149,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if args.endpoint_url:
         overrides.append(f"data.endpoint_url={args.endpoint_url}")
     cfg = load_config(args.config, overrides)
-    _init_ray()
+    start_ray(quiet=True)
     summary = run_preview(cfg, args.src, args.out, num_clips=args.num_clips)
     print(json.dumps(summary))
     return 0 if summary["written"] else 1
@@ -201,7 +193,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from rayssl.evaluate.checkpoint import build_backbone_from, resolve_checkpoint
     from rayssl.evaluate.features import extract_features, load_manifest, write_features
     from rayssl.evaluate.suite import load_suite
-    from rayssl.launch import _init_ray, resolve_paths
+    from rayssl.launch import resolve_paths
 
     overrides = [f"data.manifest={args.manifest}", *args.overrides]
     if args.layers:
@@ -213,7 +205,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     source = resolve_checkpoint(args.checkpoint, cfg)
     backbone = build_backbone_from(source)
     table = load_manifest(cfg.data.manifest, cfg.data)
-    _init_ray()
+    start_ray()
     t0 = time.perf_counter()
     inference = replace(suite.features.inference)
     feats = extract_features(backbone, table, cfg.data, inference, suite.features.layers)
@@ -319,7 +311,7 @@ def prepare_from_args(args: argparse.Namespace) -> dict:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    _init_ray()
+    start_ray(quiet=True)
     try:
         summary = prepare_from_args(args)
     except ValueError as e:  # bad settings, a refused run (PrepareError), ManifestError
@@ -364,7 +356,7 @@ def score_from_args(args: argparse.Namespace) -> dict:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    _init_ray()
+    start_ray(quiet=True)
     try:
         summary = score_from_args(args)
     except ValueError as e:  # bad arguments or input (ManifestError included)

@@ -39,6 +39,7 @@ from rayssl.data.manifest import read_manifest
 from rayssl.data.pipeline import RowSkip, read_row_frames
 from rayssl.data.sampling import ClipSpec, clip_indices, parse_clip_spec
 from rayssl.data.transforms import center_crop_params, crop_clip
+from rayssl.raystart import quiet_ray_data
 
 #: Manifest columns an eval row carries into the decode task.
 EVAL_ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts", "label", "split")
@@ -431,8 +432,6 @@ def run_inference(
 ) -> VideoOutputs:
     """Every usable video of `table` through `module` with Ray Data (decode tasks and
     model actors); per-video mean outputs. Unreadable videos are counted skips."""
-    from rayssl.launch import quiet_ray_data
-
     quiet_ray_data(data.progress_logs)
     videos = usable(table)
     spec = DecodeSpec.from_settings(

@@ -519,7 +519,8 @@ def evaluate_checkpoint(
     the plots; log an MLflow run. Returns {"results", "report", "source", "mlflow_run_id"}.
     `suite_dir` (the suite file's folder) resolves a relative fine-tuning config."""
     from rayssl import preflight
-    from rayssl.launch import _init_ray, resolve_paths
+    from rayssl.launch import resolve_paths
+    from rayssl.raystart import start_ray
     from rayssl.train.tracking import real_tracking_uri
 
     t0 = time.perf_counter()
@@ -535,7 +536,7 @@ def evaluate_checkpoint(
     table = needed_videos(suite, table)
     # the results go to MLflow at the end: an unwritable store must not waste the run
     preflight.check_tracking_uri(real_tracking_uri(suite.run.tracking_uri))
-    _init_ray()
+    start_ray()
 
     feats = _Features(suite, backbone, table, out)
     if suite.retrieval.enabled:

@@ -45,8 +45,8 @@ from rayssl.evaluate.checkpoint import (
     resolve_checkpoint,
 )
 from rayssl.evaluate.monitor import RetrievalMonitor
-from rayssl.launch import quiet_ray_data
 from rayssl.pretext import build_pretext
+from rayssl.raystart import quiet_ray_data
 from rayssl.train.checkpoint import (
     EpochProgress,
     epoch_progress,

@@ -532,7 +532,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     from ray import tune
 
     from rayssl.data import storage
-    from rayssl.launch import _init_ray
+    from rayssl.raystart import start_ray
     from rayssl.train.tracking import default_tracking_uri
     from rayssl.tune.scaling_law import log_report, records_from_mlflow, report
 
@@ -543,7 +543,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     # trials get the URI redacted (Tune stores their config); they connect with
     # default_tracking_uri, which takes the credentials from MLFLOW_TRACKING_URI
     cfg = replace(cfg, study=replace(cfg.study, tracking_uri=storage.redact(uri)))
-    _init_ray()
+    start_ray()
     parent = _parent_run(cfg, uri, grid)
     fs, root = storage.get_filesystem(cfg.study.storage_path, storage.StorageOptions())
     path = f"{root.rstrip('/')}/{cfg.study.name}"  # as the filesystem names it
