@@ -10,7 +10,6 @@ dead workers from the latest checkpoint.
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -147,7 +146,7 @@ def prepare_config(cfg: Config) -> Config:
     if getattr(PRETEXTS[cfg.pretext.name], "needs_labels", False):
         cfg = _with_num_classes(cfg)
     if cfg.monitor.every_epochs:
-        from rayssl.evaluate.monitor import monitor_videos
+        from rayssl.train.monitor import monitor_videos
 
         monitor_videos(cfg)
     if cfg.curriculum.enabled:

@@ -166,8 +166,9 @@ def run_test_protocol(cfg: Config, checkpoint: str, mlflow_run_id: str = "") -> 
     from rayssl.checkpoint import latest_state_uri
     from rayssl.data import storage
     from rayssl.data.manifest import read_manifest, require_labels
-    from rayssl.evaluate.features import ProbabilityModel, run_inference
+    from rayssl.evaluate.features import run_inference
     from rayssl.pretext import build_pretext
+    from rayssl.train.inference import ProbabilityModel
     from rayssl.train.step import PretextModel, build_model
 
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)

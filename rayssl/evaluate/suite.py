@@ -338,7 +338,8 @@ class _Features:
 
 
 def _retrieval(suite: EvalSuite, feats: _Features, out: RunFiles) -> tuple[dict, list[str]]:
-    from rayssl.evaluate.retrieval import format_table, plot_topk, topk_accuracy
+    from rayssl.evaluate.retrieval import format_table, plot_topk
+    from rayssl.knn import topk_accuracy
 
     s = suite.retrieval
     f = feats.get(_clips(s.clips, suite))
@@ -442,7 +443,7 @@ def _auto_pairs(make_pairs, ids: list[str], labels: np.ndarray, s, seed: int) ->
 
 def _attention(suite: EvalSuite, backbone, table: pa.Table, out: RunFiles) -> list[str]:
     from rayssl.evaluate.attention import attention_grid_png
-    from rayssl.evaluate.features import usable
+    from rayssl.train.inference import usable
 
     s = suite.attention
     shown = attention_grid_png(

@@ -44,7 +44,6 @@ from rayssl.evaluate.checkpoint import (
     load_state_strict,
     resolve_checkpoint,
 )
-from rayssl.evaluate.monitor import RetrievalMonitor
 from rayssl.pretext import build_pretext
 from rayssl.raystart import quiet_ray_data
 from rayssl.train.checkpoint import (
@@ -55,6 +54,7 @@ from rayssl.train.checkpoint import (
     save_training_state,
 )
 from rayssl.train.curriculum import easiest, order_by_difficulty, stage_at
+from rayssl.train.monitor import RetrievalMonitor
 from rayssl.train.prefetch import device_batches
 from rayssl.train.step import (
     DeviceSettings,
