@@ -190,7 +190,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from rayssl.evaluate.checkpoint import build_backbone_from, resolve_checkpoint
+    from rayssl.checkpoint import build_backbone_from, resolve_checkpoint
     from rayssl.evaluate.features import extract_features, load_manifest, write_features
     from rayssl.evaluate.suite import load_suite
     from rayssl.launch import resolve_paths
@@ -595,9 +595,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from rayssl.checkpoint import CheckpointError
     from rayssl.data.manifest import ManifestError
     from rayssl.data.schedule import UnschedulableError
-    from rayssl.evaluate.checkpoint import CheckpointError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:  # its own parser: options after the subcommand are its own

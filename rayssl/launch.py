@@ -17,7 +17,8 @@ from typing import Any
 from rayssl.config import Config, ConfigError
 from rayssl.data import storage
 from rayssl.raystart import start_ray
-from rayssl.train.tracking import default_tracking_uri, git_commit
+from rayssl.tracking_uri import default_tracking_uri
+from rayssl.train.tracking import git_commit
 
 #: Config keys a resumed run may change (`run.resume=auto`): the resources it runs on,
 #: its checkpoint cadence and its logging; what is trained stays the saved run's. A key
@@ -132,7 +133,7 @@ def prepare_config(cfg: Config) -> Config:
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: set it to a manifest URI (rayssl manifest ... --out M)")
     if cfg.model.init not in ("", "random"):
-        from rayssl.evaluate.checkpoint import (
+        from rayssl.checkpoint import (
             build_backbone_from,
             resolve_checkpoint,
             with_checkpoint_model,

@@ -105,7 +105,7 @@ def check_clips_fit(cfg: Config, num_frames: np.ndarray) -> float:
 
 def check_outputs(cfg: Config) -> None:
     """`run.storage_path` takes a write; the MLflow tracking URI can be written."""
-    from rayssl.train.tracking import default_tracking_uri
+    from rayssl.tracking_uri import default_tracking_uri
 
     check_writable("run.storage_path", cfg.run.storage_path, _options(cfg))
     check_tracking_uri(default_tracking_uri(cfg))

@@ -29,6 +29,12 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from rayssl.checkpoint import (
+    RANDOM,
+    BackboneSource,
+    build_backbone_from,
+    resolve_checkpoint,
+)
 from rayssl.config import (
     Config,
     ConfigError,
@@ -44,12 +50,6 @@ from rayssl.config import (
 )
 from rayssl.data import storage
 from rayssl.data.manifest import ManifestError, require_labels
-from rayssl.evaluate.checkpoint import (
-    RANDOM,
-    BackboneSource,
-    build_backbone_from,
-    resolve_checkpoint,
-)
 from rayssl.evaluate.features import VideoOutputs, extract_features, load_manifest, write_features
 from rayssl.models.heads import POOL_LAYERS
 
@@ -522,7 +522,7 @@ def evaluate_checkpoint(
     from rayssl import preflight
     from rayssl.launch import resolve_paths
     from rayssl.raystart import start_ray
-    from rayssl.train.tracking import real_tracking_uri
+    from rayssl.tracking_uri import real_tracking_uri
 
     t0 = time.perf_counter()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -597,11 +597,11 @@ def log_to_mlflow(
     import mlflow
 
     from rayssl.config import flatten
+    from rayssl.tracking_uri import real_tracking_uri
     from rayssl.train.tracking import (
         PRETRAIN_RUN_TAG,
         experiment_id,
         git_commit,
-        real_tracking_uri,
     )
 
     client = mlflow.MlflowClient(real_tracking_uri(suite.run.tracking_uri))

@@ -27,6 +27,18 @@ import torch
 import torch.distributed as dist
 
 from rayssl import checkpoint as checkpoint_format
+from rayssl.checkpoint import (
+    RANDOM,
+    BackboneSource,
+    EpochProgress,
+    backbone_file_payload,
+    epoch_progress,
+    load_state_strict,
+    load_training_state,
+    resolve_checkpoint,
+    restore_training_state,
+    save_training_state,
+)
 from rayssl.config import Config, config_from_dict
 from rayssl.data import storage
 from rayssl.data.manifest import read_manifest
@@ -37,22 +49,8 @@ from rayssl.data.pipeline import (
     sampler_spec,
     usable_videos,
 )
-from rayssl.evaluate.checkpoint import (
-    RANDOM,
-    BackboneSource,
-    backbone_file_payload,
-    load_state_strict,
-    resolve_checkpoint,
-)
 from rayssl.pretext import build_pretext
 from rayssl.raystart import quiet_ray_data
-from rayssl.train.checkpoint import (
-    EpochProgress,
-    epoch_progress,
-    load_training_state,
-    restore_training_state,
-    save_training_state,
-)
 from rayssl.train.curriculum import easiest, order_by_difficulty, stage_at
 from rayssl.train.monitor import RetrievalMonitor
 from rayssl.train.prefetch import device_batches

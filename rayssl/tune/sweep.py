@@ -307,9 +307,9 @@ class NonRetryableTrialError(RuntimeError):
 
 
 def _deterministic(e: BaseException) -> bool:
+    from rayssl.checkpoint import CheckpointError
     from rayssl.data.manifest import ManifestError
     from rayssl.data.schedule import UnschedulableError
-    from rayssl.evaluate.checkpoint import CheckpointError
 
     return isinstance(e, (ConfigError, ManifestError, CheckpointError, UnschedulableError))
 
@@ -391,7 +391,7 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str
 
     from rayssl.evaluate.suite import evaluate_checkpoint
     from rayssl.launch import pretrain
-    from rayssl.train.tracking import default_tracking_uri
+    from rayssl.tracking_uri import default_tracking_uri
 
     cfg = _sweep_from_dict(sweep)
     trial = Trial(config["trial"]["slug"], dict(config["trial"]["values"]))
@@ -533,7 +533,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
 
     from rayssl.data import storage
     from rayssl.raystart import start_ray
-    from rayssl.train.tracking import default_tracking_uri
+    from rayssl.tracking_uri import default_tracking_uri
     from rayssl.tune.scaling_law import log_report, records_from_mlflow, report
 
     grid = check_sweep(cfg)
