@@ -20,7 +20,6 @@ of a draw come from `clip_rng(seed, video_id, epoch, draw)`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -28,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayssl import testhooks
 from rayssl.config import AugmentSettings, DataConfig
 from rayssl.data import storage
 from rayssl.data.sampling import clip_rng, fraction_mask
@@ -48,9 +48,6 @@ SKIP_REASONS = tuple(dict.fromkeys(("too_short", "augment_error", *ERROR_REASONS
 #: `skip_reason` of the rows that only even out the workers' shards (not a skip: never
 #: trained, never counted).
 PADDING = "padding"
-
-#: Test hook: when set, every sample names the Ray node that decoded it (`decode_node`).
-TRACE_NODE_ENV = "RAYSSL_TEST_TRACE"
 
 #: Manifest columns a draw row carries into the sampler.
 ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts", "height", "width")
@@ -256,10 +253,9 @@ def _sample_batch(batch: dict[str, np.ndarray], spec: SamplerSpec) -> dict[str, 
     for key in ("video_id", "class_label", "epoch", "draw", "pos", "pad"):
         if key in batch:
             out[key] = np.asarray(batch[key])
-    if os.environ.get(TRACE_NODE_ENV):  # tests: where was this decoded?
-        import ray
-
-        out["decode_node"] = np.asarray([ray.get_runtime_context().get_node_id()] * n)
+    nodes = testhooks.decode_node_column(n)  # tests: where was this decoded?
+    if nodes is not None:
+        out["decode_node"] = nodes
     return out
 
 

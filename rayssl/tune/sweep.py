@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rayssl import testhooks
 from rayssl.config import (
     Config,
     ConfigError,
@@ -46,11 +46,6 @@ from rayssl.config import (
 )
 from rayssl.config import _in_range as in_range
 
-#: Test hook: "<folder>:<trial>[:logged]" makes that trial wait, once, at its start (or,
-#: with `:logged`, after its results are in MLflow and before Tune hears of them): it
-#: writes <folder>/paused and waits for <folder>/release (or 10 minutes), so a test can
-#: kill the driver at a known point instead of racing the clock.
-PAUSE_ENV = "RAYSSL_TEST_SWEEP_PAUSE"
 STUDY_TAG = "rayssl.sweep.study"
 #: CPU a trial's own process reserves (it only waits for its Train and Data work, which
 #: reserve their own); Tune refuses a trial that reserves nothing.
@@ -260,19 +255,6 @@ def check_trials_world(cfg: SweepConfig, grid: list[Trial]) -> None:
 # --------------------------------------------------------------------------- a trial
 
 
-def _maybe_pause(slug: str, point: str = "start") -> None:
-    spec = os.environ.get(PAUSE_ENV)
-    if not spec:
-        return
-    folder, name, *rest = spec.split(":")
-    if name != slug or (rest[0] if rest else "start") != point or Path(folder, "paused").exists():
-        return
-    Path(folder, "paused").write_text(f"pid {os.getpid()}: trial {slug} at {point}\n")
-    deadline = time.monotonic() + 600
-    while not Path(folder, "release").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
 def trial_tags(cfg: Config, slug: str, study_key: str) -> dict[str, str]:
     return {
         TAG_PREFIX + "trial": slug,
@@ -395,7 +377,7 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str
 
     cfg = _sweep_from_dict(sweep)
     trial = Trial(config["trial"]["slug"], dict(config["trial"]["values"]))
-    _maybe_pause(trial.slug)
+    testhooks.maybe_pause_trial(trial.slug)
     tcfg = trial_config(cfg, trial, parent_run_id)
     metric_key = f"downstream/{cfg.metric}"
     earlier = finished_trial_run(default_tracking_uri(tcfg), parent_run_id, trial.slug, metric_key)
@@ -434,7 +416,7 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str
     tags["rayssl.eval_run"] = ev["mlflow_run_id"]
     for key, text in tags.items():
         client.set_tag(run_id, key, text)
-    _maybe_pause(trial.slug, "logged")
+    testhooks.maybe_pause_trial(trial.slug, "logged")
     tune.report({"metric": value, **metrics, "mlflow_run_id": run_id})
 
 
