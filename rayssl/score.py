@@ -66,10 +66,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rayssl.config import ClipSpec, parse_clip_spec
 from rayssl.data import storage
 from rayssl.data.manifest import ManifestError, read_manifest, write_manifest
 from rayssl.data.pipeline import RowSkip, read_row_frames
-from rayssl.data.sampling import ClipSpec, clip_indices, parse_clip_spec
+from rayssl.data.sampling import clip_indices
 from rayssl.data.transforms import center_crop_params, crop_clip
 
 __all__ = [

@@ -29,29 +29,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from rayssl.config import check_tasks
 from rayssl.data.transforms import AugmentConfig, augment_clip_stages
 from rayssl.pretext.base import ClipPlan, Features, Pretext
-
-
-def check_tasks(tasks: list[str]) -> None:
-    """ValueError unless the first task plans clips and the others label any clip."""
-    from rayssl.pretext import PRETEXTS
-
-    unknown = [t for t in tasks if t not in PRETEXTS or t in ("multitask", "supervised")]
-    if unknown:
-        choices = sorted(set(PRETEXTS) - {"multitask", "supervised"})
-        raise ValueError(f"unknown or unsupported tasks {unknown}; choose among {choices}")
-    first, *rest = tasks
-    if PRETEXTS[first].labels_any_clip:
-        raise ValueError(
-            f"the first task plans the clips and must be pace or pace_contrastive, got {first!r}"
-        )
-    planners = [t for t in rest if not PRETEXTS[t].labels_any_clip]
-    if planners:
-        raise ValueError(
-            f"{planners} plan their own clips; only the first task may (the others must "
-            "label the first task's clips from the pixels, as statistics does)"
-        )
 
 
 class MultitaskHead(nn.Module):

@@ -40,6 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from rayssl.config import ConfigError
+from rayssl.data.flow import available_flow_algorithms
+from rayssl.data.statistics import label_classes
 from rayssl.data.transforms import AugmentConfig, augment_clip_stages
 from rayssl.pretext.base import ClipPlan, Features, Pretext
 
@@ -65,8 +68,13 @@ class StatisticsPretext(Pretext):
         super().__init__(cfg, clip_len, short_video)
         if clip_len < 2:
             raise ValueError("data.clip_len: the statistics pretext needs at least 2 frames")
-        from rayssl.data.statistics import label_classes
-
+        flow = cfg.statistics.flow
+        if flow not in available_flow_algorithms():
+            raise ConfigError(
+                f"pretext.statistics.flow: {flow!r} is not available in the installed OpenCV "
+                f"(available: {available_flow_algorithms()}; tvl1 needs "
+                "opencv-contrib-python-headless)"
+            )
         self.settings = cfg.statistics
         self.classes = np.asarray(label_classes(clip_len), dtype=np.int64)  # (27,)
 

@@ -25,10 +25,10 @@ import ray
 import torch
 from torch import nn
 
-from rayssl.config import AugmentSettings, DataConfig
+from rayssl.config import AugmentSettings, ClipSpec, DataConfig, parse_clip_spec
 from rayssl.data import storage
 from rayssl.data.pipeline import RowSkip, read_row_frames
-from rayssl.data.sampling import ClipSpec, clip_indices, parse_clip_spec
+from rayssl.data.sampling import clip_indices
 from rayssl.data.transforms import center_crop_params, crop_clip
 from rayssl.train.step import DeviceSettings, clip_to_input
 

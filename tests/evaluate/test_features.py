@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from rayssl.cli import main as cli_main
-from rayssl.config import DataConfig, InferenceSettings
+from rayssl.config import DataConfig, InferenceSettings, parse_clip_spec
 from rayssl.data.manifest import build_manifest, list_entries, write_manifest
-from rayssl.data.sampling import clip_indices, parse_clip_spec
+from rayssl.data.sampling import clip_indices
 from rayssl.data.synthetic import index_pattern_frames, read_index_pattern, write_video
 from rayssl.evaluate.features import decode_concurrency, read_features
 from rayssl.models import build_backbone
