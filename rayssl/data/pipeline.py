@@ -21,7 +21,7 @@ of a draw come from `clip_rng(seed, video_id, epoch, draw)`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +40,31 @@ from rayssl.data.video import (
     check_frame_count,
     read_frames,
 )
-from rayssl.pretext.base import Pretext
+
+
+class ClipTask(Protocol):
+    """What the pipeline asks of the task whose samples it makes (every
+    `rayssl.pretext.base.Pretext` is one; the pipeline imports no pretext)."""
+
+    clip_len: int
+
+    def plan(self, num_frames: int, rng: np.random.Generator) -> Any:
+        """The frames to decode for one sample (a ClipPlan with `.clips`), or None."""
+        ...
+
+    def make_sample(
+        self,
+        frames: list[np.ndarray],
+        plan: Any,
+        rng: np.random.Generator,
+        augment: AugmentConfig | None,
+        train: bool = True,
+    ) -> dict[str, np.ndarray]: ...
+
+    def target_spec(
+        self, clip_shape: tuple[int, ...]
+    ) -> dict[str, tuple[tuple[int, ...], Any]]: ...
+
 
 #: Why a draw became a masked placeholder row (counted per reason in training metrics).
 SKIP_REASONS = tuple(dict.fromkeys(("too_short", "augment_error", *ERROR_REASONS)))
@@ -77,7 +101,7 @@ def augment_config(settings: AugmentSettings) -> AugmentConfig | None:
 class SamplerSpec:
     """Everything `sample_row` needs besides the row (picklable, sent to workers)."""
 
-    pretext: Pretext
+    pretext: ClipTask
     settings: AugmentSettings
     seed: int
     train: bool = True
@@ -110,7 +134,7 @@ class SamplerSpec:
 
 def sampler_spec(
     data: DataConfig,
-    pretext: Pretext,
+    pretext: ClipTask,
     seed: int,
     train: bool = True,
     options: storage.StorageOptions | None = None,
