@@ -532,7 +532,9 @@ def _from_backbone_file(
 
 def _from_mlflow(spec: str, cfg: Config) -> BackboneSource:
     import mlflow  # lazy: a heavy import that only runs:/ checkpoints need
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import (  # lazy: mlflow is a heavy import that only this path needs
+        MlflowException,  # lazy: mlflow is a heavy import that only this path needs
+    )
 
     rest = spec[len(MLFLOW_PREFIX) :].strip("/")
     run_id, _, artifact = rest.partition("/")

@@ -588,7 +588,7 @@ class TrainConfig:
         _in_range(f"{prefix}.checkpoint_every_minutes", self.checkpoint_every_minutes, 0.0, None)
         _in_range(f"{prefix}.device_prefetch", self.device_prefetch, 0, 8)
         if self.compile:
-            import torch._dynamo
+            import torch._dynamo  # lazy: torch is a heavy import that only this path needs
 
             backends = torch._dynamo.list_backends(exclude_tags=())
             if self.compile_backend not in backends:

@@ -10,14 +10,30 @@ dead workers from the latest checkpoint.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rayssl.config import Config, ConfigError
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from rayssl import checkpoint as ckpt
+from rayssl import preflight
+from rayssl.checkpoint import (
+    build_backbone_from,
+    resolve_checkpoint,
+    with_checkpoint_model,
+)
+from rayssl.config import Config, ConfigError, config_from_dict, flatten
 from rayssl.data import storage
+from rayssl.data.manifest import read_manifest, require_labels
+from rayssl.data.pipeline import usable_videos
+from rayssl.pretext import PRETEXTS
 from rayssl.raystart import start_ray
 from rayssl.tracking_uri import default_tracking_uri
+from rayssl.train.loop import train_loop_per_worker
+from rayssl.train.monitor import monitor_videos
 from rayssl.train.tracking import git_commit
 
 #: Config keys a resumed run may change (`run.resume=auto`): the resources it runs on,
@@ -84,10 +100,6 @@ def resolve_paths(cfg: Config) -> Config:
 
 
 def build_trainer(cfg: Config):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from rayssl.train.loop import train_loop_per_worker
 
     resources = {"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources}
     if cfg.train.use_gpu:
@@ -133,22 +145,13 @@ def prepare_config(cfg: Config) -> Config:
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: set it to a manifest URI (rayssl manifest ... --out M)")
     if cfg.model.init not in ("", "random"):
-        from rayssl.checkpoint import (
-            build_backbone_from,
-            resolve_checkpoint,
-            with_checkpoint_model,
-        )
-
         source = resolve_checkpoint(cfg.model.init, cfg)
         build_backbone_from(source)  # a checkpoint that does not fit fails here, not on workers
         cfg = with_checkpoint_model(cfg, source)
-    from rayssl.pretext import PRETEXTS
 
     if getattr(PRETEXTS[cfg.pretext.name], "needs_labels", False):
         cfg = _with_num_classes(cfg)
     if cfg.monitor.every_epochs:
-        from rayssl.train.monitor import monitor_videos
-
         monitor_videos(cfg)
     if cfg.curriculum.enabled:
         _check_difficulty(cfg)
@@ -157,10 +160,6 @@ def prepare_config(cfg: Config) -> Config:
 
 def _check_difficulty(cfg: Config) -> None:
     """Curriculum learning needs every training video scored (`rayssl score`)."""
-    import math
-
-    from rayssl.data.manifest import read_manifest
-    from rayssl.data.pipeline import usable_videos
 
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
     table = read_manifest(cfg.data.manifest, options=options)
@@ -179,7 +178,6 @@ def _check_difficulty(cfg: Config) -> None:
 
 
 def _with_num_classes(cfg: Config) -> Config:
-    from rayssl.data.manifest import read_manifest, require_labels
 
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
     table = read_manifest(cfg.data.manifest, options=options)
@@ -206,7 +204,6 @@ def pretrain(cfg: Config) -> dict[str, Any]:
 def run_training(cfg: Config) -> tuple[dict[str, Any], Config]:
     """Run (or resume) a training job of `cfg`'s task (a pretext, or supervised
     fine-tuning). Returns the final metrics and locations, and the config as run."""
-    from rayssl import preflight
 
     cfg = prepare_config(cfg)
     check_resume(cfg)
@@ -253,7 +250,6 @@ def _plain(value: Any) -> Any:
 def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
     """The keys (outside `RESUME_MAY_CHANGE`) whose value in the saved config `saved`
     differs from `cfg`'s, sorted."""
-    from rayssl.config import config_from_dict, flatten
 
     try:
         old = config_from_dict(saved).flat()  # fills keys added since with their defaults
@@ -280,7 +276,6 @@ def check_resume(cfg: Config) -> str | None:
             return None  # a new run: nothing to compare (and torch need not load here)
     except storage.StorageNotFoundError:
         return None
-    from rayssl import checkpoint as ckpt
 
     state_uri = ckpt.run_folder_checkpoint(run_uri, options)
     if state_uri is None:

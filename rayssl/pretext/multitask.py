@@ -47,7 +47,7 @@ class MultitaskPretext(Pretext):
 
     def __init__(self, cfg: Any, clip_len: int, short_video: str = "resample_pace") -> None:
         super().__init__(cfg, clip_len, short_video)
-        from rayssl.pretext import build_pretext
+        from rayssl.pretext import build_pretext  # lazy: multitask is a registry entry itself
 
         settings = cfg.multitask
         check_tasks(list(settings.tasks))
@@ -111,7 +111,7 @@ class MultitaskPretext(Pretext):
         return self.primary.inputs(batch)
 
     def loss(self, features: Features, head, batch: dict) -> tuple[Any, dict[str, Any]]:
-        import torch
+        import torch  # lazy: torch is a heavy import that only this path needs
 
         if self.uses_map:
             _ = features.map  # one backbone pass for every task: pooled = pool(map)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -113,7 +114,7 @@ class Tracker:
         self.run_id: str | None = None
         if not enabled:
             return
-        import mlflow
+        import mlflow  # lazy: mlflow is a heavy import that only this path needs
 
         self._mlflow = mlflow
         endpoint = (
@@ -165,7 +166,6 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        import time
 
         ts = int(time.time() * 1000)
         batch = [

@@ -35,7 +35,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rayssl import testhooks
+import ray
+from ray import tune
+
+from rayssl import preflight, testhooks
+from rayssl.checkpoint import CheckpointError
 from rayssl.config import (
     Config,
     ConfigError,
@@ -45,6 +49,16 @@ from rayssl.config import (
     typed_from_dict,
 )
 from rayssl.config import _in_range as in_range
+from rayssl.data import storage
+from rayssl.data.manifest import ManifestError
+from rayssl.data.schedule import UnschedulableError, share
+from rayssl.evaluate.features import load_manifest
+from rayssl.evaluate.suite import check_labels, check_suite_paths, evaluate_checkpoint, load_suite
+from rayssl.launch import pretrain, resolve_paths
+from rayssl.raystart import start_ray
+from rayssl.tracking_uri import default_tracking_uri
+from rayssl.train.tracking import experiment_id, filter_tag
+from rayssl.tune.scaling_law import log_report, records_from_mlflow, report
 
 STUDY_TAG = "rayssl.sweep.study"
 #: CPU a trial's own process reserves (it only waits for its Train and Data work, which
@@ -169,7 +183,6 @@ def trials(cfg: SweepConfig) -> list[Trial]:
 
 def trial_config(cfg: SweepConfig, trial: Trial, parent_run_id: str = "") -> Config:
     """The pre-training config of one trial (validated, as `rayssl pretrain` would)."""
-    from rayssl.launch import resolve_paths
 
     study = cfg.study
     runs = f"{study.storage_path.rstrip('/')}/{study.name}/trials"
@@ -192,7 +205,6 @@ def trial_config(cfg: SweepConfig, trial: Trial, parent_run_id: str = "") -> Con
 
 
 def evaluation_suite(cfg: SweepConfig, trial_cfg: Config):
-    from rayssl.evaluate.suite import load_suite
 
     overrides = [*cfg.evaluation_overrides]
     if cfg.manifest:
@@ -220,9 +232,6 @@ def check_evaluation_world(cfg: SweepConfig, grid: list[Trial]) -> None:
     """The evaluation suite against what it names, before any trial pre-trains: its
     manifest has the splits and labels every enabled evaluation uses, and every other
     path it names (pairs CSV, fine-tuning config) exists and is not a placeholder."""
-    from rayssl.data.manifest import ManifestError
-    from rayssl.evaluate.features import load_manifest
-    from rayssl.evaluate.suite import check_labels, check_suite_paths
 
     suite = evaluation_suite(cfg, trial_config(cfg, grid[0]))
     try:
@@ -235,8 +244,6 @@ def check_evaluation_world(cfg: SweepConfig, grid: list[Trial]) -> None:
 def check_trials_world(cfg: SweepConfig, grid: list[Trial]) -> None:
     """What the trials name, checked before Ray starts (`rayssl.preflight`): manifests,
     clips that fit, writable storage and tracking; once per distinct combination."""
-    from rayssl import preflight
-    from rayssl.launch import resolve_paths
 
     checked: set[str] = set()
     for t in grid:
@@ -289,9 +296,6 @@ class NonRetryableTrialError(RuntimeError):
 
 
 def _deterministic(e: BaseException) -> bool:
-    from rayssl.checkpoint import CheckpointError
-    from rayssl.data.manifest import ManifestError
-    from rayssl.data.schedule import UnschedulableError
 
     return isinstance(e, (ConfigError, ManifestError, CheckpointError, UnschedulableError))
 
@@ -330,7 +334,6 @@ def eval_budget(cfg: SweepConfig, tcfg: Config, resources: dict[str, float]) -> 
 def size_suite(suite, budget_cpu: float):
     """The suite with its model actor and decode tasks sized to `budget_cpu`
     (`data.schedule.share`: fractional CPUs when the configured ones do not fit)."""
-    from rayssl.data.schedule import share
 
     inf = suite.features.inference
     actor, task, tasks = share(budget_cpu, inf.cpus_per_actor, suite.data.num_cpus_per_task)
@@ -351,7 +354,6 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str)
 
     A config or data error (deterministic) is written to the trial's folder; Tune's
     retry of that trial then fails at once instead of pre-training again."""
-    from ray import tune
 
     marker = Path(tune.get_context().get_trial_dir()) / NONRETRYABLE_FILE
     if marker.exists():
@@ -368,12 +370,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str)
 
 
 def _run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str) -> None:
-    import mlflow
-    from ray import tune
-
-    from rayssl.evaluate.suite import evaluate_checkpoint
-    from rayssl.launch import pretrain
-    from rayssl.tracking_uri import default_tracking_uri
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
 
     cfg = _sweep_from_dict(sweep)
     trial = Trial(config["trial"]["slug"], dict(config["trial"]["values"]))
@@ -392,7 +389,6 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str
     wall_s = time.monotonic() - t0
     if not result["checkpoint"]:
         raise RuntimeError(f"trial {trial.slug}: pre-training reported no checkpoint")
-    import ray
 
     suite = size_suite(evaluation_suite(cfg, tcfg), eval_budget(cfg, tcfg, ray.cluster_resources()))
     with tempfile.TemporaryDirectory() as out:
@@ -424,11 +420,10 @@ def finished_trial_run(
     uri: str, parent_run_id: str, slug: str, metric_key: str
 ) -> tuple[str, float] | None:
     """(run id, metric) of this study's finished run of trial `slug`, if it has one."""
-    import mlflow
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
 
     if not parent_run_id:
         return None
-    from rayssl.train.tracking import filter_tag
 
     client = mlflow.MlflowClient(uri)
     exp_id = client.get_run(parent_run_id).info.experiment_id
@@ -455,9 +450,7 @@ def _sweep_from_dict(d: dict[str, Any]) -> SweepConfig:
 
 def _parent_run(cfg: SweepConfig, uri: str, grid: list[Trial]) -> str:
     """The study's MLflow run: found again by its tag when the study resumes."""
-    import mlflow
-
-    from rayssl.train.tracking import experiment_id, filter_tag
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
 
     client = mlflow.MlflowClient(uri)
     exp_id = experiment_id(client, cfg.study.experiment)
@@ -510,13 +503,6 @@ def max_concurrent(cfg: SweepConfig, grid: list[Trial], resources: dict[str, flo
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or resume) the study; returns the report and where everything went."""
-    import ray
-    from ray import tune
-
-    from rayssl.data import storage
-    from rayssl.raystart import start_ray
-    from rayssl.tracking_uri import default_tracking_uri
-    from rayssl.tune.scaling_law import log_report, records_from_mlflow, report
 
     grid = check_sweep(cfg)
     check_trials_world(cfg, grid)
@@ -572,7 +558,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             local.mkdir(parents=True, exist_ok=True)
             for f in out.iterdir():
                 (local / f.name).write_bytes(f.read_bytes())
-    import mlflow
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
 
     client = mlflow.MlflowClient(uri)
     done = sum(1 for r in records if r.status == "FINISHED" and math.isfinite(r.metric))
@@ -600,7 +586,6 @@ def error_summary(error: BaseException, trial_path: str | None) -> str:
 
 
 def _local_report_dir(cfg: SweepConfig) -> Path | None:
-    from rayssl.data import storage
 
     if storage.is_s3(cfg.study.storage_path):
         return None
