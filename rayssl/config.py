@@ -24,32 +24,25 @@ import numpy as np
 import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from rayssl.vocabulary import (
+    BACKBONE_NAMES,
+    CLIP_LABELLING_PRETEXTS,
+    PACINGS,
+    POOL_LAYERS,
+    PRETEXT_NAMES,
+)
+
 
 class ConfigError(ValueError):
     """A bad config: names the key and what was expected."""
 
 
 # --------------------------------------------------------------------------- vocabulary
-# The names and value formats a config may use. config.py imports none of the modules it
-# configures: each registry is keyed by these names (`rayssl.models.BACKBONES`,
-# `rayssl.pretext.PRETEXTS`), and tests/test_config.py checks that the two agree.
+# The names a config may use are in `rayssl.vocabulary` (stdlib only, so the models import
+# them without the config's dependencies); config.py imports none of the modules it
+# configures, and tests/test_config.py checks that their registries offer those names.
 
-BACKBONE_NAMES = ("c3d", "r3d", "r21d", "s3dg")
-PRETEXT_NAMES = ("multitask", "pace", "pace_contrastive", "statistics", "supervised")
-#: The pretexts whose targets come from any clip's pixels (`Pretext.labels_any_clip`): in
-#: a multitask run they label the clips the first task plans.
-CLIP_LABELLING_PRETEXTS = ("statistics",)
-#: The pacing functions `rayssl.train.curriculum.stage_at` knows.
-PACINGS = ("single_step", "fixed_exp", "varied_exp")
 _EXP_PACINGS = ("fixed_exp", "varied_exp")
-
-POOL_LAYERS = ("pool1", "pool2", "pool3", "pool4", "pool5", "pool5_vcop")
-"""Names of the intermediate outputs `VideoBackbone.forward_features` can return:
-"pool1".."pool4" stage outputs, "pool5" the global average of the last stage, and
-"pool5_vcop" the retrieval feature of the VCOP code (Xu et al. 2019, whose retrieval
-protocol the thesis's retrieval tables follow): the last stage's convolution output
-max-pooled by (1, 2, 2) with stride (1, 2, 2) and flattened (9,216-d for C3D, R3D and
-R(2+1)D at 16x112x112: 512 x 2 x 3 x 3)."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayssl.config import POOL_LAYERS
+from rayssl.vocabulary import POOL_LAYERS
 
 #: Kernel (= stride) of VCOP's max pool on the last convolution output, (T, H, W).
 VCOP_POOL = (1, 2, 2)

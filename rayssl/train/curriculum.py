@@ -34,7 +34,8 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from rayssl.config import PACINGS, check_curriculum
+from rayssl.config import check_curriculum
+from rayssl.vocabulary import PACINGS
 
 __all__ = [
     "PACINGS",
