@@ -10,7 +10,7 @@ Clip positions are `uniform:N` (N uniformly spaced clips: retrieval and the fine
 test) or `sliding:L:O` (L-frame clips overlapping by O: dynamic scenes, action
 similarity). pool1-pool4 maps are global-average-pooled to vectors before averaging over
 the clips (pool5 is the backbone's global average; pool5_vcop VCOP's max-pooled, flattened
-conv5, `rayssl.models.heads.POOL_LAYERS`). A video that cannot be read is a counted skip
+conv5, `rayssl.vocabulary.POOL_LAYERS`). A video that cannot be read is a counted skip
 (by reason), never an error.
 
 The pieces (eval rows, decoding, FeatureModel, per-video means) are in
