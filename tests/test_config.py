@@ -535,11 +535,15 @@ def test_config_vocabulary_matches_the_registries():
     from rayssl.data.flow import FLOW_ALGORITHMS
     from rayssl.models import BACKBONES
     from rayssl.pretext import PRETEXTS
+    from rayssl.pretext.multitask import TASKS
     from rayssl.train.curriculum import PACINGS
 
     assert sorted(BACKBONES) == sorted(vocabulary.BACKBONE_NAMES)
     assert sorted(PRETEXTS) == sorted(vocabulary.PRETEXT_NAMES)
     labelling = sorted(n for n, cls in PRETEXTS.items() if cls.labels_any_clip)
+    combinable = set(vocabulary.PRETEXT_NAMES) - {"multitask", "supervised"}
+    assert set(TASKS) == combinable  # what check_tasks allows, multitask builds
+    assert all(TASKS[n] is PRETEXTS[n] for n in TASKS)
     assert labelling == sorted(vocabulary.CLIP_LABELLING_PRETEXTS)
     assert sorted(FLOW_ALGORITHMS) == sorted(
         get_args(get_type_hints(config.StatisticsSettings)["flow"])

@@ -32,6 +32,16 @@ from torch import nn
 from rayssl.config import check_tasks
 from rayssl.data.transforms import AugmentConfig, augment_clip_stages
 from rayssl.pretext.base import ClipPlan, Features, Pretext
+from rayssl.pretext.pace import PacePretext
+from rayssl.pretext.pace_contrastive import PaceContrastivePretext
+from rayssl.pretext.statistics import StatisticsPretext
+
+#: The tasks a multitask run can combine (`check_tasks` allows these names).
+TASKS: dict[str, type[Pretext]] = {
+    "pace": PacePretext,
+    "pace_contrastive": PaceContrastivePretext,
+    "statistics": StatisticsPretext,
+}
 
 
 class MultitaskHead(nn.Module):
@@ -47,12 +57,10 @@ class MultitaskPretext(Pretext):
 
     def __init__(self, cfg: Any, clip_len: int, short_video: str = "resample_pace") -> None:
         super().__init__(cfg, clip_len, short_video)
-        from rayssl.pretext import build_pretext  # lazy: multitask is a registry entry itself
-
         settings = cfg.multitask
         check_tasks(list(settings.tasks))
         self.tasks: dict[str, Pretext] = {
-            t: build_pretext(dataclasses.replace(cfg, name=t), clip_len, short_video)
+            t: TASKS[t](dataclasses.replace(cfg, name=t), clip_len, short_video)
             for t in settings.tasks
         }
         self.weights = dict(zip(settings.tasks, (float(w) for w in settings.weights), strict=True))
