@@ -35,6 +35,18 @@ from typing import Any
 import numpy as np
 
 from rayssl.config import Config
+from rayssl.data import pipeline, storage
+from rayssl.data.manifest import read_manifest
+from rayssl.data.pipeline import epoch_rows, sample_row, usable_videos
+from rayssl.pretext import build_pretext
+from rayssl.train.step import (
+    DeviceSettings,
+    batch_to_device,
+    build_model,
+    build_optimizer,
+    place_model,
+    train_step,
+)
 
 #: `--precision` names -> the modes of benchmarks/train_throughput.py.
 PRECISIONS = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16cl", "bf16cl": "bf16cl"}
@@ -189,20 +201,16 @@ class DecodeMeasurement:
 
 def sampler_spec(cfg: Config):
     """The training `SamplerSpec` of a config (pretext, augmentation, seed, storage)."""
-    from rayssl.data import storage
-    from rayssl.data.pipeline import sampler_spec
-    from rayssl.pretext import build_pretext
 
     pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
-    return sampler_spec(cfg.data, pretext, cfg.run.seed, True, options)
+    return pipeline.sampler_spec(cfg.data, pretext, cfg.run.seed, True, options)
 
 
 def draw_rows(cfg: Config, videos, count: int) -> list[dict[str, Any]]:
     """The first `count` draws of epochs 0, 1, ... (one worker's order): a random sample
     of the config's draws, as training would take them (each epoch's order is a
     (seed, epoch) permutation; a small manifest continues into the next epochs)."""
-    from rayssl.data.pipeline import epoch_rows
 
     out: list[dict[str, Any]] = []
     epoch = 0
@@ -220,9 +228,7 @@ def measure_decode(
     `max_clips` rows, after `warmup` untimed rows. Returns the measurement and up to
     `keep` valid and `keep` masked timed samples (with their rows' `video_id`,
     `class_label`, `epoch`, `draw`): a batch for `measure_train`."""
-    import cv2
-
-    from rayssl.data.pipeline import sample_row
+    import cv2  # lazy: OpenCV is a heavy import that only this path needs
 
     spec = sampler_spec(cfg)
     shape = spec.output_clip_shape({"height": 0, "width": 0})
@@ -286,17 +292,7 @@ def measure_train(
     """Train steps of the config's model on a batch of real decoded samples: host batch ->
     device (pinned copy on CUDA) -> forward, loss, backward, optimiser step, as the
     training loop does, on one device, without DDP. Batch = the config's per-worker batch."""
-    import torch
-
-    from rayssl.pretext import build_pretext
-    from rayssl.train.step import (
-        DeviceSettings,
-        batch_to_device,
-        build_model,
-        build_optimizer,
-        place_model,
-        train_step,
-    )
+    import torch  # lazy: torch is a heavy import that only this path needs
 
     if not any(s["valid"] for s in samples):
         raise CapacityError("--measure-train: every decoded sample was skipped; nothing to train")
@@ -432,9 +428,6 @@ def run_capacity(
     shape: ClusterShape | None = None,
 ) -> dict[str, Any]:
     """Measure and estimate; returns the report as a dict (see `format_report`)."""
-    from rayssl.data import storage
-    from rayssl.data.manifest import read_manifest
-    from rayssl.data.pipeline import usable_videos
 
     if not cfg.data.manifest:
         raise CapacityError("no manifest: pass --manifest M.parquet or data.manifest=M.parquet")

@@ -15,6 +15,10 @@ rayssl compare [--experiment E] [--parent RUN] [--runs ID ...] [--tag k=v] [--pl
 rayssl capacity --config FILE --manifest M [--measure-train] [--gpus N --cpus-per-node C] [--json]
 
 `key=value` config overrides are accepted anywhere on the command line.
+
+Each command imports the library modules it runs inside its function (the imports marked
+lazy): torch and Ray take seconds to import, which `rayssl synth`, `manifest` and
+`--help` need not pay.
 """
 
 from __future__ import annotations
@@ -26,19 +30,11 @@ import time
 from collections.abc import Sequence
 
 from rayssl.config import ConfigError, load_config
-
-
-def _init_ray() -> None:
-    import ray
-
-    from rayssl.launch import init_local_or_existing
-
-    if not ray.is_initialized():
-        init_local_or_existing(log_to_driver=False, include_dashboard=False)
+from rayssl.raystart import start_ray
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from rayssl.data.synthetic import generate_dataset
+    from rayssl.data.synthetic import generate_dataset  # lazy: see the module docstring
 
     t0 = time.perf_counter()
     videos = generate_dataset(
@@ -63,7 +59,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     """The caps on one video (`data.max_*` of the config; the same defaults)."""
-    from rayssl.config import DataConfig
+    from rayssl.config import DataConfig  # lazy: see the module docstring
 
     d = DataConfig()
     parser.add_argument(
@@ -86,8 +82,8 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
 
 def access_from_args(args: argparse.Namespace):
     """The `VideoAccess` of `add_limit_arguments`' arguments."""
-    from rayssl.config import DataConfig
-    from rayssl.data.video import VideoAccess
+    from rayssl.config import DataConfig  # lazy: see the module docstring
+    from rayssl.data.video import VideoAccess  # lazy: see the module docstring
 
     data = DataConfig(
         max_video_bytes=args.max_video_bytes,
@@ -101,8 +97,13 @@ def access_from_args(args: argparse.Namespace):
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from rayssl.data import storage
-    from rayssl.data.manifest import build_manifest, list_entries, summarize, write_manifest
+    from rayssl.data import storage  # lazy: see the module docstring
+    from rayssl.data.manifest import (  # lazy: see the module docstring
+        build_manifest,
+        list_entries,
+        summarize,
+        write_manifest,
+    )
 
     options = storage.StorageOptions(endpoint_url=args.endpoint_url or None)
     entries = list_entries(
@@ -112,7 +113,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         **_format_kwargs(args),
     )
     if args.use_ray:
-        _init_ray()
+        start_ray(quiet=True)
     t0 = time.perf_counter()
     table = build_manifest(entries, options, use_ray=args.use_ray, access=access_from_args(args))
     write_manifest(table, args.out, options=options)
@@ -142,7 +143,7 @@ def _format_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from rayssl.preview import run_preview
+    from rayssl.preview import run_preview  # lazy: see the module docstring
 
     overrides = list(args.overrides)
     if args.pretext is not None:
@@ -157,14 +158,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if args.endpoint_url:
         overrides.append(f"data.endpoint_url={args.endpoint_url}")
     cfg = load_config(args.config, overrides)
-    _init_ray()
+    start_ray(quiet=True)
     summary = run_preview(cfg, args.src, args.out, num_clips=args.num_clips)
     print(json.dumps(summary))
     return 0 if summary["written"] else 1
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from rayssl.launch import pretrain
+    from rayssl.launch import pretrain  # lazy: see the module docstring
 
     cfg = load_config(args.config, args.overrides)
     result = pretrain(cfg)
@@ -184,7 +185,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def finetune_from_args(args: argparse.Namespace) -> dict:
-    from rayssl.evaluate.finetune import finetune
+    from rayssl.evaluate.finetune import finetune  # lazy: see the module docstring
 
     return finetune(load_config(args.config, args.overrides), args.checkpoint)
 
@@ -198,10 +199,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from rayssl.evaluate.checkpoint import build_backbone_from, resolve_checkpoint
-    from rayssl.evaluate.features import extract_features, load_manifest, write_features
-    from rayssl.evaluate.suite import load_suite
-    from rayssl.launch import _init_ray, resolve_paths
+    from rayssl.checkpoint import (  # lazy: see the module docstring
+        build_backbone_from,
+        resolve_checkpoint,
+    )
+    from rayssl.evaluate.features import (  # lazy: see the module docstring
+        extract_features,
+        load_manifest,
+        write_features,
+    )
+    from rayssl.evaluate.suite import load_suite  # lazy: see the module docstring
+    from rayssl.launch import resolve_paths  # lazy: see the module docstring
 
     overrides = [f"data.manifest={args.manifest}", *args.overrides]
     if args.layers:
@@ -213,7 +221,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     source = resolve_checkpoint(args.checkpoint, cfg)
     backbone = build_backbone_from(source)
     table = load_manifest(cfg.data.manifest, cfg.data)
-    _init_ray()
+    start_ray()
     t0 = time.perf_counter()
     inference = replace(suite.features.inference)
     feats = extract_features(backbone, table, cfg.data, inference, suite.features.layers)
@@ -236,7 +244,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def storage_options(endpoint_url: str):
-    from rayssl.data import storage
+    from rayssl.data import storage  # lazy: see the module docstring
 
     return storage.StorageOptions(endpoint_url=endpoint_url or None)
 
@@ -258,7 +266,7 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
     """Run the suite (and the random-init baseline with --baseline); print the table."""
     from pathlib import Path
 
-    from rayssl.evaluate.suite import (
+    from rayssl.evaluate.suite import (  # lazy: see the module docstring
         baseline_suite,
         comparison_table,
         evaluate_checkpoint,
@@ -303,7 +311,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
 
 def prepare_from_args(args: argparse.Namespace) -> dict:
     """Run `rayssl.prepare.run_prepare` with parsed `add_prepare_arguments` arguments."""
-    from rayssl.prepare import run_prepare
+    from rayssl.prepare import run_prepare  # lazy: see the module docstring
 
     return run_prepare(
         args.src,
@@ -319,7 +327,7 @@ def prepare_from_args(args: argparse.Namespace) -> dict:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    _init_ray()
+    start_ray(quiet=True)
     try:
         summary = prepare_from_args(args)
     except ValueError as e:  # bad settings, a refused run (PrepareError), ManifestError
@@ -347,7 +355,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
 
 def score_from_args(args: argparse.Namespace) -> dict:
     """Run `rayssl.score.run_score` with parsed `add_score_arguments` arguments."""
-    from rayssl.score import run_score
+    from rayssl.score import run_score  # lazy: see the module docstring
 
     return run_score(
         args.manifest,
@@ -364,7 +372,7 @@ def score_from_args(args: argparse.Namespace) -> dict:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    _init_ray()
+    start_ray(quiet=True)
     try:
         summary = score_from_args(args)
     except ValueError as e:  # bad arguments or input (ManifestError included)
@@ -375,7 +383,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from rayssl.tune.sweep import load_sweep, run_sweep
+    from rayssl.tune.sweep import load_sweep, run_sweep  # lazy: see the module docstring
 
     result = run_sweep(load_sweep(args.config, args.overrides))
     print(result.pop("table"))
@@ -384,13 +392,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rayssl.tune.compare import main as compare_main
+    from rayssl.tune.compare import main as compare_main  # lazy: see the module docstring
 
     return compare_main(list(args.args))
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:
-    from rayssl.capacity import CapacityError, ClusterShape, format_report, run_capacity
+    from rayssl.capacity import (  # lazy: see the module docstring
+        CapacityError,
+        ClusterShape,
+        format_report,
+        run_capacity,
+    )
 
     overrides = list(args.overrides)
     if args.manifest:
@@ -430,7 +443,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    from rayssl import checkpoint as ckpt
+    from rayssl import checkpoint as ckpt  # lazy: see the module docstring
 
     print(
         f"checkpoint convert: unpickling {args.src} with weights_only=False: any code in it "
@@ -603,13 +616,13 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rayssl.data.manifest import ManifestError
-    from rayssl.data.schedule import UnschedulableError
-    from rayssl.evaluate.checkpoint import CheckpointError
+    from rayssl.checkpoint import CheckpointError  # lazy: see the module docstring
+    from rayssl.data.manifest import ManifestError  # lazy: see the module docstring
+    from rayssl.data.schedule import UnschedulableError  # lazy: see the module docstring
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:  # its own parser: options after the subcommand are its own
-        from rayssl.tune.compare import main as compare_main
+        from rayssl.tune.compare import main as compare_main  # lazy: see the module docstring
 
         return compare_main(argv[1:])
     args = parse_args(build_parser(), argv)

@@ -12,21 +12,137 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import re
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast, get_args, get_origin, get_type_hints
 
+import numpy as np
 import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-if typing.TYPE_CHECKING:
-    from rayssl.data.video import VideoLimits
+from rayssl.vocabulary import (
+    BACKBONE_NAMES,
+    CLIP_LABELLING_PRETEXTS,
+    PACINGS,
+    POOL_LAYERS,
+    PRETEXT_NAMES,
+)
 
 
 class ConfigError(ValueError):
     """A bad config: names the key and what was expected."""
+
+
+# --------------------------------------------------------------------------- vocabulary
+# The names a config may use are in `rayssl.vocabulary` (stdlib only, so the models import
+# them without the config's dependencies); config.py imports none of the modules it
+# configures, and tests/test_config.py checks that their registries offer those names.
+
+_EXP_PACINGS = ("fixed_exp", "varied_exp")
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Evaluation clip positions: `uniform` (num_clips uniformly spaced clips of
+    clip_len frames, `eval_clip_starts`; uniform:1 is the centre clip; the retrieval /
+    fine-tuning test protocol) or `sliding` (clip_len
+    frames every clip_len - overlap frames; the dynamic-scene and ASLAN protocol)."""
+
+    kind: str  # "uniform" | "sliding"
+    num_clips: int = 0  # uniform
+    clip_len: int = 0  # sliding: frames per clip (uniform uses the run's clip_len)
+    overlap: int = 0  # sliding
+
+    def __str__(self) -> str:
+        if self.kind == "uniform":
+            return f"uniform:{self.num_clips}"
+        return f"sliding:{self.clip_len}:{self.overlap}"
+
+
+def parse_clip_spec(text: str) -> ClipSpec:
+    """'uniform:10' or 'sliding:16:8' -> ClipSpec; ValueError explains the format."""
+    parts = str(text).strip().split(":")
+    try:
+        if parts[0] == "uniform" and len(parts) == 2 and int(parts[1]) >= 1:
+            return ClipSpec("uniform", num_clips=int(parts[1]))
+        if parts[0] == "sliding" and len(parts) == 3:
+            length, overlap = int(parts[1]), int(parts[2])
+            if length >= 1 and 0 <= overlap < length:
+                return ClipSpec("sliding", clip_len=length, overlap=overlap)
+    except ValueError:
+        pass
+    raise ValueError(
+        f"bad clip spec {text!r}: expected uniform:N (N >= 1) or sliding:L:O (0 <= O < L)"
+    )
+
+
+def check_tasks(tasks: list[str]) -> None:
+    """ValueError unless the first task plans clips and the others label any clip."""
+    unknown = [t for t in tasks if t not in PRETEXT_NAMES or t in ("multitask", "supervised")]
+    if unknown:
+        choices = sorted(set(PRETEXT_NAMES) - {"multitask", "supervised"})
+        raise ValueError(f"unknown or unsupported tasks {unknown}; choose among {choices}")
+    first, *rest = tasks
+    if first in CLIP_LABELLING_PRETEXTS:
+        raise ValueError(
+            f"the first task plans the clips and must be pace or pace_contrastive, got {first!r}"
+        )
+    planners = [t for t in rest if t not in CLIP_LABELLING_PRETEXTS]
+    if planners:
+        raise ValueError(
+            f"{planners} plan their own clips; only the first task may (the others must "
+            "label the first task's clips from the pixels, as statistics does)"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def check_curriculum(settings: Any) -> None:
+    """Raise ValueError, naming the dotted key, for settings no pacing function accepts.
+
+    Checked: ``curriculum.pacing`` is one of :data:`PACINGS`; ``curriculum.start_fraction`` is
+    in (0, 1]; ``curriculum.step_epochs`` is an integer >= 1; for ``fixed_exp`` and
+    ``varied_exp`` ``curriculum.growth`` is a finite number > 1; for ``varied_exp``
+    ``curriculum.step_epochs_list`` is a non-empty list of integers >= 1.  Settings that the
+    chosen pacing does not use (e.g. ``growth`` for ``single_step``) are not checked.
+    """
+    pacing = settings.pacing
+    if pacing not in PACINGS:
+        raise ValueError(f"curriculum.pacing: expected one of {list(PACINGS)}, got {pacing!r}")
+    start = settings.start_fraction
+    if not _is_number(start) or not 0.0 < float(start) <= 1.0:
+        raise ValueError(f"curriculum.start_fraction: expected a number in (0, 1], got {start!r}")
+    step = settings.step_epochs
+    if not _is_int(step) or step < 1:
+        raise ValueError(f"curriculum.step_epochs: expected an integer >= 1, got {step!r}")
+    if pacing in _EXP_PACINGS:
+        growth = settings.growth
+        if not _is_number(growth) or not math.isfinite(growth) or not float(growth) > 1.0:
+            raise ValueError(
+                f"curriculum.growth: {pacing} needs a finite number > 1, got {growth!r}"
+            )
+    if pacing == "varied_exp":
+        lengths = settings.step_epochs_list
+        if (
+            isinstance(lengths, str | bytes)
+            or not isinstance(lengths, Sequence)
+            or len(lengths) == 0
+            or not all(_is_int(n) and n >= 1 for n in lengths)
+        ):
+            raise ValueError(
+                "curriculum.step_epochs_list: varied_exp needs a non-empty list of integers "
+                f">= 1 (the length in epochs of each stage), got {lengths!r}"
+            )
 
 
 # --------------------------------------------------------------------------- sections
@@ -141,17 +257,6 @@ class DataConfig:
     """Size of one ranged GET of the stream (4 of them are cached per open video)."""
     augment: AugmentSettings = field(default_factory=AugmentSettings)
 
-    def limits(self) -> VideoLimits:
-        """The caps as the video reader takes them."""
-        from rayssl.data.video import VideoLimits
-
-        return VideoLimits(
-            max_bytes=self.max_video_bytes,
-            max_pixels=self.max_pixels,
-            max_frames=self.max_frames,
-            decode_timeout_s=self.decode_timeout_s,
-        )
-
     def validate(self, prefix: str) -> None:
         _in_range(f"{prefix}.fraction", self.fraction, 1e-9, 1.0)
         _in_range(f"{prefix}.clips_per_video", self.clips_per_video, 1, None)
@@ -209,14 +314,7 @@ class StatisticsSettings:
             raise ConfigError(f"{prefix}.lambda_motion: both loss weights are 0")
         _in_range(f"{prefix}.hidden_dim", self.hidden_dim, 0, None)
         _in_range(f"{prefix}.spatial_grid", self.spatial_grid, 0, 16)
-        from rayssl.data.flow import available_flow_algorithms
-
-        if self.flow not in available_flow_algorithms():
-            raise ConfigError(
-                f"{prefix}.flow: {self.flow!r} is not available in the installed OpenCV "
-                f"(available: {available_flow_algorithms()}; tvl1 needs "
-                "opencv-contrib-python-headless)"
-            )
+        # whether the installed OpenCV runs `flow` is checked where the pretext is built
 
 
 @dataclass
@@ -307,24 +405,20 @@ class PretextConfig:
     multitask: MultitaskSettings = field(default_factory=MultitaskSettings)
 
     def validate(self, prefix: str) -> None:
-        from rayssl.pretext import PRETEXTS
-
         _in_range(f"{prefix}.num_classes", self.num_classes, 0, None)
         _in_range(f"{prefix}.backwards_prob", self.backwards_prob, 0.0, 1.0)
         self.statistics.validate(f"{prefix}.statistics")
         self.contrastive.validate(f"{prefix}.contrastive")
         if self.name == "multitask":
             self.multitask.validate(f"{prefix}.multitask")
-            from rayssl.pretext.multitask import check_tasks
-
             try:
                 check_tasks(self.multitask.tasks)
             except ValueError as e:
                 raise ConfigError(f"{prefix}.multitask.tasks: {e}") from None
 
-        if self.name not in PRETEXTS:
+        if self.name not in PRETEXT_NAMES:
             raise ConfigError(
-                f"{prefix}.name: unknown pretext {self.name!r}; one of {sorted(PRETEXTS)}"
+                f"{prefix}.name: unknown pretext {self.name!r}; one of {sorted(PRETEXT_NAMES)}"
             )
         if not self.paces:
             raise ConfigError(f"{prefix}.paces: expected at least one pace")
@@ -353,11 +447,10 @@ class ModelConfig:
     settings replace backbone and width."""
 
     def validate(self, prefix: str) -> None:
-        from rayssl.models import BACKBONES
-
-        if self.backbone not in BACKBONES:
+        if self.backbone not in BACKBONE_NAMES:
             raise ConfigError(
-                f"{prefix}.backbone: unknown backbone {self.backbone!r}; one of {sorted(BACKBONES)}"
+                f"{prefix}.backbone: unknown backbone {self.backbone!r}; "
+                f"one of {sorted(BACKBONE_NAMES)}"
             )
         _in_range(f"{prefix}.width", self.width, 1e-3, None)
         _in_range(f"{prefix}.dropout", self.dropout, 0.0, 0.99)
@@ -488,7 +581,7 @@ class TrainConfig:
         _in_range(f"{prefix}.checkpoint_every_minutes", self.checkpoint_every_minutes, 0.0, None)
         _in_range(f"{prefix}.device_prefetch", self.device_prefetch, 0, 8)
         if self.compile:
-            import torch._dynamo
+            import torch._dynamo  # lazy: torch is a heavy import that only this path needs
 
             backends = torch._dynamo.list_backends(exclude_tags=())
             if self.compile_backend not in backends:
@@ -507,8 +600,6 @@ _CLIPS_HELP = "uniform:N (N uniformly spaced clips) or sliding:L:O (L frames, O 
 
 
 def _check_clips(key: str, value: str) -> None:
-    from rayssl.data.sampling import parse_clip_spec
-
     try:
         parse_clip_spec(value)
     except ValueError as e:
@@ -516,8 +607,6 @@ def _check_clips(key: str, value: str) -> None:
 
 
 def _check_layers(key: str, layers: list[str], allow_empty: bool = False) -> None:
-    from rayssl.models.heads import POOL_LAYERS
-
     if not layers and not allow_empty:
         raise ConfigError(f"{key}: expected at least one layer of {list(POOL_LAYERS)}")
     bad = [x for x in layers if x not in POOL_LAYERS]
@@ -619,8 +708,6 @@ class CurriculumSettings:
     step_epochs_list: list[int] = field(default_factory=list)
 
     def validate(self, prefix: str) -> None:
-        from rayssl.train.curriculum import check_curriculum
-
         try:
             check_curriculum(self)
         except ValueError as e:

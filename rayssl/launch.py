@@ -10,14 +10,31 @@ dead workers from the latest checkpoint.
 
 from __future__ import annotations
 
-import os
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rayssl.config import Config, ConfigError
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from rayssl import checkpoint as ckpt
+from rayssl import preflight
+from rayssl.checkpoint import (
+    build_backbone_from,
+    resolve_checkpoint,
+    with_checkpoint_model,
+)
+from rayssl.config import Config, ConfigError, config_from_dict, flatten
 from rayssl.data import storage
-from rayssl.train.tracking import default_tracking_uri, git_commit
+from rayssl.data.manifest import read_manifest, require_labels
+from rayssl.data.pipeline import usable_videos
+from rayssl.pretext import PRETEXTS
+from rayssl.raystart import start_ray
+from rayssl.tracking_uri import default_tracking_uri
+from rayssl.train.loop import train_loop_per_worker
+from rayssl.train.monitor import monitor_videos
+from rayssl.train.tracking import git_commit
 
 #: Config keys a resumed run may change (`run.resume=auto`): the resources it runs on,
 #: its checkpoint cadence and its logging; what is trained stays the saved run's. A key
@@ -82,158 +99,7 @@ def resolve_paths(cfg: Config) -> Config:
     return replace(cfg, data=data, run=run)
 
 
-def quiet_ray_data(progress_logs: bool = False) -> None:
-    """Turn Ray Data's per-pipeline progress logs off in this process (unless asked for):
-    a run builds a pipeline per epoch and worker, and their logs bury its own output."""
-    if progress_logs:
-        return
-    import logging
-
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.enable_operator_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-
-
-def _ray_address_file() -> Path:
-    """Ray's record of the last `ray start` on this machine (ray_current_cluster)."""
-    try:
-        from ray._common.utils import get_ray_address_file
-
-        return Path(get_ray_address_file(None))
-    except ImportError:  # another Ray layout: its documented default
-        base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
-        return Path(base) / "ray" / "ray_current_cluster"
-
-
-def stale_ray_address() -> str | None:
-    """The address Ray's ray_current_cluster file names when nothing listens there.
-
-    A head that died without `ray stop` leaves the file behind, and a plain ray.init()
-    then retries that address for minutes. None when RAY_ADDRESS is set, when there is
-    no file, or when something answers at the address.
-    """
-    import socket
-
-    if os.environ.get("RAY_ADDRESS"):
-        return None
-    try:
-        address = _ray_address_file().read_text().strip()
-    except OSError:
-        return None
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        return None
-    try:
-        with socket.create_connection((host, int(port)), timeout=2.0):
-            return None
-    except OSError:
-        return address
-
-
-def _job_env_vars() -> dict[str, str]:
-    """The env_vars of the runtime env `ray job submit` gave this driver ({} outside a job)."""
-    import json
-
-    try:
-        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
-        return dict((job.get("runtime_env") or {}).get("env_vars") or {})
-    except (ValueError, AttributeError, TypeError):
-        return {}
-
-
-#: What the state API (Ray Train's placement-group cleaner among its callers) reads to
-#: find its cluster; without either it takes the newest `ray start` on the machine.
-_ADDRESS_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
-
-
-def _free_local_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_local_or_existing(num_cpus: int | None = None, **kwargs: Any) -> None:
-    """ray.init(): the cluster of RAY_ADDRESS / `ray job submit` / a live `ray start`,
-    else a local one; a stale address file is reported and ignored, not retried.
-
-    Every process of the run (Ray Train's controller and its placement-group cleaner,
-    the train workers, Tune's trials) gets its own cluster's address in its runtime
-    env. Ray's state API, which the cleaner calls with no address to ask whether the
-    controller is alive, otherwise asks the newest cluster started on the machine; with
-    a second cluster started while a run trains it finds no controller there and
-    removes the live run's placement group, killing its workers.
-    """
-    import ray
-
-    stale = stale_ray_address()
-    if stale:
-        print(
-            f"rayssl: no Ray cluster answers at {stale} (named by {_ray_address_file()}: "
-            "a head that stopped without `ray stop`?); starting a local Ray instance",
-            flush=True,
-        )
-    address = os.environ.get("RAY_ADDRESS", "")
-    target = None if stale else _cluster_to_join(address)
-    local = bool(stale or address == "local" or (num_cpus and address == ""))
-    local = local or (target is None and address == "")  # "auto" fails when none is up
-    pin: dict[str, str] = {}
-    if local:
-        kwargs["address"] = "local"
-        kwargs["num_cpus"] = num_cpus
-        if kwargs.get("include_dashboard") is not False:
-            # A fresh local instance writes no address file: its state API is found
-            # through the dashboard, on a port chosen here to be named.
-            kwargs.setdefault("dashboard_port", _free_local_port())
-            host = kwargs.get("dashboard_host") or "127.0.0.1"
-            pin["RAY_API_SERVER_ADDRESS"] = f"http://{host}:{kwargs['dashboard_port']}"
-    elif target:
-        kwargs["address"] = target
-        pin["RAY_ADDRESS"] = target
-    given = {**_job_env_vars(), **((kwargs.get("runtime_env") or {}).get("env_vars") or {})}
-    if pin and not any(var in given for var in _ADDRESS_VARS):
-        runtime_env = dict(kwargs.get("runtime_env") or {})
-        runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), **pin}
-        kwargs["runtime_env"] = runtime_env
-    ray.init(**kwargs)
-
-
-def _cluster_to_join(address: str) -> str | None:
-    """The GCS address a plain ray.init() joins: RAY_ADDRESS (`ray job submit` sets it
-    for its driver), else the live `ray start` named by Ray's address file. None for a
-    fresh local instance or a Ray Client (ray://) address."""
-    if address == "local" or "://" in address:
-        return None
-    if address and address != "auto":
-        return address
-    try:
-        return _ray_address_file().read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _init_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    # Inside `ray job submit` (or with RAY_ADDRESS / a `ray start` cluster) ray.init()
-    # connects to that cluster. RAY_ADDRESS=local forces a fresh local one, whose
-    # logical CPU count RAYSSL_NUM_CPUS may raise (decode tasks and train workers
-    # share a small machine's cores).
-    num_cpus = os.environ.get("RAYSSL_NUM_CPUS")
-    init_local_or_existing(int(num_cpus) if num_cpus else None, log_to_driver=True)
-
-
 def build_trainer(cfg: Config):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from rayssl.train.loop import train_loop_per_worker
 
     resources = {"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources}
     if cfg.train.use_gpu:
@@ -279,22 +145,13 @@ def prepare_config(cfg: Config) -> Config:
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: set it to a manifest URI (rayssl manifest ... --out M)")
     if cfg.model.init not in ("", "random"):
-        from rayssl.evaluate.checkpoint import (
-            build_backbone_from,
-            resolve_checkpoint,
-            with_checkpoint_model,
-        )
-
         source = resolve_checkpoint(cfg.model.init, cfg)
         build_backbone_from(source)  # a checkpoint that does not fit fails here, not on workers
         cfg = with_checkpoint_model(cfg, source)
-    from rayssl.pretext import PRETEXTS
 
     if getattr(PRETEXTS[cfg.pretext.name], "needs_labels", False):
         cfg = _with_num_classes(cfg)
     if cfg.monitor.every_epochs:
-        from rayssl.evaluate.monitor import monitor_videos
-
         monitor_videos(cfg)
     if cfg.curriculum.enabled:
         _check_difficulty(cfg)
@@ -303,10 +160,6 @@ def prepare_config(cfg: Config) -> Config:
 
 def _check_difficulty(cfg: Config) -> None:
     """Curriculum learning needs every training video scored (`rayssl score`)."""
-    import math
-
-    from rayssl.data.manifest import read_manifest
-    from rayssl.data.pipeline import usable_videos
 
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
     table = read_manifest(cfg.data.manifest, options=options)
@@ -325,7 +178,6 @@ def _check_difficulty(cfg: Config) -> None:
 
 
 def _with_num_classes(cfg: Config) -> Config:
-    from rayssl.data.manifest import read_manifest, require_labels
 
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
     table = read_manifest(cfg.data.manifest, options=options)
@@ -352,13 +204,12 @@ def pretrain(cfg: Config) -> dict[str, Any]:
 def run_training(cfg: Config) -> tuple[dict[str, Any], Config]:
     """Run (or resume) a training job of `cfg`'s task (a pretext, or supervised
     fine-tuning). Returns the final metrics and locations, and the config as run."""
-    from rayssl import preflight
 
     cfg = prepare_config(cfg)
     check_resume(cfg)
     preflight.check_data(cfg)
     preflight.check_outputs(cfg)
-    _init_ray()
+    start_ray()
     preflight.check_cluster(cfg)
     result = build_trainer(cfg).fit()
     metrics = dict(result.metrics or {})
@@ -399,7 +250,6 @@ def _plain(value: Any) -> Any:
 def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
     """The keys (outside `RESUME_MAY_CHANGE`) whose value in the saved config `saved`
     differs from `cfg`'s, sorted."""
-    from rayssl.config import config_from_dict, flatten
 
     try:
         old = config_from_dict(saved).flat()  # fills keys added since with their defaults
@@ -426,7 +276,6 @@ def check_resume(cfg: Config) -> str | None:
             return None  # a new run: nothing to compare (and torch need not load here)
     except storage.StorageNotFoundError:
         return None
-    from rayssl import checkpoint as ckpt
 
     state_uri = ckpt.run_folder_checkpoint(run_uri, options)
     if state_uri is None:

@@ -10,11 +10,14 @@ Token authentication (Ray 2.59+) is set with RAY_AUTH_MODE for both the head and
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -149,7 +152,6 @@ def submit_job(
     `on_line` is called with every line of the job's output as it arrives (the
     demo shows its progress lines live); the whole output is still returned.
     """
-    import json
 
     cmd = [
         str(Path(_bin_dir()) / "ray"),
@@ -193,8 +195,6 @@ def _run(
 ) -> subprocess.CompletedProcess:
     if on_line is None:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
-    import tempfile
-    import threading
 
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)

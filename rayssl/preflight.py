@@ -18,6 +18,7 @@ line and exits non-zero (2).
 
 from __future__ import annotations
 
+import json
 import os
 import urllib.error
 import urllib.request
@@ -29,6 +30,10 @@ import numpy as np
 
 from rayssl.config import Config, ConfigError
 from rayssl.data import storage
+from rayssl.data.manifest import read_manifest
+from rayssl.data.pipeline import usable_videos
+from rayssl.pretext import build_pretext
+from rayssl.tracking_uri import default_tracking_uri
 
 #: Frame counts of the manifest probed with this many plans each (skip-rate estimate).
 _PLANS_PER_LENGTH = 8
@@ -41,8 +46,6 @@ def _options(cfg: Config) -> storage.StorageOptions:
 def check_data(cfg: Config) -> Any:
     """Read the manifest and check the training videos against the task; returns the
     usable training videos (a pyarrow Table)."""
-    from rayssl.data.manifest import read_manifest
-    from rayssl.data.pipeline import usable_videos
 
     try:
         table = read_manifest(cfg.data.manifest, options=_options(cfg))
@@ -73,7 +76,6 @@ def check_clips_fit(cfg: Config, num_frames: np.ndarray) -> float:
     clip, or when the share of draws that would be skipped as too short passes
     `data.max_skip_fraction`. Returns that share (estimated with a few plans per
     distinct length, exact for deterministic plans)."""
-    from rayssl.pretext import build_pretext
 
     pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
     rng = np.random.default_rng(cfg.run.seed)
@@ -105,7 +107,6 @@ def check_clips_fit(cfg: Config, num_frames: np.ndarray) -> float:
 
 def check_outputs(cfg: Config) -> None:
     """`run.storage_path` takes a write; the MLflow tracking URI can be written."""
-    from rayssl.train.tracking import default_tracking_uri
 
     check_writable("run.storage_path", cfg.run.storage_path, _options(cfg))
     check_tracking_uri(default_tracking_uri(cfg))
@@ -178,7 +179,7 @@ def _check_local_folder(key: str, uri: str, folder: str) -> None:
 def check_cluster(cfg: Config) -> None:
     """After ray.init(): the cluster has what the train workers ask for, or an
     autoscaler that may add it. Without one a run asking for more waits forever."""
-    import ray
+    import ray  # lazy: Ray is a heavy import that only this path needs
 
     total = ray.cluster_resources()
     workers = cfg.train.min_workers or cfg.train.num_workers  # elastic: the minimum
@@ -209,7 +210,6 @@ def _has_autoscaler() -> bool:
     missing resources may still come). Every head runs Ray's monitor; on a cluster of
     fixed nodes (`ray init` / `ray start`) it only knows the live nodes, named
     `node_<id>`, while a launcher or KubeRay config names its types (`ray.worker.gpu`)."""
-    import json
 
     try:
         from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS

@@ -619,7 +619,7 @@ def run_prepare(
             manifest, compared by real path / URI).
         ValueError: bad encoding settings.
     """
-    import ray
+    import ray  # lazy: Ray is a heavy import that only this path needs
 
     params = PrepareParams(short_side, gop, crf, preset, threads)
     params.check()

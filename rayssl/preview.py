@@ -20,6 +20,7 @@ from rayssl.config import Config
 from rayssl.data import storage
 from rayssl.data.manifest import build_manifest, list_entries, read_manifest
 from rayssl.data.pipeline import build_clip_dataset, epoch_rows, sampler_spec, usable_videos
+from rayssl.data.statistics import pattern_masks
 from rayssl.pretext import build_pretext
 
 
@@ -191,7 +192,6 @@ def _arrow(img, mask: np.ndarray, direction: int, colour) -> None:
 def _statistics_panels(clip: np.ndarray, labels: np.ndarray, height: int) -> np.ndarray:
     """One panel per partition pattern: the clip's middle frame with the chosen regions
     outlined and the dominant boundary orientations drawn, `height` pixels high."""
-    from rayssl.data.statistics import pattern_masks
 
     h, w = clip.shape[1:3]
     size = (max(1, int(round(w * height / h))), height)  # cv2 order: (width, height)

@@ -66,10 +66,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rayssl.config import ClipSpec, parse_clip_spec
 from rayssl.data import storage
+from rayssl.data.flow import FLOW_ALGORITHMS, available_flow_algorithms, compute_flow
 from rayssl.data.manifest import ManifestError, read_manifest, write_manifest
 from rayssl.data.pipeline import RowSkip, read_row_frames
-from rayssl.data.sampling import ClipSpec, clip_indices, parse_clip_spec
+from rayssl.data.sampling import clip_indices
+from rayssl.data.statistics import difficulty
 from rayssl.data.transforms import center_crop_params, crop_clip
 
 __all__ = [
@@ -202,7 +205,6 @@ def make_score_spec(
         ValueError: naming the bad argument (``clips``, ``flow``, ``resize``, ``crop``,
             ``clip_len``, ``decode_threads``, ``flow_threads``).
     """
-    from rayssl.data.flow import FLOW_ALGORITHMS, available_flow_algorithms
 
     try:
         spec = parse_clip_spec(clips)
@@ -282,8 +284,6 @@ def score_video(row: dict[str, Any], spec: ScoreSpec) -> dict[str, Any]:
         ``difficulty_error_detail``; plus ``decode_s`` / ``flow_s``, seconds spent reading and
         decoding (incl. resize and crop) / computing flow and f.
     """
-    from rayssl.data.flow import compute_flow
-    from rayssl.data.statistics import difficulty
 
     num_frames = int(row.get("num_frames") or 0)
     length = spec.frames_per_clip
@@ -338,7 +338,7 @@ def score_video(row: dict[str, Any], spec: ScoreSpec) -> dict[str, Any]:
 
 def _score_block(batch: pa.Table, spec: ScoreSpec) -> pa.Table:
     """Ray Data task: score every video of a block (rows: ``_ITEM_COLUMNS`` + ``row_index``)."""
-    import cv2
+    import cv2  # lazy: OpenCV is a heavy import that only this path needs
 
     cv2.setNumThreads(spec.flow_threads)  # a task owns the CPUs Ray gave it, no more
     out = []
@@ -475,7 +475,7 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _cluster_task_slots(num_cpus_per_task: float) -> int:
-    import ray
+    import ray  # lazy: Ray is a heavy import that only this path needs
 
     cpus = float(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 0.0
     cpus = cpus or float(os.cpu_count() or 1)
@@ -492,7 +492,7 @@ def _score_items(
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Score ``items`` with Ray Data; every block of results is saved as a part as it
     arrives.  Returns the result rows, parts written and parts that could not be written."""
-    import ray
+    import ray  # lazy: Ray is a heavy import that only this path needs
 
     per = max(
         1, min(videos_per_part, math.ceil(len(items) / _cluster_task_slots(num_cpus_per_task)))

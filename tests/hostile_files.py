@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from rayssl.checkpoint import backbone_file_payload
 from rayssl.config import Config
-from rayssl.evaluate.checkpoint import backbone_file_payload
 from rayssl.pretext import build_pretext
 from rayssl.train.step import build_model, build_optimizer
 

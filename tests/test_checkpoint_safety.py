@@ -19,12 +19,16 @@ import pytest
 import torch
 
 from rayssl import checkpoint as ckpt
+from rayssl.checkpoint import (
+    CheckpointError,
+    load_training_state,
+    resolve_checkpoint,
+    save_training_state,
+)
 from rayssl.cli import main
 from rayssl.config import ConfigError, load_config
-from rayssl.evaluate.checkpoint import CheckpointError, resolve_checkpoint
 from rayssl.launch import RESUME_MAY_CHANGE, check_resume, prepare_config
 from rayssl.pretext import build_pretext
-from rayssl.train.checkpoint import load_training_state, save_training_state
 from rayssl.train.step import build_model, build_optimizer
 from tests.conftest import ROOT
 from tests.hostile_files import MarkerOnLoad, evil_backbone, evil_state
@@ -169,7 +173,7 @@ def _main_format_state(directory: Path, cfg, progress: dict | None = None) -> Pa
 
 
 def test_checkpoints_of_the_previous_format_still_load(tmp_path):
-    from rayssl.train.checkpoint import EpochProgress, epoch_progress
+    from rayssl.checkpoint import EpochProgress, epoch_progress
 
     cfg = _cfg()
     progress = EpochProgress(1, 3, np.array([True, False, True]), {"loss": 2.0}, {"x": 1.0})

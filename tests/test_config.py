@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import pytest
 
@@ -523,3 +526,44 @@ def test_several_errors_in_one_line():
     assert "\n" not in msg
     assert msg.startswith("train.batch_size: expected an integer, got 'x'")
     assert "(and 2 more: train.num_workers, bogus)" in msg
+
+
+def test_config_vocabulary_matches_the_registries():
+    """config.py names what a config may choose without importing the modules it
+    configures; their registries must offer exactly those names."""
+    from rayssl import config, vocabulary
+    from rayssl.data.flow import FLOW_ALGORITHMS
+    from rayssl.models import BACKBONES
+    from rayssl.pretext import PRETEXTS
+    from rayssl.pretext.multitask import TASKS
+    from rayssl.train.curriculum import PACINGS
+
+    assert sorted(BACKBONES) == sorted(vocabulary.BACKBONE_NAMES)
+    assert sorted(PRETEXTS) == sorted(vocabulary.PRETEXT_NAMES)
+    labelling = sorted(n for n, cls in PRETEXTS.items() if cls.labels_any_clip)
+    combinable = set(vocabulary.PRETEXT_NAMES) - {"multitask", "supervised"}
+    assert set(TASKS) == combinable  # what check_tasks allows, multitask builds
+    assert all(TASKS[n] is PRETEXTS[n] for n in TASKS)
+    assert labelling == sorted(vocabulary.CLIP_LABELLING_PRETEXTS)
+    assert sorted(FLOW_ALGORITHMS) == sorted(
+        get_args(get_type_hints(config.StatisticsSettings)["flow"])
+    )
+    assert get_args(get_type_hints(config.CurriculumSettings)["pacing"]) == PACINGS
+
+
+def test_config_imports_nothing_it_configures():
+    """Loading and validating a config imports no other rayssl module than the names it
+    shares with the models (a fresh interpreter)."""
+    code = (
+        "import sys; from rayssl.config import load_config; load_config(None, []); "
+        "print(sorted(m for m in sys.modules if m.startswith('rayssl.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['rayssl.config', 'rayssl.vocabulary']"
+
+
+def test_unknown_names_are_config_errors():
+    with pytest.raises(ConfigError, match=r"model\.backbone: unknown backbone 'vgg'; one of"):
+        load_config(None, ["model.backbone=vgg"])
+    with pytest.raises(ConfigError, match=r"pretext\.name: unknown pretext 'jigsaw'; one of"):
+        load_config(None, ["pretext.name=jigsaw"])

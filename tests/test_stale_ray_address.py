@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from rayssl.launch import _ray_address_file, stale_ray_address
+from rayssl.raystart import _ray_address_file, stale_ray_address
 
 
 @pytest.fixture

@@ -33,7 +33,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayssl.data import storage
@@ -388,7 +390,7 @@ def build_manifest(
         return rows_to_table(rows)
     if not use_ray:
         return rows_to_table(rows + [probe_entry(i, options, access) for i in items])
-    import ray
+    import ray  # lazy: Ray is a heavy import that only this path needs
 
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 256))
     ds = ds.map(lambda r: probe_entry(r, options, access), num_cpus=num_cpus_per_task)
@@ -444,8 +446,6 @@ def mark_implausible_frames(table: pa.Table) -> pa.Table:
     `num_frames` cannot fit in its `size_bytes` (`rayssl.data.video.check_frame_count`;
     a row of unknown size, -1, is not checked): nothing downstream allocates clip
     positions, score arrays or draws from a frame count a manifest merely claims."""
-    import numpy as np
-    import pyarrow.compute as pc
 
     if "size_bytes" not in table.column_names or table.num_rows == 0:
         return table
@@ -472,7 +472,6 @@ def mark_unsafe_ids(table: pa.Table) -> pa.Table:
     """`table` with error `UNSAFE_ID` (and its `error_detail`) on every row without an
     error whose video_id is not a safe relative path (`video_id_problem`); such a row is
     then skipped and counted like any broken video. Vectorised: one regex pass."""
-    import pyarrow.compute as pc
 
     ids = table["video_id"].cast(pa.string())
     unsafe = pc.fill_null(pc.match_substring_regex(ids, storage.UNSAFE_RELATIVE_PATH), True)
@@ -515,7 +514,6 @@ def require_labels(table: pa.Table, purpose: str, split: str | None = None) -> p
     directly in the source folder, a Kinetics CSV without labels) or a split that does not
     exist is a clear error instead of a meaningless number.
     """
-    import pyarrow.compute as pc
 
     usable = table.filter(pc.and_(pc.is_null(table["error"]), pc.greater(table["num_frames"], 0)))
     if split is not None:

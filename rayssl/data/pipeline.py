@@ -20,14 +20,14 @@ of a draw come from `clip_rng(seed, video_id, epoch, draw)`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayssl import testhooks
 from rayssl.config import AugmentSettings, DataConfig
 from rayssl.data import storage
 from rayssl.data.sampling import clip_rng, fraction_mask
@@ -40,7 +40,31 @@ from rayssl.data.video import (
     check_frame_count,
     read_frames,
 )
-from rayssl.pretext.base import Pretext
+
+
+class ClipTask(Protocol):
+    """What the pipeline asks of the task whose samples it makes (every
+    `rayssl.pretext.base.Pretext` is one; the pipeline imports no pretext)."""
+
+    clip_len: int
+
+    def plan(self, num_frames: int, rng: np.random.Generator) -> Any:
+        """The frames to decode for one sample (a ClipPlan with `.clips`), or None."""
+        ...
+
+    def make_sample(
+        self,
+        frames: list[np.ndarray],
+        plan: Any,
+        rng: np.random.Generator,
+        augment: AugmentConfig | None,
+        train: bool = True,
+    ) -> dict[str, np.ndarray]: ...
+
+    def target_spec(
+        self, clip_shape: tuple[int, ...]
+    ) -> dict[str, tuple[tuple[int, ...], Any]]: ...
+
 
 #: Why a draw became a masked placeholder row (counted per reason in training metrics).
 SKIP_REASONS = tuple(dict.fromkeys(("too_short", "augment_error", *ERROR_REASONS)))
@@ -48,9 +72,6 @@ SKIP_REASONS = tuple(dict.fromkeys(("too_short", "augment_error", *ERROR_REASONS
 #: `skip_reason` of the rows that only even out the workers' shards (not a skip: never
 #: trained, never counted).
 PADDING = "padding"
-
-#: Test hook: when set, every sample names the Ray node that decoded it (`decode_node`).
-TRACE_NODE_ENV = "RAYSSL_TEST_TRACE"
 
 #: Manifest columns a draw row carries into the sampler.
 ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts", "height", "width")
@@ -80,7 +101,7 @@ def augment_config(settings: AugmentSettings) -> AugmentConfig | None:
 class SamplerSpec:
     """Everything `sample_row` needs besides the row (picklable, sent to workers)."""
 
-    pretext: Pretext
+    pretext: ClipTask
     settings: AugmentSettings
     seed: int
     train: bool = True
@@ -113,7 +134,7 @@ class SamplerSpec:
 
 def sampler_spec(
     data: DataConfig,
-    pretext: Pretext,
+    pretext: ClipTask,
     seed: int,
     train: bool = True,
     options: storage.StorageOptions | None = None,
@@ -256,10 +277,9 @@ def _sample_batch(batch: dict[str, np.ndarray], spec: SamplerSpec) -> dict[str, 
     for key in ("video_id", "class_label", "epoch", "draw", "pos", "pad"):
         if key in batch:
             out[key] = np.asarray(batch[key])
-    if os.environ.get(TRACE_NODE_ENV):  # tests: where was this decoded?
-        import ray
-
-        out["decode_node"] = np.asarray([ray.get_runtime_context().get_node_id()] * n)
+    nodes = testhooks.decode_node_column(n)  # tests: where was this decoded?
+    if nodes is not None:
+        out["decode_node"] = nodes
     return out
 
 

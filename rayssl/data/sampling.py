@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rayssl.config import ClipSpec
+
 _EPS = 1e-6  # paces within 1e-6 of 1/k count as 1/k (as config validation)
 
 
@@ -154,41 +156,6 @@ def fraction_mask(video_ids: Sequence[str], fraction: float, seed: int = 0) -> n
     mask = np.zeros(n, dtype=bool)
     mask[ranks[:keep]] = True
     return mask
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """Evaluation clip positions: `uniform` (num_clips uniformly spaced clips of
-    clip_len frames, `eval_clip_starts`; uniform:1 is the centre clip; the retrieval /
-    fine-tuning test protocol) or `sliding` (clip_len
-    frames every clip_len - overlap frames; the dynamic-scene and ASLAN protocol)."""
-
-    kind: str  # "uniform" | "sliding"
-    num_clips: int = 0  # uniform
-    clip_len: int = 0  # sliding: frames per clip (uniform uses the run's clip_len)
-    overlap: int = 0  # sliding
-
-    def __str__(self) -> str:
-        if self.kind == "uniform":
-            return f"uniform:{self.num_clips}"
-        return f"sliding:{self.clip_len}:{self.overlap}"
-
-
-def parse_clip_spec(text: str) -> ClipSpec:
-    """'uniform:10' or 'sliding:16:8' -> ClipSpec; ValueError explains the format."""
-    parts = str(text).strip().split(":")
-    try:
-        if parts[0] == "uniform" and len(parts) == 2 and int(parts[1]) >= 1:
-            return ClipSpec("uniform", num_clips=int(parts[1]))
-        if parts[0] == "sliding" and len(parts) == 3:
-            length, overlap = int(parts[1]), int(parts[2])
-            if length >= 1 and 0 <= overlap < length:
-                return ClipSpec("sliding", clip_len=length, overlap=overlap)
-    except ValueError:
-        pass
-    raise ValueError(
-        f"bad clip spec {text!r}: expected uniform:N (N >= 1) or sliding:L:O (0 <= O < L)"
-    )
 
 
 def sliding_clip_indices(num_frames: int, clip_len: int, overlap: int) -> np.ndarray:

@@ -22,6 +22,7 @@ of a sweep trial.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 import time
@@ -68,7 +69,7 @@ def _base(name: str) -> str:
 
 def held_by_caller() -> dict[str, float]:
     """What the calling task or actor holds (a Tune trial's 0.05 CPU); {} on a driver."""
-    import ray
+    import ray  # lazy: Ray is a heavy import that only this path needs
 
     ctx = ray.get_runtime_context()
     if ctx.worker.mode != ray.WORKER_MODE:
@@ -84,7 +85,7 @@ def capacity() -> tuple[dict[str, float], str]:
     cluster's. A caller's placement group (a Tune trial's) does not bound it: Ray Data
     tasks and actors carry their own scheduling strategy, so they are never captured in
     it (a 2-CPU sweep trial's 1-CPU model actor ran beside its 0.05-CPU group)."""
-    import ray
+    import ray  # lazy: Ray is a heavy import that only this path needs
 
     return {k: float(v) for k, v in ray.cluster_resources().items()}, "the cluster"
 
@@ -131,8 +132,10 @@ def share(budget_cpu: float, actor_cpu: float, task_cpu: float) -> tuple[float, 
 def pending_demands() -> list[dict[str, float]]:
     """Resource shapes Ray reports as waiting for a node (tasks and actors), from the
     GCS's autoscaler state (no dashboard needed)."""
-    import ray
-    from ray.autoscaler.v2.sdk import get_cluster_status
+    import ray  # lazy: Ray is a heavy import that only this path needs
+    from ray.autoscaler.v2.sdk import (  # lazy: Ray is a heavy import that only this path needs
+        get_cluster_status,  # lazy: Ray is a heavy import that only this path needs
+    )
 
     status = get_cluster_status(ray.get_runtime_context().gcs_address)
     out = []
@@ -226,7 +229,6 @@ class StallWatchdog:
 
 def stall_seconds(default: float = DEFAULT_STALL_S) -> float:
     """$RAYSSL_STALL_S or `default` (0 turns the watchdog off)."""
-    import os
 
     raw = os.environ.get("RAYSSL_STALL_S", "")
     try:

@@ -148,6 +148,16 @@ class VideoLimits:
     max_frames: int = 0
     decode_timeout_s: float = 0.0
 
+    @classmethod
+    def from_config(cls, data) -> VideoLimits:  # noqa: ANN001 -- rayssl.config.DataConfig
+        """The caps of the data settings (`data.max_*`)."""
+        return cls(
+            max_bytes=data.max_video_bytes,
+            max_pixels=data.max_pixels,
+            max_frames=data.max_frames,
+            decode_timeout_s=data.decode_timeout_s,
+        )
+
     def check_size(self, size: int, what: str = "") -> None:
         """`too_large` if `size` bytes exceed `max_bytes`."""
         if self.max_bytes and size > self.max_bytes:
@@ -173,7 +183,9 @@ class VideoAccess:
 
     @classmethod
     def from_config(cls, data) -> VideoAccess:  # noqa: ANN001 -- rayssl.config.DataConfig
-        return cls(data.limits(), data.stream_threshold_bytes, data.stream_block_bytes)
+        return cls(
+            VideoLimits.from_config(data), data.stream_threshold_bytes, data.stream_block_bytes
+        )
 
     def source(self, uri: str, options=None, size_bytes: int = -1) -> Source:  # noqa: ANN001
         """`video_source` of `uri` under these settings."""

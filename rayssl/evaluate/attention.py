@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayssl.config import DataConfig, _in_range
-from rayssl.evaluate.features import DecodeSpec, decode_eval_row, usable
 from rayssl.evaluate.registry import Evaluation, Outcome, RunContext, register
+from rayssl.train.inference import DecodeSpec, clips_to_input, decode_eval_row, usable
 
 
 def attention_from_activations(act: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
@@ -133,7 +133,6 @@ def attention_grid_png(
 ) -> list[str]:
     """Write the attention grid of the chosen usable videos of `table` to `path`; returns
     the video ids shown (videos that cannot be read are left out)."""
-    from rayssl.evaluate.features import clips_to_input
 
     clips, titles = [], []
     for row in choose_videos(table, video_ids, num_videos, split):

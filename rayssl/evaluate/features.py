@@ -10,234 +10,45 @@ Clip positions are `uniform:N` (N uniformly spaced clips: retrieval and the fine
 test) or `sliding:L:O` (L-frame clips overlapping by O: dynamic scenes, action
 similarity). pool1-pool4 maps are global-average-pooled to vectors before averaging over
 the clips (pool5 is the backbone's global average; pool5_vcop VCOP's max-pooled, flattened
-conv5, `rayssl.models.heads.POOL_LAYERS`). A video that cannot be read is a counted skip
+conv5, `rayssl.vocabulary.POOL_LAYERS`). A video that cannot be read is a counted skip
 (by reason), never an error.
 
-The same pieces serve the fine-tuning test protocol (a softmax model instead of the
-feature model) and the pre-training monitor (in-process inference in a train worker).
+The pieces (eval rows, decoding, FeatureModel, per-video means) are in
+`rayssl.train.inference`, which the pre-training monitor shares; the fine-tuning test
+protocol runs them with a softmax model instead of the feature model.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
 import torch
 from torch import nn
 
-from rayssl.config import AugmentSettings, DataConfig, InferenceSettings
+from rayssl.config import DataConfig, InferenceSettings
 from rayssl.data import schedule, storage
 from rayssl.data.manifest import read_manifest
-from rayssl.data.pipeline import RowSkip, read_row_frames
-from rayssl.data.sampling import ClipSpec, clip_indices, parse_clip_spec
-from rayssl.data.transforms import center_crop_params, crop_clip
+from rayssl.raystart import quiet_ray_data
+from rayssl.train.inference import (
+    DecodeSpec,
+    FeatureModel,
+    VideoOutputs,
+    aggregate,
+    build_eval_dataset,
+    eval_rows,
+    infer_batch,
+    manifest_skips,
+    usable,
+)
+
 
 #: Manifest columns an eval row carries into the decode task.
-EVAL_ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts", "label", "split")
-
-
-# --------------------------------------------------------------------------- models
-
-
-class FeatureModel(nn.Module):
-    """Backbone → {layer: (B, D) vector}: pool1-pool4 maps global-average-pooled, pool5
-    and pool5_vcop as the backbone returns them."""
-
-    def __init__(self, backbone: nn.Module, layers: Sequence[str]) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.layers = list(layers)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        maps = cast(Any, self.backbone).forward_features(x, self.layers)
-        return {k: v.flatten(2).mean(2) if v.dim() > 2 else v for k, v in maps.items()}
-
-
-class ProbabilityModel(nn.Module):
-    """Backbone + classifier head → {"probs": (B, num_classes) softmax}."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"probs": torch.softmax(self.head(self.backbone(x)).float(), dim=1)}
-
-
-# --------------------------------------------------------------------------- rows
-
-
-def usable(table: pa.Table) -> pa.Table:
-    """Rows that decode (no manifest error, frames > 0)."""
-    return table.filter(pc.and_(pc.is_null(table["error"]), pc.greater(table["num_frames"], 0)))
-
-
-def manifest_skips(table: pa.Table) -> Counter[str]:
-    """Videos the manifest already marks as unreadable, by reason."""
-    return Counter(str(e) for e in table["error"].to_pylist() if e)
-
-
-def eval_rows(videos: pa.Table, spec: ClipSpec, clip_len: int, max_clips: int) -> pa.Table:
-    """One row per (video, chunk of at most `max_clips` of its evaluation clips)."""
-    counts = [len(clip_indices(spec, int(n), clip_len)) for n in videos["num_frames"].to_pylist()]
-    chunks = [max(1, math.ceil(c / max_clips)) for c in counts]
-    take = np.repeat(np.arange(videos.num_rows), chunks)
-    chunk = np.concatenate([np.arange(c) for c in chunks]) if chunks else np.zeros(0, int)
-    cols = [c for c in EVAL_ROW_COLUMNS if c in videos.column_names]
-    rows = videos.select(cols).take(pa.array(take, pa.int64()))
-    if "label" not in cols:
-        rows = rows.append_column("label", pa.array(np.full(len(take), -1, np.int64)))
-    if "split" not in cols:
-        rows = rows.append_column("split", pa.array([""] * len(take)))
-    return rows.append_column("chunk", pa.array(chunk.astype(np.int64)))
-
-
-@dataclass(frozen=True)
-class DecodeSpec:
-    """What a decode task needs (picklable): clip positions, sizes, storage."""
-
-    clips: ClipSpec
-    clip_len: int
-    resize: tuple[int, int] | None
-    crop: tuple[int, int]
-    max_clips: int
-    decode_threads: int = 1
-    storage_options: storage.StorageOptions | None = None
-
-    @classmethod
-    def from_settings(
-        cls, clips: str, data: DataConfig, max_clips: int, clip_len: int | None = None
-    ) -> DecodeSpec:
-        aug: AugmentSettings = data.augment
-        spec = parse_clip_spec(clips)
-        length = spec.clip_len if spec.kind == "sliding" else (clip_len or data.clip_len)
-        if not aug.crop:
-            raise ValueError("data.augment.crop: evaluation needs a crop size (centre crop)")
-        return cls(
-            clips=spec,
-            clip_len=length,
-            resize=cast("tuple[int, int] | None", tuple(aug.resize) if aug.resize else None),
-            crop=cast("tuple[int, int]", tuple(aug.crop)),
-            max_clips=max_clips,
-            decode_threads=data.decode_threads,
-            storage_options=storage.StorageOptions(endpoint_url=data.endpoint_url or None),
-        )
-
-
-def decode_eval_row(row: dict[str, Any], spec: DecodeSpec) -> list[dict[str, Any]]:
-    """The centre-cropped clips of one eval row, one dict per clip; a row that cannot be
-    read gives one placeholder (`valid` False, `skip_reason`). Never raises for bad video."""
-    n = int(row["num_frames"])
-    idx = clip_indices(spec.clips, n, spec.clip_len)
-    first = int(row["chunk"]) * spec.max_clips
-    idx = idx[first : first + spec.max_clips]
-    base = {"video_id": str(row["video_id"]), "label": int(row["label"])}
-    shape = (spec.clip_len, *spec.crop, 3)
-    try:
-        frames = read_row_frames(
-            row, idx.reshape(-1), spec.resize, spec.storage_options, spec.decode_threads
-        )
-        clips = frames.reshape(len(idx), spec.clip_len, *frames.shape[1:])
-        h, w = clips.shape[2:4]
-        if h < spec.crop[0] or w < spec.crop[1]:
-            raise RowSkip("augment_error")
-        top, left = center_crop_params(h, w, spec.crop)
-        return [
-            {
-                **base,
-                "clip": crop_clip(clip, top, left, spec.crop),
-                "clip_index": first + i,
-                "valid": True,
-                "skip_reason": "",
-            }
-            for i, clip in enumerate(clips)
-        ]
-    except RowSkip as e:
-        return [
-            {
-                **base,
-                "clip": np.zeros(shape, np.uint8),
-                "clip_index": first,
-                "valid": False,
-                "skip_reason": e.reason,
-            }
-        ]
-
-
-def _decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.ndarray]:
-    n = len(batch["video_id"])
-    out: list[dict[str, Any]] = []
-    for i in range(n):
-        out.extend(decode_eval_row({k: batch[k][i] for k in batch}, spec))
-    return {k: np.stack([np.asarray(r[k]) for r in out]) for k in out[0]}
-
-
-def build_eval_dataset(
-    rows: pa.Table, spec: DecodeSpec, data: DataConfig, decode_tasks: int | None = None
-):
-    """Ray Data dataset of decoded evaluation clips (one output row per clip); each task
-    decodes `data.rows_per_task` chunks, one at a time; at most `decode_tasks` run at
-    once (None = as many as the cluster's CPUs allow)."""
-    import ray
-
-    step = max(1, data.rows_per_task)
-    blocks = [rows.slice(i, step) for i in range(0, rows.num_rows, step)]
-    return ray.data.from_arrow(blocks).map_batches(
-        _decode_batch,  # type: ignore[arg-type]  # Ray types fn as 1-arg; fn_kwargs passes spec
-        fn_kwargs={"spec": spec},
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=data.num_cpus_per_task,
-        zero_copy_batch=True,
-        compute=ray.data.TaskPoolStrategy(size=decode_tasks),
-    )
-
-
-# --------------------------------------------------------------------------- inference
-
-
-def clips_to_input(clips: np.ndarray, device: torch.device) -> torch.Tensor:
-    from rayssl.train.step import DeviceSettings, clip_to_input
-
-    t = torch.from_numpy(np.ascontiguousarray(clips)).to(device)
-    return clip_to_input(t, DeviceSettings(device))
-
-
-@torch.no_grad()
-def infer_batch(
-    module: nn.Module, batch: dict[str, np.ndarray], device: torch.device, bf16: bool = False
-) -> dict[str, np.ndarray]:
-    """Model outputs for the valid clips of a decoded batch (zeros for invalid rows);
-    the identity columns pass through."""
-    valid = np.asarray(batch["valid"], dtype=bool)
-    out = {k: np.asarray(batch[k]) for k in ("video_id", "label", "clip_index", "valid")}
-    out["skip_reason"] = np.asarray(batch["skip_reason"])
-    if valid.any():
-        x = clips_to_input(np.asarray(batch["clip"])[valid], device)
-        ctx = (
-            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-            if bf16
-            else torch.autocast(device_type=device.type, enabled=False)
-        )
-        with ctx:
-            outputs = module(x)
-        for k, v in outputs.items():
-            arr = v.float().cpu().numpy()
-            full = np.zeros((len(valid), *arr.shape[1:]), np.float32)
-            full[valid] = arr
-            out[f"out_{k}"] = full
-    return out
-
-
 class ModelActor:
     """A Ray Data actor holding one model (on its GPU when it has one)."""
 
@@ -255,8 +66,6 @@ class ModelActor:
 def actor_resources(inference: InferenceSettings) -> tuple[int, float, float]:
     """(num_actors, cpus, gpus) per actor for this cluster: one actor per GPU when the
     cluster has GPUs (unless num_actors is set), else CPU actors."""
-    import ray
-
     gpus = float(ray.cluster_resources().get("GPU", 0.0))
     if gpus > 0 and inference.gpus_per_actor > 0:
         n = inference.num_actors or max(1, int(gpus // inference.gpus_per_actor))
@@ -272,8 +81,6 @@ def decode_concurrency(inference: InferenceSettings, num_actors: int, num_blocks
     Data fuses a task map into the following actor map when the task pool's size equals
     the actor pool's, and decoding would then run inside the actors one chunk at a time
     instead of in parallel tasks."""
-    import ray
-
     n = inference.decode_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
     n = max(1, min(n, num_blocks))
     if n == num_actors and num_blocks > 1:
@@ -283,8 +90,6 @@ def decode_concurrency(inference: InferenceSettings, num_actors: int, num_blocks
 
 def infer_with_actors(module: nn.Module, ds, inference: InferenceSettings):
     """`ds` (decoded clips) through `module` in an actor pool; a Ray Dataset of outputs."""
-    import ray
-
     num, cpus, gpus = actor_resources(inference)
     return ds.map_batches(
         ModelActor,
@@ -294,128 +99,6 @@ def infer_with_actors(module: nn.Module, ds, inference: InferenceSettings):
         compute=ray.data.ActorPoolStrategy(size=num),
         num_cpus=cpus,
         num_gpus=gpus,
-    )
-
-
-def infer_in_process(
-    module: nn.Module, ds, device: torch.device, batch_size: int
-) -> Iterator[dict[str, np.ndarray]]:
-    """`ds` through `module` in this process (a train worker's monitor)."""
-    was_training = module.training
-    module.eval()
-    try:
-        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            yield infer_batch(module, batch, device)
-    finally:
-        module.train(was_training)
-
-
-# --------------------------------------------------------------------------- per video
-
-
-@dataclass
-class VideoOutputs:
-    """Per-video means of per-clip model outputs, plus what was skipped and why."""
-
-    video_ids: list[str]
-    labels: np.ndarray  # (N,) int64
-    splits: list[str]
-    num_clips: np.ndarray  # (N,) valid clips averaged per video
-    outputs: dict[str, np.ndarray]  # key -> (N, D) float32
-    skipped: dict[str, int] = field(default_factory=dict)  # videos skipped, by reason
-    clip_correct: int = 0  # clips whose argmax of "probs" is the label (classification)
-    clip_total: int = 0
-
-    def split_mask(self, split: str) -> np.ndarray:
-        return np.array([s == split for s in self.splits], dtype=bool)
-
-    def to_table(self) -> pa.Table:
-        cols: dict[str, Any] = {
-            "video_id": pa.array(self.video_ids, pa.string()),
-            "label": pa.array(self.labels, pa.int64()),
-            "split": pa.array(self.splits, pa.string()),
-            "num_clips": pa.array(self.num_clips, pa.int64()),
-        }
-        for k, v in self.outputs.items():
-            cols[k] = pa.array(list(v.astype(np.float32)), pa.list_(pa.float32()))
-        meta = {"rayssl.skipped": ",".join(f"{r}={n}" for r, n in sorted(self.skipped.items()))}
-        return pa.table(cols).replace_schema_metadata(meta)
-
-    @classmethod
-    def from_table(cls, table: pa.Table) -> VideoOutputs:
-        fixed = {"video_id", "label", "split", "num_clips"}
-        missing = fixed - set(table.column_names)
-        if missing:
-            raise ValueError(f"not a features table: missing columns {sorted(missing)}")
-        outputs = {
-            name: np.array(table[name].to_pylist(), dtype=np.float32)
-            for name in table.column_names
-            if name not in fixed
-        }
-        meta = (table.schema.metadata or {}).get(b"rayssl.skipped", b"").decode()
-        skipped = {k: int(v) for k, v in (p.split("=") for p in meta.split(",") if p)}
-        return cls(
-            video_ids=table["video_id"].to_pylist(),
-            labels=table["label"].to_numpy().astype(np.int64),
-            splits=table["split"].to_pylist(),
-            num_clips=table["num_clips"].to_numpy().astype(np.int64),
-            outputs=outputs,
-            skipped=skipped,
-        )
-
-
-def aggregate(
-    batches: Iterable[dict[str, np.ndarray]], videos: pa.Table, skipped: Counter[str]
-) -> VideoOutputs:
-    """Average per-clip outputs (`out_<key>` columns) per video, in manifest order.
-
-    `videos` gives labels and splits; `skipped` starts with the manifest's own skips and
-    gains the videos no clip of which could be read.
-    """
-    sums: dict[str, dict[str, np.ndarray]] = {}
-    counts: Counter[str] = Counter()
-    failed: dict[str, str] = {}
-    clip_correct = clip_total = 0
-    for b in batches:
-        valid = np.asarray(b["valid"], dtype=bool)
-        ids = [str(v) for v in b["video_id"]]
-        for i in np.flatnonzero(~valid):
-            failed.setdefault(ids[i], str(b["skip_reason"][i]))
-        keys = [k for k in b if k.startswith("out_")]
-        if "out_probs" in b and valid.any():
-            labels = np.asarray(b["label"])[valid]
-            clip_correct += int((b["out_probs"][valid].argmax(1) == labels).sum())
-            clip_total += int(valid.sum())
-        for i in np.flatnonzero(valid):
-            acc = sums.setdefault(ids[i], {})
-            for k in keys:
-                v = b[k][i].astype(np.float64)
-                acc[k] = acc[k] + v if k in acc else v.copy()
-            counts[ids[i]] += 1
-    order = [v for v in videos["video_id"].to_pylist() if v in sums]
-    lookup = {v: i for i, v in enumerate(videos["video_id"].to_pylist())}
-    skipped = Counter(skipped)
-    for vid, reason in failed.items():
-        if vid not in sums:
-            skipped[reason] += 1
-    keys = sorted({k for acc in sums.values() for k in acc})
-    outputs = {
-        k[len("out_") :]: np.stack([sums[v][k] / counts[v] for v in order]).astype(np.float32)
-        if order
-        else np.zeros((0, 0), np.float32)
-        for k in keys
-    }
-    labels = videos["label"].to_pylist() if "label" in videos.column_names else None
-    splits = videos["split"].to_pylist() if "split" in videos.column_names else None
-    return VideoOutputs(
-        video_ids=order,
-        labels=np.array([labels[lookup[v]] if labels else -1 for v in order], np.int64),
-        splits=[splits[lookup[v]] if splits else "" for v in order],
-        num_clips=np.array([counts[v] for v in order], np.int64),
-        outputs=outputs,
-        skipped=dict(skipped),
-        clip_correct=clip_correct,
-        clip_total=clip_total,
     )
 
 
@@ -431,8 +114,6 @@ def run_inference(
 ) -> VideoOutputs:
     """Every usable video of `table` through `module` with Ray Data (decode tasks and
     model actors); per-video mean outputs. Unreadable videos are counted skips."""
-    from rayssl.launch import quiet_ray_data
-
     quiet_ray_data(data.progress_logs)
     videos = usable(table)
     spec = DecodeSpec.from_settings(

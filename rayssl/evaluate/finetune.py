@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from rayssl.checkpoint import RANDOM
 from rayssl.config import Config, ConfigError, load_config, typed_from_dict
-from rayssl.evaluate.checkpoint import RANDOM
 from rayssl.evaluate.registry import (
     Evaluation,
     Outcome,
@@ -173,20 +173,21 @@ def run_test_protocol(cfg: Config, checkpoint: str, mlflow_run_id: str = "") -> 
     `checkpoint` (a Ray Train checkpoint: backbone and classifier). Logs to the MLflow
     run `mlflow_run_id` when given; returns the metrics."""
 
-    from rayssl import checkpoint as checkpoint_format
-    from rayssl.checkpoint import latest_state_uri
+    from rayssl.checkpoint import load_state_strict, read_latest_state
     from rayssl.data import storage
     from rayssl.data.manifest import read_manifest, require_labels
-    from rayssl.evaluate.features import ProbabilityModel, run_inference
+    from rayssl.evaluate.features import run_inference
     from rayssl.pretext import build_pretext
+    from rayssl.train.inference import ProbabilityModel
     from rayssl.train.step import PretextModel, build_model
 
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
-    state_uri = latest_state_uri(checkpoint, options)
-    state = checkpoint_format.read(state_uri, options)
+    state = read_latest_state(checkpoint, options)
     pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
     model: PretextModel = build_model(cfg, pretext)
-    model.load_state_dict(state["model"])
+    load_state_strict(
+        model, state["model"], f"fine-tuned checkpoint {storage.redact(checkpoint)!r}"
+    )
     table = read_manifest(cfg.data.manifest, options=options)
     split = cfg.finetune.test_split
     test = require_labels(table, "fine-tuning test", split=split)

@@ -28,7 +28,7 @@ from rayssl.data import storage
 if TYPE_CHECKING:  # types only: the registry stays importable without torch or Ray
     import pyarrow as pa
 
-    from rayssl.evaluate.checkpoint import BackboneSource
+    from rayssl.checkpoint import BackboneSource
 
 
 class RunFiles:

@@ -11,12 +11,8 @@ from typing import Any
 
 from rayssl.config import flatten
 from rayssl.data import storage
-from rayssl.train.tracking import (
-    PRETRAIN_RUN_TAG,
-    experiment_id,
-    git_commit,
-    real_tracking_uri,
-)
+from rayssl.tracking_uri import real_tracking_uri
+from rayssl.train.tracking import PRETRAIN_RUN_TAG, experiment_id, git_commit
 
 #: The files of an evaluation's folder logged to MLflow (features Parquet stay local).
 ARTIFACT_SUFFIXES = (".json", ".png", ".txt", ".csv")

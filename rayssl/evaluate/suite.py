@@ -30,6 +30,11 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayssl.checkpoint import (
+    BackboneSource,
+    build_backbone_from,
+    resolve_checkpoint,
+)
 from rayssl.config import (
     Config,
     ConfigError,
@@ -46,7 +51,6 @@ from rayssl.data.manifest import require_labels
 
 # The built-in evaluations: importing their modules registers them.
 from rayssl.evaluate import attention, finetune, linear, retrieval, similarity  # noqa: F401
-from rayssl.evaluate.checkpoint import BackboneSource, build_backbone_from, resolve_checkpoint
 from rayssl.evaluate.features import VideoOutputs, extract_features, load_manifest, write_features
 from rayssl.evaluate.registry import (
     Evaluation,
@@ -273,8 +277,9 @@ def _prepare(
     """Everything checked before any feature is extracted, then Ray started: the suite
     with resolved paths, the checkpoint, its backbone and the manifest rows needed."""
     from rayssl import preflight
-    from rayssl.launch import _init_ray, resolve_paths
-    from rayssl.train.tracking import real_tracking_uri
+    from rayssl.launch import resolve_paths
+    from rayssl.raystart import start_ray
+    from rayssl.tracking_uri import real_tracking_uri
 
     cfg = resolve_paths(suite.as_config())
     suite = replace(suite, data=cfg.data, run=cfg.run)
@@ -286,7 +291,7 @@ def _prepare(
     table = needed_videos(suite, table)
     # the results go to MLflow at the end: an unwritable store must not waste the run
     preflight.check_tracking_uri(real_tracking_uri(suite.run.tracking_uri))
-    _init_ray()
+    start_ray()
     return suite, source, backbone, table
 
 

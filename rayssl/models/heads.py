@@ -13,13 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-POOL_LAYERS = ("pool1", "pool2", "pool3", "pool4", "pool5", "pool5_vcop")
-"""Names of the intermediate outputs `VideoBackbone.forward_features` can return:
-"pool1".."pool4" stage outputs, "pool5" the global average of the last stage, and
-"pool5_vcop" the retrieval feature of the VCOP code (Xu et al. 2019, whose retrieval
-protocol the thesis's retrieval tables follow): the last stage's convolution output
-max-pooled by (1, 2, 2) with stride (1, 2, 2) and flattened (9,216-d for C3D, R3D and
-R(2+1)D at 16x112x112: 512 x 2 x 3 x 3)."""
+from rayssl.vocabulary import POOL_LAYERS
 
 #: Kernel (= stride) of VCOP's max pool on the last convolution output, (T, H, W).
 VCOP_POOL = (1, 2, 2)

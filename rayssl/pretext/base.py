@@ -51,8 +51,8 @@ def masked_cross_entropy(logits, labels, valid) -> tuple[Any, dict[str, Any]]:
     DDP's gradient sync happens) and the summed metrics every task reports: `loss_sum`,
     `correct`, `num_valid`.
     """
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazy: torch is a heavy import that only this path needs
+    import torch.nn.functional as F  # lazy: torch is a heavy import that only this path needs
 
     per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
     num_valid = valid.sum()
@@ -94,7 +94,7 @@ class Features:
 
     @property
     def pooled(self):
-        import torch
+        import torch  # lazy: torch is a heavy import that only this path needs
 
         if self._pooled is None:
             if self._map is None:

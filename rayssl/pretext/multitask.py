@@ -29,29 +29,19 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from rayssl.config import check_tasks
 from rayssl.data.transforms import AugmentConfig, augment_clip_stages
 from rayssl.pretext.base import ClipPlan, Features, Pretext
+from rayssl.pretext.pace import PacePretext
+from rayssl.pretext.pace_contrastive import PaceContrastivePretext
+from rayssl.pretext.statistics import StatisticsPretext
 
-
-def check_tasks(tasks: list[str]) -> None:
-    """ValueError unless the first task plans clips and the others label any clip."""
-    from rayssl.pretext import PRETEXTS
-
-    unknown = [t for t in tasks if t not in PRETEXTS or t in ("multitask", "supervised")]
-    if unknown:
-        choices = sorted(set(PRETEXTS) - {"multitask", "supervised"})
-        raise ValueError(f"unknown or unsupported tasks {unknown}; choose among {choices}")
-    first, *rest = tasks
-    if PRETEXTS[first].labels_any_clip:
-        raise ValueError(
-            f"the first task plans the clips and must be pace or pace_contrastive, got {first!r}"
-        )
-    planners = [t for t in rest if not PRETEXTS[t].labels_any_clip]
-    if planners:
-        raise ValueError(
-            f"{planners} plan their own clips; only the first task may (the others must "
-            "label the first task's clips from the pixels, as statistics does)"
-        )
+#: The tasks a multitask run can combine (`check_tasks` allows these names).
+TASKS: dict[str, type[Pretext]] = {
+    "pace": PacePretext,
+    "pace_contrastive": PaceContrastivePretext,
+    "statistics": StatisticsPretext,
+}
 
 
 class MultitaskHead(nn.Module):
@@ -67,12 +57,10 @@ class MultitaskPretext(Pretext):
 
     def __init__(self, cfg: Any, clip_len: int, short_video: str = "resample_pace") -> None:
         super().__init__(cfg, clip_len, short_video)
-        from rayssl.pretext import build_pretext
-
         settings = cfg.multitask
         check_tasks(list(settings.tasks))
         self.tasks: dict[str, Pretext] = {
-            t: build_pretext(dataclasses.replace(cfg, name=t), clip_len, short_video)
+            t: TASKS[t](dataclasses.replace(cfg, name=t), clip_len, short_video)
             for t in settings.tasks
         }
         self.weights = dict(zip(settings.tasks, (float(w) for w in settings.weights), strict=True))
@@ -131,7 +119,7 @@ class MultitaskPretext(Pretext):
         return self.primary.inputs(batch)
 
     def loss(self, features: Features, head, batch: dict) -> tuple[Any, dict[str, Any]]:
-        import torch
+        import torch  # lazy: torch is a heavy import that only this path needs
 
         if self.uses_map:
             _ = features.map  # one backbone pass for every task: pooled = pool(map)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from rayssl.data.sampling import draw_pace_clip, maybe_backwards
+from rayssl.models.heads import ClassifierHead
 from rayssl.pretext.base import ClipPlan, Features, Pretext, masked_cross_entropy
 
 
@@ -47,7 +48,6 @@ class PacePretext(Pretext):
         }
 
     def build_head(self, feature_dim: int, dropout: float = 0.0):
-        from rayssl.models.heads import ClassifierHead
 
         return ClassifierHead(feature_dim, self.num_classes, dropout=dropout)
 

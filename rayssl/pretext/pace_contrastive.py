@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from rayssl.data.sampling import stable_hash
+from rayssl.models.heads import ClassifierHead, ProjectionHead
 from rayssl.pretext.base import ClipPlan, Features, Pretext
 from rayssl.pretext.contrastive_loss import (
     gather_for_contrastive,
@@ -54,7 +55,6 @@ class PaceContrastiveHead(nn.Module):
         self, in_dim: int, num_paces: int, hidden: int, out_dim: int, dropout: float
     ) -> None:
         super().__init__()
-        from rayssl.models.heads import ClassifierHead, ProjectionHead
 
         self.classifier = ClassifierHead(in_dim, num_paces, dropout=dropout)
         self.projection: nn.Module = (
@@ -141,7 +141,7 @@ class PaceContrastivePretext(Pretext):
     def loss(self, features: Features, head, batch: dict) -> tuple[Any, dict[str, Any]]:
         """batch: "clip" (and "clip2" with two clips) (B, 3, T, H, W) float, "label"
         (and "label2") (B,) int64, "valid" (B,) bool, "video_id" (B,) strings (host)."""
-        import torch.nn.functional as F
+        import torch.nn.functional as F  # lazy: torch is a heavy import that only this path needs
 
         s = self.settings
         n = batch["clip"].shape[0]

@@ -40,7 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from rayssl.config import ConfigError
+from rayssl.data.flow import available_flow_algorithms, compute_flow
+from rayssl.data.statistics import label_classes, statistics_labels
 from rayssl.data.transforms import AugmentConfig, augment_clip_stages
+from rayssl.models.heads import TwoBranchHead
 from rayssl.pretext.base import ClipPlan, Features, Pretext
 
 NUM_MOTION = 14
@@ -65,8 +69,13 @@ class StatisticsPretext(Pretext):
         super().__init__(cfg, clip_len, short_video)
         if clip_len < 2:
             raise ValueError("data.clip_len: the statistics pretext needs at least 2 frames")
-        from rayssl.data.statistics import label_classes
-
+        flow = cfg.statistics.flow
+        if flow not in available_flow_algorithms():
+            raise ConfigError(
+                f"pretext.statistics.flow: {flow!r} is not available in the installed OpenCV "
+                f"(available: {available_flow_algorithms()}; tvl1 needs "
+                "opencv-contrib-python-headless)"
+            )
         self.settings = cfg.statistics
         self.classes = np.asarray(label_classes(clip_len), dtype=np.int64)  # (27,)
 
@@ -93,8 +102,6 @@ class StatisticsPretext(Pretext):
         """{"stats": (27,) int64}: flow between the clip's consecutive frames, then the
         labels of `rayssl.data.statistics.statistics_labels`. `clip` is the clip before
         colour jitter (`AugmentedClip.geometric`)."""
-        from rayssl.data.flow import compute_flow
-        from rayssl.data.statistics import statistics_labels
 
         flow = compute_flow(clip, self.settings.flow)
         return {"stats": statistics_labels(clip, flow).astype(np.int64)}
@@ -108,7 +115,6 @@ class StatisticsPretext(Pretext):
         return self.settings.head == "classification"
 
     def build_head(self, feature_dim: int, dropout: float = 0.0):
-        from rayssl.models.heads import TwoBranchHead
 
         if self.classification:
             out_m = int(self.classes[:NUM_MOTION].sum())
@@ -126,7 +132,7 @@ class StatisticsPretext(Pretext):
 
     def predict(self, head_out: tuple[Any, Any]):
         """Predicted 0-based labels (B, 27) int64 from the head's two outputs."""
-        import torch
+        import torch  # lazy: torch is a heavy import that only this path needs
 
         out_m, out_a = (o.float() for o in head_out)
         classes = torch.as_tensor(self.classes, device=out_m.device)
@@ -139,8 +145,8 @@ class StatisticsPretext(Pretext):
 
     def loss(self, features: Features, head, batch: dict) -> tuple[Any, dict[str, Any]]:
         """batch: "clip" (B, 3, T, H, W) float, "stats" (B, 27) int64, "valid" (B,) bool."""
-        import torch
-        import torch.nn.functional as F
+        import torch  # lazy: torch is a heavy import that only this path needs
+        import torch.nn.functional as F  # lazy: torch is a heavy import that only this path needs
 
         out_m, out_a = head(features.map)
         labels = batch["stats"].long().clamp(min=0)  # placeholders are masked below

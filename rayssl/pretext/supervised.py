@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from rayssl.models.heads import ClassifierHead
 from rayssl.pretext.base import ClipPlan, Features, Pretext, masked_cross_entropy
 
 
@@ -38,7 +39,6 @@ class SupervisedTask(Pretext):
         return ClipPlan(clips=[indices])
 
     def build_head(self, feature_dim: int, dropout: float = 0.0):
-        from rayssl.models.heads import ClassifierHead
 
         return ClassifierHead(feature_dim, self.num_classes, dropout=dropout)
 

@@ -34,6 +34,9 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from rayssl.config import check_curriculum
+from rayssl.vocabulary import PACINGS
+
 __all__ = [
     "PACINGS",
     "CurriculumLike",
@@ -45,12 +48,17 @@ __all__ = [
     "stage_at",
 ]
 
-#: The pacing functions :func:`stage_at` knows.
-PACINGS = ("single_step", "fixed_exp", "varied_exp")
-_EXP_PACINGS = ("fixed_exp", "varied_exp")
 #: A fraction times a row count is rounded to this many decimals before ``ceil`` so that
 #: e.g. 0.3 * 10 = 3.0000000000000004 takes 3 rows, not 4.
 _ROUND_DECIMALS = 9
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
 class CurriculumLike(Protocol):
@@ -67,52 +75,6 @@ class CurriculumLike(Protocol):
     def step_epochs(self) -> int: ...
     @property
     def step_epochs_list(self) -> Sequence[int]: ...
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-
-
-def check_curriculum(settings: CurriculumLike) -> None:
-    """Raise ValueError, naming the dotted key, for settings no pacing function accepts.
-
-    Checked: ``curriculum.pacing`` is one of :data:`PACINGS`; ``curriculum.start_fraction`` is
-    in (0, 1]; ``curriculum.step_epochs`` is an integer >= 1; for ``fixed_exp`` and
-    ``varied_exp`` ``curriculum.growth`` is a finite number > 1; for ``varied_exp``
-    ``curriculum.step_epochs_list`` is a non-empty list of integers >= 1.  Settings that the
-    chosen pacing does not use (e.g. ``growth`` for ``single_step``) are not checked.
-    """
-    pacing = settings.pacing
-    if pacing not in PACINGS:
-        raise ValueError(f"curriculum.pacing: expected one of {list(PACINGS)}, got {pacing!r}")
-    start = settings.start_fraction
-    if not _is_number(start) or not 0.0 < float(start) <= 1.0:
-        raise ValueError(f"curriculum.start_fraction: expected a number in (0, 1], got {start!r}")
-    step = settings.step_epochs
-    if not _is_int(step) or step < 1:
-        raise ValueError(f"curriculum.step_epochs: expected an integer >= 1, got {step!r}")
-    if pacing in _EXP_PACINGS:
-        growth = settings.growth
-        if not _is_number(growth) or not math.isfinite(growth) or not float(growth) > 1.0:
-            raise ValueError(
-                f"curriculum.growth: {pacing} needs a finite number > 1, got {growth!r}"
-            )
-    if pacing == "varied_exp":
-        lengths = settings.step_epochs_list
-        if (
-            isinstance(lengths, str | bytes)
-            or not isinstance(lengths, Sequence)
-            or len(lengths) == 0
-            or not all(_is_int(n) and n >= 1 for n in lengths)
-        ):
-            raise ValueError(
-                "curriculum.step_epochs_list: varied_exp needs a non-empty list of integers "
-                f">= 1 (the length in epochs of each stage), got {lengths!r}"
-            )
 
 
 def _full_stage(start: float, growth: float) -> int:

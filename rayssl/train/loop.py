@@ -9,9 +9,6 @@ numbers are exact, not rank-0 samples.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import sys
 import tempfile
 import time
@@ -27,6 +24,19 @@ import torch
 import torch.distributed as dist
 
 from rayssl import checkpoint as checkpoint_format
+from rayssl import testhooks
+from rayssl.checkpoint import (
+    RANDOM,
+    BackboneSource,
+    EpochProgress,
+    backbone_file_payload,
+    epoch_progress,
+    load_state_strict,
+    load_training_state,
+    resolve_checkpoint,
+    restore_training_state,
+    save_training_state,
+)
 from rayssl.config import Config, config_from_dict
 from rayssl.data import storage
 from rayssl.data.manifest import read_manifest
@@ -37,24 +47,10 @@ from rayssl.data.pipeline import (
     sampler_spec,
     usable_videos,
 )
-from rayssl.evaluate.checkpoint import (
-    RANDOM,
-    BackboneSource,
-    backbone_file_payload,
-    load_state_strict,
-    resolve_checkpoint,
-)
-from rayssl.evaluate.monitor import RetrievalMonitor
-from rayssl.launch import quiet_ray_data
 from rayssl.pretext import build_pretext
-from rayssl.train.checkpoint import (
-    EpochProgress,
-    epoch_progress,
-    load_training_state,
-    restore_training_state,
-    save_training_state,
-)
+from rayssl.raystart import quiet_ray_data
 from rayssl.train.curriculum import easiest, order_by_difficulty, stage_at
+from rayssl.train.monitor import RetrievalMonitor
 from rayssl.train.prefetch import device_batches
 from rayssl.train.step import (
     DeviceSettings,
@@ -71,42 +67,8 @@ from rayssl.train.step import (
 from rayssl.train.sysmetrics import FIELDS, SystemSampler, as_metrics
 from rayssl.train.tracking import PRETRAIN_RUN_TAG, Tracker
 
-#: Test hook: "<marker file>:<epoch>:<step>:<rank>" makes that worker SIGKILL itself
-#: once (the marker records it) before training that step of the epoch, to exercise
-#: worker-failure recovery for real; several specs are separated by ";".
-KILL_ENV = "RAYSSL_TEST_KILL_WORKER"
-
 #: Rank 0 prints one line per epoch starting with this (the demo shows only these).
 PROGRESS_PREFIX = "[rayssl]"
-
-
-def _maybe_die(epoch: int, step: int, rank: int) -> None:
-    for spec in filter(None, os.environ.get(KILL_ENV, "").split(";")):
-        marker, e, s, r = spec.rsplit(":", 3)
-        if (epoch, step, rank) == (int(e), int(s), int(r)) and not Path(marker).exists():
-            Path(marker).write_text(f"killed pid {os.getpid()} at epoch {epoch} step {step}\n")
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-#: Test hook: "<folder>:<epoch>" makes the job wait, once, after reporting that epoch's
-#: checkpoint: it writes <folder>/paused and waits for <folder>/release (or 10 minutes).
-#: A test stops the job at a known point instead of racing the clock.
-PAUSE_ENV = "RAYSSL_TEST_PAUSE"
-
-
-def _maybe_pause(epoch: int, rank: int) -> None:
-    spec = os.environ.get(PAUSE_ENV)
-    if not spec:
-        return
-    folder, e = spec.rsplit(":", 1)
-    paused = Path(folder) / "paused"
-    if epoch != int(e) or paused.exists():
-        return
-    if rank == 0:
-        paused.write_text(f"pid {os.getpid()} after epoch {epoch}\n")
-    deadline = time.monotonic() + 600
-    while not (Path(folder) / "release").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 class SkipRateError(RuntimeError):
@@ -223,33 +185,6 @@ def _iterate(ds, batch_size: int, prefetch: int):
     )
 
 
-#: Test hook: a folder where every worker appends one JSON line per training step (the
-#: draws it trained), so a test can check that a resumed epoch trains each draw once.
-TRACE_ENV = "RAYSSL_TEST_TRACE"
-
-
-def _trace(batch: dict[str, np.ndarray], epoch: int, step: int, global_step: int, rank: int):
-    folder = os.environ.get(TRACE_ENV)
-    if not folder:
-        return
-    keep = ~np.asarray(batch["pad"], dtype=bool) if "pad" in batch else slice(None)
-    line = {
-        "pid": os.getpid(),
-        "node": ray.get_runtime_context().get_node_id(),
-        "decode_nodes": sorted({str(n) for n in batch.get("decode_node", [])}),
-        "rank": rank,
-        "epoch": epoch,
-        "step": step,
-        "global_step": global_step,
-        "draws": [
-            [str(v), int(d)]
-            for v, d in zip(batch["video_id"][keep], batch["draw"][keep], strict=True)
-        ],
-    }
-    with open(Path(folder) / f"trace-{os.getpid()}.jsonl", "a") as f:
-        f.write(json.dumps(line) + "\n")
-
-
 class EpochState:
     """One worker's progress through an epoch: steps taken (counting those before a
     mid-epoch restart), the draw places it trained since the last checkpoint, its
@@ -354,13 +289,15 @@ def run_epoch(
             break
         t_batch = time.perf_counter()
         state.wait_s += t_batch - t_last
-        _maybe_die(state.epoch, state.steps, rank)
+        testhooks.maybe_kill_worker(state.epoch, state.steps, rank)
         metrics = train_step(model, on_device, optimizer, settings)
         if settings.device.type == "cuda":
             torch.cuda.synchronize(settings.device)
         state.sums.add_batch(batch, metrics)
         state.mark(batch)
-        _trace(batch, state.epoch, state.steps, global_step, rank)
+        if testhooks.tracing():
+            node = ray.get_runtime_context().get_node_id()
+            testhooks.trace_step(batch, node, state.epoch, state.steps, global_step, rank)
         state.steps += 1
         global_step += 1
         t_last = time.perf_counter()
@@ -659,7 +596,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             sys.stdout.flush()
         report(None, epoch, metrics)
         schedule.reset()
-        _maybe_pause(epoch, rank)
+        testhooks.maybe_pause_after_epoch(epoch, rank)
         _check_skip_rate(cfg, epoch, reduced, skips, tracker)
 
     if rank == 0:

@@ -20,48 +20,17 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, cast
 
-from rayssl.config import Config, ConfigError, dump_config
+from rayssl.config import Config, dump_config
 from rayssl.data.storage import redact
+from rayssl.tracking_uri import default_tracking_uri
 
 RUN_KEY_TAG = "rayssl.run_key"
 #: Tag on fine-tuning and evaluation runs: the MLflow run that pre-trained the weights.
 PRETRAIN_RUN_TAG = "rayssl.pretrain_run_id"
-
-
-REDACTED_USERINFO = "://***@"
-
-
-def real_tracking_uri(uri: str) -> str:
-    """`uri` as MLflow needs it: a redacted one (`scheme://***@host...`, what a config
-    holds) gets its credentials from $MLFLOW_TRACKING_URI, which must be the same URI."""
-    if REDACTED_USERINFO not in uri:
-        return uri
-    env = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if env and redact(env) == uri:
-        return env
-    raise ConfigError(
-        f"run.tracking_uri {uri}: a config never holds tracking credentials; set "
-        "MLFLOW_TRACKING_URI to the full URI (with them) where rayssl runs"
-    )
-
-
-def default_tracking_uri(cfg: Config) -> str:
-    """The tracking URI to connect to, credentials included (never store it: see
-    `stored_tracking_uri`)."""
-    if cfg.run.tracking_uri:
-        return real_tracking_uri(cfg.run.tracking_uri)
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{Path.cwd().resolve() / 'mlruns.db'}"
-
-
-def stored_tracking_uri(cfg: Config) -> str:
-    """The tracking URI as a config, checkpoint or log may hold it: redacted."""
-    return redact(default_tracking_uri(cfg))
 
 
 def filter_literal(value: str) -> str:
@@ -145,7 +114,7 @@ class Tracker:
         self.run_id: str | None = None
         if not enabled:
             return
-        import mlflow
+        import mlflow  # lazy: mlflow is a heavy import that only this path needs
 
         self._mlflow = mlflow
         endpoint = (
@@ -197,7 +166,6 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        import time
 
         ts = int(time.time() * 1000)
         batch = [

@@ -22,6 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from rayssl.train.tracking import filter_literal
+
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 CLIPS_PER_S = "train/clips_per_s"
@@ -48,7 +50,6 @@ def _parse_tag(text: str) -> tuple[str, str]:
 
 def _quote(value: str) -> str:
     """`value` as a string literal of MLflow's filter grammar."""
-    from rayssl.train.tracking import filter_literal
 
     try:
         return filter_literal(value)
@@ -115,9 +116,11 @@ def select_runs(
         CompareError: no criterion, an experiment or run id that does not exist, a bad
             tag, or no run matching.
     """
-    import mlflow
-    from mlflow.entities import ViewType
-    from mlflow.exceptions import MlflowException
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
+    from mlflow.entities import ViewType  # lazy: mlflow is a heavy import that only this path needs
+    from mlflow.exceptions import (  # lazy: mlflow is a heavy import that only this path needs
+        MlflowException,  # lazy: mlflow is a heavy import that only this path needs
+    )
 
     pairs = [_parse_tag(t) if isinstance(t, str) else (t[0], t[1]) for t in tags]
     if not (experiments or parent or run_ids or pairs):
@@ -294,7 +297,7 @@ def plot_metric(
     Raises:
         CompareError: no chosen run has the metric.
     """
-    import mlflow
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
 
     client = mlflow.MlflowClient(tracking_uri)
     histories: list[tuple[str, str, list[tuple[int, float]]]] = []
@@ -313,10 +316,10 @@ def plot_metric(
         for name, rid, points in histories
     }
 
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is a heavy import that only this path needs
 
     matplotlib.use("Agg")  # headless
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib is a heavy import that only this path needs
 
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -366,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the comparison table (and write the plot); 0, or 2 on bad input."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import (  # lazy: mlflow is a heavy import that only this path needs
+        MlflowException,  # lazy: mlflow is a heavy import that only this path needs
+    )
 
     try:
         args = build_parser().parse_args(argv)

@@ -31,12 +31,16 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rayssl.data.storage import redact
+from rayssl.train.tracking import filter_tag
 
 TAG_PREFIX = "rayssl.sweep."
 BACKBONE_TAG = TAG_PREFIX + "backbone"
@@ -142,7 +146,7 @@ def fit_log_linear(
     num_seeds = int(counts.max())
     ci: tuple[float, float] | None = None
     if num_seeds > 1 and n > 2:
-        from scipy import stats
+        from scipy import stats  # lazy: SciPy is a heavy import that only this path needs
 
         se_b = math.sqrt(ss_res / (n - 2) / sxx)
         half = float(stats.t.ppf(0.975, n - 2)) * se_b
@@ -286,11 +290,15 @@ def plot_scaling(
 ) -> None:
     """Metric against fraction (log2 x axis): one colour per (backbone, pretext), a point
     per finished trial and the fitted line over the fractions swept."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is a heavy import that only this path needs
 
     matplotlib.use("Agg")  # headless
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+    import matplotlib.pyplot as plt  # lazy: matplotlib is a heavy import that only this path needs
+    from matplotlib.ticker import (  # lazy: matplotlib is a heavy import that only this path needs
+        FixedLocator,
+        FuncFormatter,
+        NullFormatter,
+    )
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -381,12 +389,11 @@ def records_from_mlflow(tracking_uri: str, parent_run_id: str, metric: str) -> l
         ValueError: the parent run does not exist, or a trial's fraction / seed tag
             is not a number.
     """
-    import mlflow
-    from mlflow.entities import ViewType
-    from mlflow.exceptions import MlflowException
-
-    from rayssl.data.storage import redact
-    from rayssl.train.tracking import filter_tag
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
+    from mlflow.entities import ViewType  # lazy: mlflow is a heavy import that only this path needs
+    from mlflow.exceptions import (  # lazy: mlflow is a heavy import that only this path needs
+        MlflowException,  # lazy: mlflow is a heavy import that only this path needs
+    )
 
     client = mlflow.MlflowClient(tracking_uri)
     try:
@@ -446,9 +453,8 @@ def log_report(tracking_uri: str, parent_run_id: str, result: Mapping[str, Any])
     """Log `report`'s files as artifacts of the parent run under `scaling_law/`, and each
     fit as parent metrics `scaling/<backbone>/<pretext>/{a,b,r2}` (plus `b_ci95_low` /
     `b_ci95_high` when there is a CI; non-finite numbers are skipped)."""
-    import time
 
-    import mlflow
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
 
     client = mlflow.MlflowClient(tracking_uri)
     for path in result["files"]:

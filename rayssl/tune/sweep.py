@@ -29,13 +29,17 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import tune
+
+from rayssl import preflight, testhooks
+from rayssl.checkpoint import CheckpointError
 from rayssl.config import (
     Config,
     ConfigError,
@@ -45,12 +49,17 @@ from rayssl.config import (
     typed_from_dict,
 )
 from rayssl.config import _in_range as in_range
+from rayssl.data import storage
+from rayssl.data.manifest import ManifestError
+from rayssl.data.schedule import UnschedulableError, share
+from rayssl.evaluate.features import load_manifest
+from rayssl.evaluate.suite import check_labels, check_suite_paths, evaluate_checkpoint, load_suite
+from rayssl.launch import pretrain, resolve_paths
+from rayssl.raystart import start_ray
+from rayssl.tracking_uri import default_tracking_uri
+from rayssl.train.tracking import experiment_id, filter_tag
+from rayssl.tune.scaling_law import log_report, records_from_mlflow, report
 
-#: Test hook: "<folder>:<trial>[:logged]" makes that trial wait, once, at its start (or,
-#: with `:logged`, after its results are in MLflow and before Tune hears of them): it
-#: writes <folder>/paused and waits for <folder>/release (or 10 minutes), so a test can
-#: kill the driver at a known point instead of racing the clock.
-PAUSE_ENV = "RAYSSL_TEST_SWEEP_PAUSE"
 STUDY_TAG = "rayssl.sweep.study"
 #: CPU a trial's own process reserves (it only waits for its Train and Data work, which
 #: reserve their own); Tune refuses a trial that reserves nothing.
@@ -174,7 +183,6 @@ def trials(cfg: SweepConfig) -> list[Trial]:
 
 def trial_config(cfg: SweepConfig, trial: Trial, parent_run_id: str = "") -> Config:
     """The pre-training config of one trial (validated, as `rayssl pretrain` would)."""
-    from rayssl.launch import resolve_paths
 
     study = cfg.study
     runs = f"{study.storage_path.rstrip('/')}/{study.name}/trials"
@@ -197,7 +205,6 @@ def trial_config(cfg: SweepConfig, trial: Trial, parent_run_id: str = "") -> Con
 
 
 def evaluation_suite(cfg: SweepConfig, trial_cfg: Config):
-    from rayssl.evaluate.suite import load_suite
 
     overrides = [*cfg.evaluation_overrides]
     if cfg.manifest:
@@ -225,9 +232,6 @@ def check_evaluation_world(cfg: SweepConfig, grid: list[Trial]) -> None:
     """The evaluation suite against what it names, before any trial pre-trains: its
     manifest has the splits and labels every enabled evaluation uses, and every other
     path it names (pairs CSV, fine-tuning config) exists and is not a placeholder."""
-    from rayssl.data.manifest import ManifestError
-    from rayssl.evaluate.features import load_manifest
-    from rayssl.evaluate.suite import check_labels, check_suite_paths
 
     suite = evaluation_suite(cfg, trial_config(cfg, grid[0]))
     try:
@@ -240,8 +244,6 @@ def check_evaluation_world(cfg: SweepConfig, grid: list[Trial]) -> None:
 def check_trials_world(cfg: SweepConfig, grid: list[Trial]) -> None:
     """What the trials name, checked before Ray starts (`rayssl.preflight`): manifests,
     clips that fit, writable storage and tracking; once per distinct combination."""
-    from rayssl import preflight
-    from rayssl.launch import resolve_paths
 
     checked: set[str] = set()
     for t in grid:
@@ -258,19 +260,6 @@ def check_trials_world(cfg: SweepConfig, grid: list[Trial]) -> None:
 
 
 # --------------------------------------------------------------------------- a trial
-
-
-def _maybe_pause(slug: str, point: str = "start") -> None:
-    spec = os.environ.get(PAUSE_ENV)
-    if not spec:
-        return
-    folder, name, *rest = spec.split(":")
-    if name != slug or (rest[0] if rest else "start") != point or Path(folder, "paused").exists():
-        return
-    Path(folder, "paused").write_text(f"pid {os.getpid()}: trial {slug} at {point}\n")
-    deadline = time.monotonic() + 600
-    while not Path(folder, "release").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def trial_tags(cfg: Config, slug: str, study_key: str) -> dict[str, str]:
@@ -307,9 +296,6 @@ class NonRetryableTrialError(RuntimeError):
 
 
 def _deterministic(e: BaseException) -> bool:
-    from rayssl.data.manifest import ManifestError
-    from rayssl.data.schedule import UnschedulableError
-    from rayssl.evaluate.checkpoint import CheckpointError
 
     return isinstance(e, (ConfigError, ManifestError, CheckpointError, UnschedulableError))
 
@@ -348,7 +334,6 @@ def eval_budget(cfg: SweepConfig, tcfg: Config, resources: dict[str, float]) -> 
 def size_suite(suite, budget_cpu: float):
     """The suite with its model actor and decode tasks sized to `budget_cpu`
     (`data.schedule.share`: fractional CPUs when the configured ones do not fit)."""
-    from rayssl.data.schedule import share
 
     inf = suite.features.inference
     actor, task, tasks = share(budget_cpu, inf.cpus_per_actor, suite.data.num_cpus_per_task)
@@ -369,7 +354,6 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str)
 
     A config or data error (deterministic) is written to the trial's folder; Tune's
     retry of that trial then fails at once instead of pre-training again."""
-    from ray import tune
 
     marker = Path(tune.get_context().get_trial_dir()) / NONRETRYABLE_FILE
     if marker.exists():
@@ -386,16 +370,11 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str)
 
 
 def _run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str) -> None:
-    import mlflow
-    from ray import tune
-
-    from rayssl.evaluate.suite import evaluate_checkpoint
-    from rayssl.launch import pretrain
-    from rayssl.train.tracking import default_tracking_uri
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
 
     cfg = _sweep_from_dict(sweep)
     trial = Trial(config["trial"]["slug"], dict(config["trial"]["values"]))
-    _maybe_pause(trial.slug)
+    testhooks.maybe_pause_trial(trial.slug)
     tcfg = trial_config(cfg, trial, parent_run_id)
     metric_key = f"downstream/{cfg.metric}"
     earlier = finished_trial_run(default_tracking_uri(tcfg), parent_run_id, trial.slug, metric_key)
@@ -410,7 +389,6 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str
     wall_s = time.monotonic() - t0
     if not result["checkpoint"]:
         raise RuntimeError(f"trial {trial.slug}: pre-training reported no checkpoint")
-    import ray
 
     suite = size_suite(evaluation_suite(cfg, tcfg), eval_budget(cfg, tcfg, ray.cluster_resources()))
     with tempfile.TemporaryDirectory() as out:
@@ -435,7 +413,7 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str
     tags["rayssl.eval_run"] = ev["mlflow_run_id"]
     for key, text in tags.items():
         client.set_tag(run_id, key, text)
-    _maybe_pause(trial.slug, "logged")
+    testhooks.maybe_pause_trial(trial.slug, "logged")
     tune.report({"metric": value, **metrics, "mlflow_run_id": run_id})
 
 
@@ -443,11 +421,10 @@ def finished_trial_run(
     uri: str, parent_run_id: str, slug: str, metric_key: str
 ) -> tuple[str, float] | None:
     """(run id, metric) of this study's finished run of trial `slug`, if it has one."""
-    import mlflow
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
 
     if not parent_run_id:
         return None
-    from rayssl.train.tracking import filter_tag
 
     client = mlflow.MlflowClient(uri)
     exp_id = client.get_run(parent_run_id).info.experiment_id
@@ -474,9 +451,7 @@ def _sweep_from_dict(d: dict[str, Any]) -> SweepConfig:
 
 def _parent_run(cfg: SweepConfig, uri: str, grid: list[Trial]) -> str:
     """The study's MLflow run: found again by its tag when the study resumes."""
-    import mlflow
-
-    from rayssl.train.tracking import experiment_id, filter_tag
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
 
     client = mlflow.MlflowClient(uri)
     exp_id = experiment_id(client, cfg.study.experiment)
@@ -529,13 +504,6 @@ def max_concurrent(cfg: SweepConfig, grid: list[Trial], resources: dict[str, flo
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or resume) the study; returns the report and where everything went."""
-    import ray
-    from ray import tune
-
-    from rayssl.data import storage
-    from rayssl.launch import _init_ray
-    from rayssl.train.tracking import default_tracking_uri
-    from rayssl.tune.scaling_law import log_report, records_from_mlflow, report
 
     grid = check_sweep(cfg)
     check_trials_world(cfg, grid)
@@ -544,7 +512,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     # trials get the URI redacted (Tune stores their config); they connect with
     # default_tracking_uri, which takes the credentials from MLFLOW_TRACKING_URI
     cfg = replace(cfg, study=replace(cfg.study, tracking_uri=storage.redact(uri)))
-    _init_ray()
+    start_ray()
     parent = _parent_run(cfg, uri, grid)
     fs, root = storage.get_filesystem(cfg.study.storage_path, storage.StorageOptions())
     path = f"{root.rstrip('/')}/{cfg.study.name}"  # as the filesystem names it
@@ -591,7 +559,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             local.mkdir(parents=True, exist_ok=True)
             for f in out.iterdir():
                 (local / f.name).write_bytes(f.read_bytes())
-    import mlflow
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
 
     client = mlflow.MlflowClient(uri)
     done = sum(1 for r in records if r.status == "FINISHED" and math.isfinite(r.metric))
@@ -619,7 +587,6 @@ def error_summary(error: BaseException, trial_path: str | None) -> str:
 
 
 def _local_report_dir(cfg: SweepConfig) -> Path | None:
-    from rayssl.data import storage
 
     if storage.is_s3(cfg.study.storage_path):
         return None

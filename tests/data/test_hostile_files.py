@@ -216,7 +216,7 @@ def test_config_caps_validate():
         DataConfig(max_frames=-1).validate("data")
     with pytest.raises(ConfigError, match="stream_block_bytes"):
         DataConfig(stream_block_bytes=10).validate("data")
-    limits = DataConfig(max_pixels=7).limits()
+    limits = VideoLimits.from_config(DataConfig(max_pixels=7))
     assert limits.max_pixels == 7
 
 

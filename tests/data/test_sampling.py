@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rayssl.config import parse_clip_spec
 from rayssl.data.sampling import (
     clip_indices,
     clip_rng,
@@ -15,7 +16,6 @@ from rayssl.data.sampling import (
     fraction_mask,
     pace_indices,
     pace_span,
-    parse_clip_spec,
     stable_hash,
 )
 

@@ -18,8 +18,8 @@ from rayssl.evaluate.attention import (
     grid_image,
     overlay,
 )
-from rayssl.evaluate.features import usable
 from rayssl.models import build_backbone
+from rayssl.train.inference import usable
 
 
 def test_attention_peaks_where_the_activations_are():

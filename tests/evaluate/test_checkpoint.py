@@ -11,16 +11,16 @@ import pytest
 import torch
 import yaml
 
-from rayssl.config import dump_config, load_config
-from rayssl.evaluate.checkpoint import (
+from rayssl.checkpoint import (
     CheckpointError,
     backbone_file_payload,
     build_backbone_from,
     resolve_checkpoint,
+    save_training_state,
     with_checkpoint_model,
 )
+from rayssl.config import dump_config, load_config
 from rayssl.pretext import build_pretext
-from rayssl.train.checkpoint import save_training_state
 from rayssl.train.step import build_model, build_optimizer
 from tests.conftest import ROOT
 

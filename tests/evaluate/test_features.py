@@ -13,22 +13,21 @@ import pytest
 import torch
 
 from rayssl.cli import main as cli_main
-from rayssl.config import DataConfig, InferenceSettings
+from rayssl.config import DataConfig, InferenceSettings, parse_clip_spec
 from rayssl.data.manifest import build_manifest, list_entries, write_manifest
-from rayssl.data.sampling import clip_indices, parse_clip_spec
+from rayssl.data.sampling import clip_indices
 from rayssl.data.synthetic import index_pattern_frames, read_index_pattern, write_video
-from rayssl.evaluate.features import (
+from rayssl.evaluate.features import decode_concurrency, read_features
+from rayssl.models import build_backbone
+from rayssl.train.inference import (
     DecodeSpec,
     FeatureModel,
     VideoOutputs,
     aggregate,
-    decode_concurrency,
     decode_eval_row,
     eval_rows,
-    read_features,
     usable,
 )
-from rayssl.models import build_backbone
 
 
 def test_parse_clip_spec():

@@ -109,7 +109,7 @@ def test_finetune_from_checkpoint_end_to_end(ray_local, tiny_manifest, tmp_path)
     """Fine-tune (1 Ray Train worker) from a backbone.pt; the test protocol logs to MLflow."""
     import mlflow
 
-    from rayssl.evaluate.checkpoint import backbone_file_payload
+    from rayssl.checkpoint import backbone_file_payload
     from rayssl.evaluate.finetune import finetune
 
     tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"

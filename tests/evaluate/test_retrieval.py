@@ -5,13 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rayssl.evaluate.retrieval import (
-    cosine_similarity_matrix,
-    format_table,
-    nearest_neighbours,
-    plot_topk,
-    topk_accuracy,
-)
+from rayssl.evaluate.retrieval import format_table, plot_topk
+from rayssl.knn import cosine_similarity_matrix, nearest_neighbours, topk_accuracy
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pytest
 import torch
 
+from rayssl.checkpoint import backbone_file_payload
 from rayssl.cli import main as cli_main
 from rayssl.config import ConfigError, dump_config, load_config
 from rayssl.data.manifest import ManifestError, read_manifest
-from rayssl.evaluate.checkpoint import backbone_file_payload
 from rayssl.evaluate.registry import EVALUATIONS
 from rayssl.evaluate.suite import check_labels, comparison_table, config_path, load_suite
 from rayssl.pretext import build_pretext

@@ -10,7 +10,8 @@ under it: a spot VM that vanished).
 
 A third node advertises `decode` and holds no train worker: the job pins its Ray Data
 decode tasks there (`data.decode_resources`), as decoding runs on CPU nodes and training
-on GPU nodes, and every sample names the node that decoded it (RAYSSL_TEST_TRACE).
+on GPU nodes, and every sample names the node that decoded it (RAYSSL_TEST_TRACE with
+RAYSSL_TEST_DECODE_NODE).
 
 The run is elastic (`train.min_workers=1`, `train.num_workers=2`, one worker per node):
 after the loss a replacement node joins, and the group restarts from the checkpoint on
@@ -214,7 +215,11 @@ def run_and_lose_a_node(
                 local_ray_head(
                     num_cpus=0,
                     # the nodes' workers inherit it: every sample names its decode node
-                    env={**FAST_NODE_DEATH, "RAYSSL_TEST_TRACE": str(trace)},
+                    env={
+                        **FAST_NODE_DEATH,
+                        "RAYSSL_TEST_TRACE": str(trace),
+                        "RAYSSL_TEST_DECODE_NODE": "1",
+                    },
                     log_path=logs / "head.log",
                     stop_grace_s=2,
                 )

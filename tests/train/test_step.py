@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from rayssl.config import load_config
-from rayssl.pretext import build_pretext
-from rayssl.train.checkpoint import (
+from rayssl.checkpoint import (
     load_training_state,
     restore_training_state,
     save_training_state,
 )
+from rayssl.config import load_config
+from rayssl.pretext import build_pretext
 from rayssl.train.step import (
     MEAN,
     STD,

@@ -11,11 +11,11 @@ import mlflow
 import pytest
 import torch
 
+from rayssl.checkpoint import save_training_state
 from rayssl.config import ConfigError, load_config
 from rayssl.data.storage import redact
 from rayssl.launch import resolve_paths
 from rayssl.pretext import build_pretext
-from rayssl.train.checkpoint import save_training_state
 from rayssl.train.step import build_model, build_optimizer
 from rayssl.train.tracking import (
     RUN_KEY_TAG,

@@ -5,7 +5,7 @@ asks Ray's state API, with no address, whether the controller is alive. With no
 address the state API takes the newest `ray start` on the machine (Ray's
 ray_current_cluster file): once a second cluster is up it finds no controller there and
 removes the live run's placement group, killing its workers. `rayssl` pins each run's
-own address in its runtime env (rayssl.launch.init_local_or_existing), so a job
+own address in its runtime env (rayssl.raystart.init_local_or_existing), so a job
 submitted as the README submits it (no RAY_ADDRESS of its own) must finish.
 
 The failing order: a job on one head (loopback, no token), paused after its first

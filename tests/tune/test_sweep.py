@@ -16,10 +16,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from rayssl import testhooks
 from rayssl.config import ConfigError
 from rayssl.tune.sweep import (
     NONRETRYABLE_FILE,
-    PAUSE_ENV,
     check_evaluation_world,
     check_sweep,
     check_trials_world,
@@ -233,7 +233,7 @@ def test_sweep_job_killed_and_resubmitted_resumes_without_redoing_trials(tmp_pat
     entry = ["python", "jobs/sweep.py", "--config", str(sweep)]
     # The last trial waits after its results reached MLflow, before Tune hears of them:
     # the worst moment for a driver to die (Tune's saved state lags MLflow).
-    env = {"MLFLOW_TRACKING_URI": tracking, PAUSE_ENV: f"{pause}:{last}:logged"}
+    env = {"MLFLOW_TRACKING_URI": tracking, testhooks.SWEEP_PAUSE: f"{pause}:{last}:logged"}
     with local_ray_head(
         num_cpus=4, env=env, log_path=tmp_path / "head.log", stop_grace_s=2
     ) as head:

@@ -21,7 +21,8 @@ from rayssl.config import Config
 from rayssl.data import storage
 from rayssl.data.manifest import read_manifest, require_labels
 from rayssl.data.sampling import fraction_mask
-from rayssl.evaluate.features import (
+from rayssl.knn import topk_accuracy
+from rayssl.train.inference import (
     DecodeSpec,
     FeatureModel,
     aggregate,
@@ -29,7 +30,6 @@ from rayssl.evaluate.features import (
     eval_rows,
     infer_in_process,
 )
-from rayssl.evaluate.retrieval import topk_accuracy
 
 MAX_CLIPS_PER_TASK = 32
 
