@@ -1,10 +1,11 @@
 """The per-worker training loop run by Ray Train (`TorchTrainer`).
 
-Each worker builds, per epoch, a Ray Data pipeline over its shard of the epoch's draw
-rows (`rayssl.data.pipeline`): every draw is a function of (seed, video, epoch, draw),
-every worker takes the same number of steps, and resuming at epoch e rebuilds exactly
-the stream of epoch e. Metrics are summed over workers with all-reduce, so epoch
-numbers are exact, not rank-0 samples.
+Each worker builds ONE Ray Data pipeline for the run over its shard of every remaining
+epoch's draw rows (`rayssl.data.pipeline.DrawPlan`, `build_run_dataset`), and takes each
+epoch's batches from it in turn (`RunStream`): every draw is a function of (seed, video,
+epoch, draw), every worker takes the same number of steps, and resuming at epoch e
+rebuilds exactly the stream from epoch e on. Metrics are summed over workers with
+all-reduce, so epoch numbers are exact, not rank-0 samples.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ from rayssl.data import storage
 from rayssl.data.manifest import read_manifest
 from rayssl.data.pipeline import (
     SKIP_REASONS,
-    build_clip_dataset,
-    epoch_rows,
+    TRAIN,
+    VAL,
+    DrawPlan,
+    RunStream,
+    build_run_dataset,
     sampler_spec,
     usable_videos,
 )
@@ -55,7 +59,7 @@ from rayssl.train.checkpoint import (
     restore_training_state,
     save_training_state,
 )
-from rayssl.train.curriculum import easiest, order_by_difficulty, stage_at
+from rayssl.train.curriculum import EpochVideos, order_by_difficulty, stage_at
 from rayssl.train.prefetch import device_batches
 from rayssl.train.step import (
     DeviceSettings,
@@ -218,12 +222,6 @@ def _epoch_metrics(prefix: str, sums: dict[str, float], acc_name: str) -> dict[s
     return out
 
 
-def _iterate(ds, batch_size: int, prefetch: int):
-    return ds.iter_batches(
-        batch_size=batch_size, batch_format="numpy", prefetch_batches=prefetch, drop_last=False
-    )
-
-
 #: Test hook: a folder where every worker appends one JSON line per training step (the
 #: draws it trained), so a test can check that a resumed epoch trains each draw once.
 TRACE_ENV = "RAYSSL_TEST_TRACE"
@@ -264,7 +262,7 @@ def _trace(batch: dict[str, np.ndarray], epoch: int, step: int, global_step: int
 
 #: Batch columns that are bookkeeping, not a sample's content (left out of its digest).
 _NOT_CONTENT = frozenset(
-    ("video_id", "class_label", "epoch", "draw", "pos", "pad", "part", "decode_node")
+    ("video_id", "class_label", "epoch", "draw", "pos", "pad", "part", "run_epoch", "decode_node")
 )
 
 
@@ -351,7 +349,7 @@ def run_epoch(
     acc_name: str,
     model,
     optimizer,
-    ds,
+    host_batches,
     settings: DeviceSettings,
     cfg: Config,
     batch_size: int,
@@ -365,7 +363,7 @@ def run_epoch(
     sampler: SystemSampler | None = None,
     end_step: int | None = None,
 ) -> int:
-    """Train over one epoch's dataset, updating `state`; returns the global step.
+    """Train over one epoch's batches, updating `state`; returns the global step.
 
     `on_checkpoint(state, global_step)` runs (on every worker) when `schedule` says a
     mid-epoch checkpoint is due; `sampler` adds every worker's system metrics to the
@@ -378,7 +376,7 @@ def run_epoch(
     t_last = time.perf_counter()
     window_clips, window_t0 = 0, t_last
     batches = device_batches(
-        _iterate(ds, batch_size, cfg.data.prefetch_batches),
+        host_batches,
         settings.device,
         input_converter(settings),
         depth=cfg.train.device_prefetch,
@@ -444,9 +442,9 @@ def _gather_system(
     return as_metrics([r.tolist() for r in rows])
 
 
-def evaluate(model, ds, settings: DeviceSettings, batch_size: int, prefetch: int) -> _Sums:
+def evaluate(model, batches, settings: DeviceSettings) -> _Sums:
     sums = _Sums()
-    for batch in _iterate(ds, batch_size, prefetch):
+    for batch in batches:
         sums.add_batch(batch, eval_step(model, batch_to_device(batch, settings), settings))
     return sums
 
@@ -557,6 +555,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tracker.log_metrics(start, step=start_epoch)
 
     ordered = order_by_difficulty(videos) if cfg.curriculum.enabled else None
+    plan = DrawPlan(
+        ordered if ordered is not None else videos,
+        cfg.data.clips_per_video,
+        cfg.run.seed,
+        rank,
+        world,
+        start_epoch,
+        cfg.optim.epochs,
+        curriculum=EpochVideos(ordered, cfg.curriculum) if ordered is not None else None,
+        resumed_epoch=resumed.epoch if resumed is not None else -1,
+        resumed_done=resumed.done if resumed is not None else None,
+        resumed_steps=resumed.steps if resumed is not None else 0,
+        max_steps=cfg.train.max_steps_per_epoch,
+        batch_size=batch_size,
+        val_videos=val_videos,
+        val_clips_per_video=cfg.data.val_clips_per_video,
+    )
+    val_rows = plan.val_rows()
+    stream = RunStream(
+        build_run_dataset(plan, spec, val_spec, cfg.data),
+        batch_size,
+        cfg.data.prefetch_batches * batch_size,
+    )
     schedule = CheckpointSchedule(cfg, device)
     sampler = SystemSampler(device)
 
@@ -599,11 +620,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, cfg.optim.epochs):
         stage_metrics: dict[str, float] = {}
-        epoch_videos = videos
+        epoch_videos = plan.epoch_videos(epoch)
         if ordered is not None:
             # The stage is a function of the epoch, so a resumed run lands in its stage.
             stage, fraction = stage_at(cfg.curriculum, epoch)
-            epoch_videos = easiest(ordered, fraction)  # sorted once, above
             stage_metrics = {
                 "curriculum/stage": stage,
                 "curriculum/fraction": fraction,
@@ -617,21 +637,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 f"of {n_draws} draws ({resumed.steps} steps)\n"
             )
         lr = optimizer.param_groups[0]["lr"]
+        n_rows = plan.train_rows(epoch).num_rows
         if not state.done.all():
-            rows = epoch_rows(
-                epoch_videos,
-                cfg.data.clips_per_video,
-                cfg.run.seed,
-                epoch,
-                rank,
-                world,
-                done=state.done,
-            )
             global_step = run_epoch(
                 acc_name,
                 model,
                 optimizer,
-                build_clip_dataset(rows, spec, cfg.data),
+                stream.batches(epoch, TRAIN, n_rows),
                 settings,
                 cfg,
                 batch_size,
@@ -643,7 +655,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 schedule,
                 mid_epoch_checkpoint,
                 sampler,
-                end_step=state.steps + -(-rows.num_rows // batch_size),
+                end_step=state.steps + -(-n_rows // batch_size),
             )
         scheduler.step()
         sums = state.sums
@@ -660,23 +672,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 **stage_metrics,
             }
         )
-        if val_videos is not None and val_videos.num_rows:
-            val_rows = epoch_rows(
-                val_videos,
-                cfg.data.val_clips_per_video,
-                cfg.run.seed,
-                0,
-                rank,
-                world,
-                shuffle=False,
-            )
-            vsums = evaluate(
-                model,
-                build_clip_dataset(val_rows, val_spec, cfg.data),
-                settings,
-                batch_size,
-                cfg.data.prefetch_batches,
-            )
+        if val_rows is not None:
+            vsums = evaluate(model, stream.batches(epoch, VAL, val_rows.num_rows), settings)
             metrics.update(_epoch_metrics("val", _all_reduce(dict(vsums.values), device), acc_name))
         skips = _all_reduce({r: sums.skips.get(r, 0) for r in SKIP_REASONS}, device)
         metrics.update({f"train/skipped_{r}": n for r, n in skips.items() if n})

@@ -23,7 +23,7 @@ from rayssl.pretext import build_pretext
 from rayssl.train.curriculum import easiest, order_by_difficulty, stage_at
 from rayssl.train.loop import sample_digest
 from tests.conftest import tiny_overrides
-from tests.train.test_pretrain import DEBUG, scored_manifest  # noqa: F401  (fixture)
+from tests.train.test_pretrain import DEBUG
 
 GOLDEN = Path(__file__).with_name("draws_golden.json")
 EPOCHS = 3
