@@ -578,6 +578,13 @@ class RunStream:
         self._blocks: Iterator[dict[str, np.ndarray]] | None = None
         self._pending: dict[str, np.ndarray] | None = None
 
+    def close(self) -> None:
+        """Stop the run's execution (its tasks and buffered blocks) now."""
+        close = getattr(self._blocks, "close", None)
+        if close is not None:
+            close()
+        self._blocks, self._pending = None, None
+
     def _next_block(self) -> dict[str, np.ndarray] | None:
         if self._pending is not None:
             block, self._pending = self._pending, None

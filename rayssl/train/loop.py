@@ -618,80 +618,86 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 step=step,
             )
 
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        stage_metrics: dict[str, float] = {}
-        epoch_videos = plan.epoch_videos(epoch)
-        if ordered is not None:
-            # The stage is a function of the epoch, so a resumed run lands in its stage.
-            stage, fraction = stage_at(cfg.curriculum, epoch)
-            stage_metrics = {
-                "curriculum/stage": stage,
-                "curriculum/fraction": fraction,
-                "curriculum/videos": epoch_videos.num_rows,
-            }
-        n_draws = epoch_videos.num_rows * cfg.data.clips_per_video
-        state = EpochState(epoch, n_draws, rank, resumed)
-        if resumed is not None and resumed.epoch == epoch and rank == 0:
-            sys.stdout.write(
-                f"{PROGRESS_PREFIX} epoch {epoch + 1}: resuming after {int(resumed.done.sum())} "
-                f"of {n_draws} draws ({resumed.steps} steps)\n"
+    try:
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            stage_metrics: dict[str, float] = {}
+            epoch_videos = plan.epoch_videos(epoch)
+            if ordered is not None:
+                # The stage is a function of the epoch, so a resumed run lands in its stage.
+                stage, fraction = stage_at(cfg.curriculum, epoch)
+                stage_metrics = {
+                    "curriculum/stage": stage,
+                    "curriculum/fraction": fraction,
+                    "curriculum/videos": epoch_videos.num_rows,
+                }
+            n_draws = epoch_videos.num_rows * cfg.data.clips_per_video
+            state = EpochState(epoch, n_draws, rank, resumed)
+            if resumed is not None and resumed.epoch == epoch and rank == 0:
+                sys.stdout.write(
+                    f"{PROGRESS_PREFIX} epoch {epoch + 1}: resuming after "
+                    f"{int(resumed.done.sum())} of {n_draws} draws ({resumed.steps} steps)\n"
+                )
+            lr = optimizer.param_groups[0]["lr"]
+            n_rows = plan.train_rows(epoch).num_rows
+            if not state.done.all():
+                global_step = run_epoch(
+                    acc_name,
+                    model,
+                    optimizer,
+                    stream.batches(epoch, TRAIN, n_rows),
+                    settings,
+                    cfg,
+                    batch_size,
+                    state,
+                    rank,
+                    world,
+                    tracker,
+                    global_step,
+                    schedule,
+                    mid_epoch_checkpoint,
+                    sampler,
+                    end_step=state.steps + -(-n_rows // batch_size),
+                )
+            scheduler.step()
+            sums = state.sums
+            reduced = _all_reduce(
+                {**sums.values, "wait_s": state.wait_s, "total_s": state.total_s}, device
             )
-        lr = optimizer.param_groups[0]["lr"]
-        n_rows = plan.train_rows(epoch).num_rows
-        if not state.done.all():
-            global_step = run_epoch(
-                acc_name,
-                model,
-                optimizer,
-                stream.batches(epoch, TRAIN, n_rows),
-                settings,
-                cfg,
-                batch_size,
-                state,
-                rank,
-                world,
-                tracker,
-                global_step,
-                schedule,
-                mid_epoch_checkpoint,
-                sampler,
-                end_step=state.steps + -(-n_rows // batch_size),
+            metrics = _epoch_metrics("train", reduced, acc_name)
+            metrics.update(
+                {
+                    "epoch": epoch,
+                    "lr": lr,
+                    "train/clips_per_s": reduced["num_samples"]
+                    / max(reduced["total_s"] / world, 1e-9),
+                    "train/data_wait_frac": reduced["wait_s"] / max(reduced["total_s"], 1e-9),
+                    **stage_metrics,
+                }
             )
-        scheduler.step()
-        sums = state.sums
-        reduced = _all_reduce(
-            {**sums.values, "wait_s": state.wait_s, "total_s": state.total_s}, device
-        )
-        metrics = _epoch_metrics("train", reduced, acc_name)
-        metrics.update(
-            {
-                "epoch": epoch,
-                "lr": lr,
-                "train/clips_per_s": reduced["num_samples"] / max(reduced["total_s"] / world, 1e-9),
-                "train/data_wait_frac": reduced["wait_s"] / max(reduced["total_s"], 1e-9),
-                **stage_metrics,
-            }
-        )
-        if val_rows is not None:
-            vsums = evaluate(model, stream.batches(epoch, VAL, val_rows.num_rows), settings)
-            metrics.update(_epoch_metrics("val", _all_reduce(dict(vsums.values), device), acc_name))
-        skips = _all_reduce({r: sums.skips.get(r, 0) for r in SKIP_REASONS}, device)
-        metrics.update({f"train/skipped_{r}": n for r, n in skips.items() if n})
-        if monitor is not None and monitor.due(epoch):
-            metrics.update(monitor.run(cast(PretextModel, unwrap(model)).backbone, device))
-        node_rss = _all_gather_one(sampler.ray_node_rss_mb(), device, world)
-        metrics.update(
-            {f"system/worker{r}/node_ray_rss_mb": v for r, v in enumerate(node_rss) if v >= 0}
-        )
-        if rank == 0:
-            tracker.log_metrics(metrics, step=epoch)
-            # Not print(): Ray Train's patched print both logs and tees, doubling the line.
-            sys.stdout.write(progress_line(metrics, cfg.optim.epochs, acc_name) + "\n")
-            sys.stdout.flush()
-        report(None, epoch, metrics)
-        schedule.reset()
-        _maybe_pause(epoch, rank)
-        _check_skip_rate(cfg, epoch, reduced, skips, tracker)
+            if val_rows is not None:
+                vsums = evaluate(model, stream.batches(epoch, VAL, val_rows.num_rows), settings)
+                metrics.update(
+                    _epoch_metrics("val", _all_reduce(dict(vsums.values), device), acc_name)
+                )
+            skips = _all_reduce({r: sums.skips.get(r, 0) for r in SKIP_REASONS}, device)
+            metrics.update({f"train/skipped_{r}": n for r, n in skips.items() if n})
+            if monitor is not None and monitor.due(epoch):
+                metrics.update(monitor.run(cast(PretextModel, unwrap(model)).backbone, device))
+            node_rss = _all_gather_one(sampler.ray_node_rss_mb(), device, world)
+            metrics.update(
+                {f"system/worker{r}/node_ray_rss_mb": v for r, v in enumerate(node_rss) if v >= 0}
+            )
+            if rank == 0:
+                tracker.log_metrics(metrics, step=epoch)
+                # Not print(): Ray Train's patched print both logs and tees, doubling the line.
+                sys.stdout.write(progress_line(metrics, cfg.optim.epochs, acc_name) + "\n")
+                sys.stdout.flush()
+            report(None, epoch, metrics)
+            schedule.reset()
+            _maybe_pause(epoch, rank)
+            _check_skip_rate(cfg, epoch, reduced, skips, tracker)
+    finally:
+        stream.close()  # the run's pipeline stops with the loop, however it ends
 
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
