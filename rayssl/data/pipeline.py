@@ -33,9 +33,11 @@ The rows come from `DrawPlan`, a picklable description of the worker's remaining
 (the videos, or the curriculum's per-epoch subset; seed; rank and world size; the
 resumed epoch's already-trained draws; the step cap). A one-task Ray Data source
 (`DrawSource`: a streaming generator, 0 CPUs, pinned to the worker's node) walks it
-epoch by epoch, calling the same `epoch_rows` as before, and yields blocks of
-`data.rows_per_task` draw rows; Ray's streaming backpressure keeps it a bounded
-distance ahead of training (it never materialises all epochs). The decode
+epoch by epoch, calling the same `epoch_rows` as before, and yields its draw rows;
+Ray's streaming backpressure keeps it a bounded distance ahead of training (it never
+materialises all epochs). The dataset's `target_max_block_size` is one byte, so Ray
+Data does not coalesce the source's small rows into one block (by default it would
+buffer them up to 128 MiB before the first decode task starts). The decode
 `map_batches` runs separately (never fused into the source: the source's remote
 arguments differ) with `preserve_order`, so rows arrive in `epoch_rows` order.
 `RunStream` cuts the stream into the loop's batches at every (epoch, part) boundary
