@@ -598,12 +598,21 @@ class Validator:
         return evaluate(model, stream.batches(epoch, VAL, self.rows.num_rows), self.worker.settings)
 
 
+#: A worker's pipeline is rebuilt at the first epoch boundary after this many draw rows:
+#: one Ray Data execution keeps per-block state for as long as it runs (measured: the
+#: train worker grew ~20 MB per 216-row epoch when one execution lasted the whole run,
+#: docs/PERFORMANCE.md section 6), and an execution that ends frees it.
+ROWS_PER_STREAM = 2048
+
+
 class TrainData:
     """A worker's data for the run: the manifest's usable videos, the curriculum order,
-    the draw plan of the remaining epochs and the one stream that delivers them."""
+    the draw plan of the remaining epochs and the stream that delivers them (one Ray
+    Data execution for as many whole epochs as fit in `ROWS_PER_STREAM` rows)."""
 
     def __init__(self, cfg: Config, worker: Worker, pretext, checkpoints: CheckpointManager):
         options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
+        self.cfg = cfg
         self.table = read_manifest(cfg.data.manifest, options=options)
         self.videos = usable_videos(self.table, cfg.data.split, cfg.data.fraction, cfg.run.seed)
         split = cfg.data.val_split
@@ -611,11 +620,35 @@ class TrainData:
         self.ordered = order_by_difficulty(self.videos) if cfg.curriculum.enabled else None
         self.batch_size = max(1, cfg.train.batch_size // worker.world)
         self.plan = _draw_plan(cfg, worker, self, checkpoints, val_videos)
-        spec = sampler_spec(cfg.data, pretext, cfg.run.seed, True, options)
-        dataset = build_run_dataset(self.plan, spec, replace(spec, train=False), cfg.data)
-        self.stream = RunStream(
-            dataset, self.batch_size, cfg.data.prefetch_batches * self.batch_size
-        )
+        self.spec = sampler_spec(cfg.data, pretext, cfg.run.seed, True, options)
+        self.stream: RunStream | None = None
+        self.stream_end = -1  # the first epoch the current stream does not cover
+
+    def stream_for(self, epoch: int) -> RunStream:
+        """The stream that delivers `epoch` (a new one after the current one's last)."""
+        if self.stream is None or epoch >= self.stream_end:
+            self.close()
+            self.stream_end = self._segment_end(epoch)
+            segment = replace(self.plan, start_epoch=epoch, epochs=self.stream_end)
+            val_spec = replace(self.spec, train=False)
+            dataset = build_run_dataset(segment, self.spec, val_spec, self.cfg.data)
+            prefetch = self.cfg.data.prefetch_batches * self.batch_size
+            self.stream = RunStream(dataset, self.batch_size, prefetch)
+        return self.stream
+
+    def _segment_end(self, epoch: int) -> int:
+        val_rows = self.plan.val_rows()
+        per_epoch_val = val_rows.num_rows if val_rows is not None else 0
+        rows, end = 0, epoch
+        while end < self.plan.epochs and (end == epoch or rows < ROWS_PER_STREAM):
+            rows += self.plan.train_rows(end).num_rows + per_epoch_val
+            end += 1
+        return end
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        self.stream = None
 
     def stage_metrics(self, cfg: Config, epoch: int) -> dict[str, float]:
         """The curriculum's stage of `epoch` (a function of the epoch: a resumed run
@@ -691,7 +724,7 @@ class Trainer:
             for epoch in range(self.checkpoints.start_epoch, self.cfg.optim.epochs):
                 self.run_epoch(epoch)
         finally:
-            self.data.stream.close()  # the run's pipeline stops with the loop, however it ends
+            self.data.close()  # the run's pipeline stops with the loop, however it ends
         if self.worker.rank == 0:
             self._log_backbone()
 
@@ -722,13 +755,13 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         n_rows = self.data.plan.train_rows(epoch).num_rows
         if not state.done.all():
-            batches = self.data.stream.batches(epoch, TRAIN, n_rows)
+            batches = self.data.stream_for(epoch).batches(epoch, TRAIN, n_rows)
             self.train(state, batches, end_step=state.steps + -(-n_rows // self.data.batch_size))
         self.scheduler.step()
         metrics, reduced, skips = self.epochs.train(state, lr)
         metrics.update(self.data.stage_metrics(self.cfg, epoch))
         if self.validator.enabled:
-            vsums = self.validator.run(self.model, self.data.stream, epoch)
+            vsums = self.validator.run(self.model, self.data.stream_for(epoch), epoch)
             metrics.update(self.epochs.validation(vsums))
         if self.monitor is not None and self.monitor.due(epoch):
             backbone = cast(PretextModel, unwrap(self.model)).backbone
