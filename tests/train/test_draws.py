@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from rayssl.config import load_config
 from rayssl.data.pipeline import epoch_rows, sample_row, sampler_spec, usable_videos
@@ -70,10 +71,16 @@ def _expected(cfg, manifest: Path) -> dict[int, list[list]]:
     return out
 
 
+@pytest.mark.parametrize("rows_per_stream", [2048, 12], ids=["one-stream", "a-stream-per-epoch"])
 def test_trained_draws_match_the_formula_and_the_per_epoch_pipeline(
-    ray_local, scored_manifest, tmp_path, monkeypatch
+    ray_local, scored_manifest, tmp_path, monkeypatch, rows_per_stream
 ):
+    """One stream for the 3 epochs, or (12 rows per stream: each epoch has 10-18 train
+    rows plus 6 validation rows) a new stream every epoch: the same draws."""
     from rayssl.launch import pretrain
+    from rayssl.train import loop
+
+    monkeypatch.setattr(loop, "ROWS_PER_STREAM", rows_per_stream)
 
     trace = tmp_path / "trace"
     trace.mkdir()
