@@ -27,9 +27,10 @@ dataset id (`Dataset.get_dataset_id()` counts executions). So a worker's trainin
 is ONE execution for many epochs (the training loop starts a new one at the first epoch
 boundary after `loop.ROWS_PER_STREAM` rows: a long execution keeps per-block state in
 the iterating process, docs/PERFORMANCE.md section 6), and the epoch reaches the
-sampling through the rows themselves: each draw row carries its `epoch` (and `part`: training draws, then
-the epoch's validation draws), so `sample_row` seeds `clip_rng(seed, video, epoch,
-draw)` exactly as before and nothing in a task needs to ask anyone which epoch it is.
+sampling through the rows themselves: each draw row carries its `epoch` (and `part`:
+training draws, then the epoch's validation draws), so `sample_row` seeds
+`clip_rng(seed, video, epoch, draw)` exactly as before and nothing in a task needs to
+ask anyone which epoch it is.
 
 The rows come from `DrawPlan`, a picklable description of the worker's remaining epochs
 (the videos, or the curriculum's per-epoch subset; seed; rank and world size; the
