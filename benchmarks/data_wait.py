@@ -1,8 +1,8 @@
 """Data wait of the real pipeline end to end: a tiny model vs the real backbone.
 
 Generates a corpus (`rayssl synth`: UCF101-like 240x320 MPEG-4 AVI with B-frames by
-default), indexes it, and runs `rayssl.launch.pretrain` (Ray Train, one worker; every
-epoch its own Ray Data pipeline of `sample_row` decode tasks) on a local Ray instance
+default), indexes it, and runs `rayssl.launch.pretrain` (Ray Train, one worker; one Ray
+Data pipeline of `sample_row` decode tasks for the whole run) on a local Ray instance
 twice, both from configs/debug.yaml (one worker reserving 0.5 CPU, 2 torch threads):
 
     tiny   C3D width 0.25, 16x40x40 crops of 48x64 frames, no jitter, batch 16
@@ -20,9 +20,10 @@ later epochs. Beside it, for the same config:
 * `sample_row`'s clips/s per core in this process (`rayssl.capacity.measure_decode`,
   what `rayssl capacity` reports), and the decode cores the run's clips/s amounts to at
   that rate (while a run is data-bound, what decoding really got);
-* the pipeline alone, without training (`pipeline_alone`, epochs 0 and 1): seconds to its
-  first batch, which every epoch pays (every epoch builds a new pipeline, and the wait
-  for its first batch counts as data wait), and its clips/s after that.
+* the pipeline alone, without training (`pipeline_alone`, epochs 0 and 1): seconds to the
+  first batch of a new Ray Data execution (cold, then warm: what every epoch paid while
+  each epoch built its own pipeline; training now pays it once per run), and its clips/s
+  after that.
 
 Training and decoding share this machine's cores: unlike on a GPU node, a bigger model
 also takes CPU from the decoders.

@@ -17,6 +17,7 @@ A waiting hook writes `<folder>/paused` and waits for `<folder>/release` (or 10 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -86,8 +87,9 @@ def trace_step(
     batch: dict[str, np.ndarray], node: str, epoch: int, step: int, global_step: int, rank: int
 ) -> None:
     """RAYSSL_TEST_TRACE: "<folder>" makes every worker append one JSON line per training
-    step to <folder>/trace-<pid>.jsonl: its node, the draws it trained and (with
-    RAYSSL_TEST_DECODE_NODE) the nodes that decoded them."""
+    step to <folder>/trace-<pid>.jsonl: its node, the draws it trained (each with its first
+    clip's source frames and `sample_digest`) and (with RAYSSL_TEST_DECODE_NODE) the nodes
+    that decoded them."""
     folder = os.environ.get(TRACE)
     if not folder:
         return
@@ -104,9 +106,42 @@ def trace_step(
             [str(v), int(d)]
             for v, d in zip(batch["video_id"][keep], batch["draw"][keep], strict=True)
         ],
+        # per draw: its first clip's source frames (start and pace) and a digest of every
+        # target it trained on (the augmented clips and labels)
+        "samples": [
+            [
+                str(batch["video_id"][i]),
+                int(batch["draw"][i]),
+                [int(x) for x in batch["indices"][i]],
+                sample_digest(batch, int(i)),
+            ]
+            for i in np.arange(len(batch["video_id"]))[keep]
+        ],
     }
     with open(Path(folder) / f"trace-{os.getpid()}.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
+
+
+#: Batch columns that are bookkeeping, not a sample's content (left out of its digest).
+_NOT_CONTENT = frozenset(
+    ("video_id", "class_label", "epoch", "draw", "pos", "pad", "part", "run_epoch", "decode_node")
+)
+
+
+def sample_digest(batch: dict[str, Any], i: int | None) -> str:
+    """A digest of row `i`'s content: every target array, the validity and skip reason
+    (`batch` maps column -> per-row values; a `sample_row` output is one row, i = None)."""
+    h = hashlib.blake2b(digest_size=8)
+    for key in sorted(k for k in batch if k not in _NOT_CONTENT):
+        value = batch[key] if i is None else batch[key][i]
+        h.update(key.encode())
+        if isinstance(value, (str, bytes, np.str_, np.bytes_)):
+            h.update(str(value).encode() if not isinstance(value, bytes) else value)
+        else:
+            array = np.ascontiguousarray(np.asarray(value))
+            h.update(f"{array.dtype.kind}{array.dtype.itemsize}{array.shape}".encode())
+            h.update(array.tobytes())
+    return h.hexdigest()
 
 
 def tracing() -> bool:

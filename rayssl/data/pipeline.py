@@ -15,17 +15,56 @@ counted in the training metrics, and epoch boundaries stay exact. All random cho
 of a draw come from `clip_rng(seed, video_id, epoch, draw)`.
 
 `sample_row` is plain Python (unit-tested and benchmarked without Ray);
-`build_clip_dataset` wraps it in a Ray Data `map_batches`.
+`build_clip_dataset` wraps it in a Ray Data `map_batches` over a fixed table of rows.
+
+One dataset per worker per run (`build_run_dataset`). Training does not build a
+dataset per epoch: every Ray Data execution pays ~1 s before its first batch (the
+executor, its operators and tasks start again) and leaves per-dataset metric series
+and stats in Ray's own processes that are never freed (ray-project/ray 65029, 43924).
+Iterating one dataset once per epoch, Ray's documented pattern, does not avoid the
+second cost in Ray 2.60: every `iter_batches` call is a new execution with its own
+dataset id (`Dataset.get_dataset_id()` counts executions). So a worker's training data
+is ONE execution for many epochs (the training loop starts a new one at the first epoch
+boundary after `loop.ROWS_PER_STREAM` rows: a long execution keeps per-block state in
+the iterating process, docs/PERFORMANCE.md section 6), and the epoch reaches the
+sampling through the rows themselves: each draw row carries its `epoch` (and `part`:
+training draws, then the epoch's validation draws), so `sample_row` seeds
+`clip_rng(seed, video, epoch, draw)` exactly as before and nothing in a task needs to
+ask anyone which epoch it is.
+
+The rows come from `DrawPlan`, a picklable description of the worker's remaining epochs
+(the videos, or the curriculum's per-epoch subset; seed; rank and world size; the
+resumed epoch's already-trained draws; the step cap). A one-task Ray Data source
+(`DrawSource`: a streaming generator, 0 CPUs, pinned to the worker's node) walks it
+epoch by epoch, calling the same `epoch_rows` as before, and yields its draw rows;
+Ray's streaming backpressure keeps it a bounded distance ahead of training (it never
+materialises all epochs). The dataset's `target_max_block_size` is one byte, so Ray
+Data does not coalesce the source's small rows into one block (by default it would
+buffer them up to 128 MiB before the first decode task starts). The decode
+`map_batches` runs separately (never fused into the source: the source's remote
+arguments differ) with `preserve_order`, so rows arrive in `epoch_rows` order.
+`RunStream` cuts the stream into the loop's batches at every (epoch, part) boundary
+using the row counts the plan gives (it never waits for the next epoch's first block
+to end an epoch). A resumed or restarted worker builds a new plan from its checkpoint:
+the same rows as an uninterrupted run minus the draws already trained.
+
+Chosen over: a source whose tasks ask an actor for the current epoch (one more actor to
+lose, and read tasks planned ahead of time would race the epoch switch); a per-epoch
+seed table, or one table over all (epoch, row) pairs sliced per epoch (every slice is
+again a new execution, and a table of all epochs' rows grows with the run's length).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
 from rayssl import testhooks
 from rayssl.config import AugmentSettings, DataConfig
@@ -72,6 +111,10 @@ SKIP_REASONS = tuple(dict.fromkeys(("too_short", "augment_error", *ERROR_REASONS
 #: `skip_reason` of the rows that only even out the workers' shards (not a skip: never
 #: trained, never counted).
 PADDING = "padding"
+
+#: `part` of a draw row in a run's stream: a training draw, or a validation draw (sampled
+#: with the held-out settings, `SamplerSpec.train` False).
+TRAIN, VAL = 0, 1
 
 #: Manifest columns a draw row carries into the sampler.
 ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts", "height", "width")
@@ -265,16 +308,21 @@ def _as_list(v: Any) -> list[int] | None:
     return [int(x) for x in v]
 
 
-def _sample_batch(batch: dict[str, np.ndarray], spec: SamplerSpec) -> dict[str, np.ndarray]:
+def _sample_batch(
+    batch: dict[str, np.ndarray], spec: SamplerSpec, val_spec: SamplerSpec | None = None
+) -> dict[str, np.ndarray]:
     n = len(batch["video_id"])
     rows = [{k: batch[k][i] for k in batch} for i in range(n)]
-    samples = [
-        _placeholder(spec, r, PADDING) if r.get("pad", False) else sample_row(r, spec) for r in rows
-    ]
+    samples = []
+    for r in rows:
+        row_spec = val_spec if val_spec is not None and r.get("part", TRAIN) == VAL else spec
+        samples.append(
+            _placeholder(row_spec, r, PADDING) if r.get("pad", False) else sample_row(r, row_spec)
+        )
     out: dict[str, np.ndarray] = {}
     for key in samples[0]:
         out[key] = np.stack([np.asarray(s[key]) for s in samples])
-    for key in ("video_id", "class_label", "epoch", "draw", "pos", "pad"):
+    for key in ("video_id", "class_label", "epoch", "draw", "pos", "pad", "part", "run_epoch"):
         if key in batch:
             out[key] = np.asarray(batch[key])
     nodes = testhooks.decode_node_column(n)  # tests: where was this decoded?
@@ -363,19 +411,25 @@ def epoch_rows(
 
 
 def build_clip_dataset(rows: pa.Table, spec: SamplerSpec, data_cfg: DataConfig):
-    """A Ray Data dataset of samples for the draw rows (one output row per draw)."""
+    """A Ray Data dataset of samples for a fixed table of draw rows (one output row per
+    draw; previews and benchmarks: training uses `build_run_dataset`)."""
     import ray
 
     block_rows = max(data_cfg.rows_per_task, 1)
     blocks = [rows.slice(i, block_rows) for i in range(0, rows.num_rows, block_rows)]
-    source = ray.data.from_arrow(blocks)
+    return _decode(ray.data.from_arrow(blocks), data_cfg, {"spec": spec})
+
+
+def _decode(source, data_cfg: DataConfig, fn_kwargs: dict[str, Any]):
+    """`source`'s draw rows -> samples (`_sample_batch` tasks of `data.rows_per_task`
+    rows), under the worker's decode limits."""
     extra: dict[str, Any] = {}
     if data_cfg.decode_resources:
         extra["resources"] = dict(data_cfg.decode_resources)
     ds = source.map_batches(
         _sample_batch,  # type: ignore[arg-type]  # Ray types fn as 1-arg; fn_kwargs passes spec
-        fn_kwargs={"spec": spec},
-        batch_size=block_rows,
+        fn_kwargs=fn_kwargs,
+        batch_size=max(data_cfg.rows_per_task, 1),
         batch_format="numpy",
         num_cpus=data_cfg.num_cpus_per_task,
         zero_copy_batch=True,
@@ -390,3 +444,234 @@ def build_clip_dataset(rows: pa.Table, spec: SamplerSpec, data_cfg: DataConfig):
             object_store_memory=data_cfg.object_store_mb_per_worker * 1024 * 1024 or None,
         )
     return ds
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class DrawPlan:
+    """The draw rows of one worker's remaining epochs (see the module docstring).
+
+    Picklable and cheap: the run's source task expands it epoch by epoch, and the
+    training loop asks it for the row counts that end each epoch's batches.
+    """
+
+    #: usable training videos (in easy-first order under a curriculum)
+    videos: pa.Table
+    clips_per_video: int
+    seed: int
+    rank: int
+    world_size: int
+    start_epoch: int
+    epochs: int
+    #: the epoch's videos under a curriculum (epoch -> a prefix of `videos`); None: all
+    curriculum: Callable[[int], pa.Table] | None = None
+    #: a resumed epoch: which one, the draws it already trained (per place), its steps
+    resumed_epoch: int = -1
+    resumed_done: np.ndarray | None = None
+    resumed_steps: int = 0
+    #: `train.max_steps_per_epoch` (0: none) and the worker's batch size
+    max_steps: int = 0
+    batch_size: int = 1
+    #: validation videos and draws per video (None: no validation part)
+    val_videos: pa.Table | None = None
+    val_clips_per_video: int = 1
+
+    def epoch_videos(self, epoch: int) -> pa.Table:
+        return self.curriculum(epoch) if self.curriculum is not None else self.videos
+
+    def done(self, epoch: int) -> np.ndarray | None:
+        return self.resumed_done if epoch == self.resumed_epoch else None
+
+    def train_rows(self, epoch: int) -> pa.Table:
+        """This worker's draw rows of `epoch` (`epoch_rows`), cut to the step cap."""
+        rows = epoch_rows(
+            self.epoch_videos(epoch),
+            self.clips_per_video,
+            self.seed,
+            epoch,
+            self.rank,
+            self.world_size,
+            done=self.done(epoch),
+        )
+        if self.max_steps:
+            steps = self.resumed_steps if epoch == self.resumed_epoch else 0
+            rows = rows.slice(0, max(self.max_steps - steps, 0) * self.batch_size)
+        return rows
+
+    def val_rows(self) -> pa.Table | None:
+        """This worker's validation rows (the same every epoch: epoch 0's, unshuffled)."""
+        if self.val_videos is None or not self.val_videos.num_rows:
+            return None
+        return epoch_rows(
+            self.val_videos,
+            self.val_clips_per_video,
+            self.seed,
+            0,
+            self.rank,
+            self.world_size,
+            shuffle=False,
+        )
+
+    def parts(self) -> Iterator[tuple[int, int, pa.Table]]:
+        """(epoch, part, rows) of the remaining epochs, in training order."""
+        val = self.val_rows()
+        for epoch in range(self.start_epoch, self.epochs):
+            yield epoch, TRAIN, self.train_rows(epoch)
+            if val is not None:
+                yield epoch, VAL, val
+
+    def blocks(self, rows_per_task: int) -> Iterator[pa.Table]:
+        """The stream's source blocks: every part's rows with their `part` and the
+        training epoch they belong to (`run_epoch`; a validation row's `epoch`, its
+        sampling epoch, is always 0), in slices of `rows_per_task` rows (a block never
+        mixes two parts)."""
+        step = max(rows_per_task, 1)
+        for epoch, part, rows in self.parts():
+            n = rows.num_rows
+            tagged = rows.append_column(
+                "part", pa.array(np.full(n, part, dtype=np.int64))
+            ).append_column("run_epoch", pa.array(np.full(n, epoch, dtype=np.int64)))
+            for i in range(0, tagged.num_rows, step):
+                yield tagged.slice(i, step)
+
+
+class DrawSource(Datasource):
+    """A Ray Data source of one read task, a streaming generator of `DrawPlan.blocks`."""
+
+    def __init__(self, plan: DrawPlan, rows_per_task: int) -> None:
+        self.plan = plan
+        self.rows_per_task = rows_per_task
+
+    def get_name(self) -> str:
+        return "Draws"
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
+    ) -> list[ReadTask]:
+        plan, step = self.plan, self.rows_per_task
+        meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
+        return [ReadTask(lambda: plan.blocks(step), meta)]
+
+
+def build_run_dataset(
+    plan: DrawPlan, spec: SamplerSpec, val_spec: SamplerSpec | None, data_cfg: DataConfig
+):
+    """A worker's one dataset for the whole run: the plan's draw rows, decoded in order."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    source = ray.data.read_datasource(
+        DrawSource(plan, data_cfg.rows_per_task),
+        override_num_blocks=1,
+        ray_remote_args={
+            # the generator only slices tables: no CPU; it lives and dies with this node;
+            # max_retries also keeps it unfused from the decode tasks (other remote args)
+            "num_cpus": 0,
+            "max_retries": 3,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False),
+        },
+    )
+    ds = _decode(source, data_cfg, {"spec": spec, "val_spec": val_spec})
+    ds.context.execution_options.preserve_order = True
+    # Ray Data coalesces a read task's small blocks up to `target_max_block_size`
+    # (128 MiB): the generator's draw rows would wait in one block until then (for ever,
+    # in a long run). One byte makes every output a block of one row (a read's, so the
+    # decode tasks bundle `rows_per_task` of them; a decode task's output too, which
+    # costs an object per sample, nothing more).
+    ds.context.target_max_block_size = 1
+    return ds
+
+
+class RunStream:
+    """The loop's batches of a run dataset, part by part.
+
+    `batches(epoch, part, n)` yields the next `n` rows as batches of `batch_size` rows
+    (the last one shorter), checking that every row belongs to (epoch, part); rows of
+    the next part stay buffered for the next call.
+    """
+
+    def __init__(self, ds, batch_size: int, prefetch_rows: int) -> None:
+        self.batch_size = max(batch_size, 1)
+        self._ds = ds
+        self._prefetch = max(1, prefetch_rows)  # blocks of one row (`build_run_dataset`)
+        self._blocks: Iterator[dict[str, np.ndarray]] | None = None
+        self._pending: dict[str, np.ndarray] | None = None
+
+    def close(self) -> None:
+        """Stop the run's execution (its tasks and buffered blocks) now."""
+        close = getattr(self._blocks, "close", None)
+        if close is not None:
+            close()
+        self._blocks, self._pending = None, None
+
+    def _next_block(self) -> dict[str, np.ndarray] | None:
+        if self._pending is not None:
+            block, self._pending = self._pending, None
+            return block
+        if self._blocks is None:  # the execution starts with the first epoch's first batch
+            self._blocks = iter(
+                self._ds.iter_batches(
+                    batch_size=None, batch_format="numpy", prefetch_batches=self._prefetch
+                )
+            )
+        return next(self._blocks, None)
+
+    def batches(self, epoch: int, part: int, n: int) -> Iterator[dict[str, np.ndarray]]:
+        pieces: list[dict[str, np.ndarray]] = []
+        have = 0
+        while n > 0:
+            block = self._next_block()
+            if block is None:
+                raise RuntimeError(
+                    f"the run's data stream ended {n} rows before the end of epoch "
+                    f"{epoch + 1} (part {part})"
+                )
+            size = len(block["run_epoch"])
+            take = min(size, n)
+            head = _rows(block, 0, take)
+            if not (np.all(head["run_epoch"] == epoch) and np.all(head["part"] == part)):
+                got = sorted({(int(e) + 1, int(p)) for e, p in zip(*_keys(head), strict=True)})
+                raise RuntimeError(
+                    f"the run's data stream is out of step: expected epoch {epoch + 1} part "
+                    f"{part}, got (epoch, part) {got}"
+                )
+            if take < size:
+                self._pending = _rows(block, take, size)
+            n -= take
+            pieces.append(head)
+            have += take
+            while have >= self.batch_size:
+                batch, rest = _split(_concat(pieces), self.batch_size)
+                yield batch
+                pieces, have = ([rest] if rest else []), have - self.batch_size
+        if have:
+            yield _concat(pieces)
+
+
+def _keys(block: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return block["run_epoch"], block["part"]
+
+
+def _rows(block: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    return {k: v[start:stop] for k, v in block.items()}
+
+
+def _concat(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(pieces) == 1:
+        return pieces[0]
+    return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+
+
+def _split(
+    batch: dict[str, np.ndarray], n: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    size = len(batch["run_epoch"])
+    if size == n:
+        return batch, None
+    return _rows(batch, 0, n), _rows(batch, n, size)

@@ -214,3 +214,16 @@ def easiest(ordered: pa.Table, fraction: float) -> pa.Table:
         return ordered
     keep = max(1, math.ceil(round(float(fraction) * n, _ROUND_DECIMALS)))
     return ordered.slice(0, min(keep, n))
+
+
+class EpochVideos:
+    """The videos of each epoch under a curriculum: `easiest(ordered, stage fraction)`.
+
+    Picklable (a run's data source calls it, epoch by epoch, in its own process)."""
+
+    def __init__(self, ordered: pa.Table, settings: CurriculumLike) -> None:
+        self.ordered = ordered
+        self.settings = settings
+
+    def __call__(self, epoch: int) -> pa.Table:
+        return easiest(self.ordered, stage_at(self.settings, epoch)[1])

@@ -1,10 +1,11 @@
 """The per-worker training loop run by Ray Train (`TorchTrainer`).
 
-Each worker builds, per epoch, a Ray Data pipeline over its shard of the epoch's draw
-rows (`rayssl.data.pipeline`): every draw is a function of (seed, video, epoch, draw),
-every worker takes the same number of steps, and resuming at epoch e rebuilds exactly
-the stream of epoch e. Metrics are summed over workers with all-reduce, so epoch
-numbers are exact, not rank-0 samples.
+Each worker builds ONE Ray Data pipeline for the run over its shard of every remaining
+epoch's draw rows (`rayssl.data.pipeline.DrawPlan`, `build_run_dataset`), and takes each
+epoch's batches from it in turn (`RunStream`): every draw is a function of (seed, video,
+epoch, draw), every worker takes the same number of steps, and resuming at epoch e
+rebuilds exactly the stream from epoch e on. Metrics are summed over workers with
+all-reduce, so epoch numbers are exact, not rank-0 samples.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,14 +43,17 @@ from rayssl.data import storage
 from rayssl.data.manifest import read_manifest
 from rayssl.data.pipeline import (
     SKIP_REASONS,
-    build_clip_dataset,
-    epoch_rows,
+    TRAIN,
+    VAL,
+    DrawPlan,
+    RunStream,
+    build_run_dataset,
     sampler_spec,
     usable_videos,
 )
 from rayssl.pretext import build_pretext
 from rayssl.raystart import quiet_ray_data
-from rayssl.train.curriculum import easiest, order_by_difficulty, stage_at
+from rayssl.train.curriculum import EpochVideos, order_by_difficulty, stage_at
 from rayssl.train.monitor import RetrievalMonitor
 from rayssl.train.prefetch import device_batches
 from rayssl.train.step import (
@@ -179,12 +183,6 @@ def _epoch_metrics(prefix: str, sums: dict[str, float], acc_name: str) -> dict[s
     return out
 
 
-def _iterate(ds, batch_size: int, prefetch: int):
-    return ds.iter_batches(
-        batch_size=batch_size, batch_format="numpy", prefetch_batches=prefetch, drop_last=False
-    )
-
-
 class EpochState:
     """One worker's progress through an epoch: steps taken (counting those before a
     mid-epoch restart), the draw places it trained since the last checkpoint, its
@@ -248,90 +246,6 @@ class CheckpointSchedule:
         self.last = time.monotonic()
 
 
-def run_epoch(
-    acc_name: str,
-    model,
-    optimizer,
-    ds,
-    settings: DeviceSettings,
-    cfg: Config,
-    batch_size: int,
-    state: EpochState,
-    rank: int,
-    world: int,
-    tracker: Tracker,
-    global_step: int,
-    schedule: CheckpointSchedule | None = None,
-    on_checkpoint=None,
-    sampler: SystemSampler | None = None,
-    end_step: int | None = None,
-) -> int:
-    """Train over one epoch's dataset, updating `state`; returns the global step.
-
-    `on_checkpoint(state, global_step)` runs (on every worker) when `schedule` says a
-    mid-epoch checkpoint is due; `sampler` adds every worker's system metrics to the
-    step logs (a collective: every worker samples at the same steps)."""
-    if end_step is None:
-        end_step = sys.maxsize
-    if cfg.train.max_steps_per_epoch:
-        end_step = min(end_step, cfg.train.max_steps_per_epoch)
-    t_epoch = time.perf_counter() - state.total_s
-    t_last = time.perf_counter()
-    window_clips, window_t0 = 0, t_last
-    batches = device_batches(
-        _iterate(ds, batch_size, cfg.data.prefetch_batches),
-        settings.device,
-        input_converter(settings),
-        depth=cfg.train.device_prefetch,
-    )
-    for batch, on_device in batches:
-        if cfg.train.max_steps_per_epoch and state.steps >= cfg.train.max_steps_per_epoch:
-            break
-        t_batch = time.perf_counter()
-        state.wait_s += t_batch - t_last
-        testhooks.maybe_kill_worker(state.epoch, state.steps, rank)
-        metrics = train_step(model, on_device, optimizer, settings)
-        if settings.device.type == "cuda":
-            torch.cuda.synchronize(settings.device)
-        state.sums.add_batch(batch, metrics)
-        state.mark(batch)
-        if testhooks.tracing():
-            node = ray.get_runtime_context().get_node_id()
-            testhooks.trace_step(batch, node, state.epoch, state.steps, global_step, rank)
-        state.steps += 1
-        global_step += 1
-        t_last = time.perf_counter()
-        state.total_s = t_last - t_epoch
-        window_clips += len(batch["valid"]) - int(np.asarray(batch.get("pad", []), bool).sum())
-        if global_step % cfg.train.log_every_steps == 0:
-            wait = state.wait_s / max(state.total_s, 1e-9)
-            system = _gather_system(sampler, settings.device, world, wait) if sampler else {}
-            if rank == 0:
-                n = max(float(metrics["num_valid"]), 1.0)
-                elapsed = t_last - window_t0
-                tracker.log_metrics(
-                    {
-                        "step/loss": float(metrics["loss_sum"]) / n,
-                        f"step/{acc_name}": float(metrics["correct"]) / n,
-                        # rank 0's rate times the worker count: an estimate of the global rate
-                        "step/clips_per_s": window_clips * world / max(elapsed, 1e-9),
-                        "step/data_wait_frac": state.wait_s / max(state.total_s, 1e-9),
-                        "step/lr": optimizer.param_groups[0]["lr"],
-                        **system,
-                    },
-                    step=global_step,
-                )
-            window_clips, window_t0 = 0, t_last
-            t_last = time.perf_counter()  # logging's time is not data wait
-        last = state.steps >= end_step  # the epoch-end checkpoint follows at once
-        if schedule is not None and schedule.enabled and not last and schedule.due(state.steps):
-            on_checkpoint(state, global_step)
-            schedule.reset()
-            t_last = time.perf_counter()  # the checkpoint's time is not data wait
-    state.total_s = time.perf_counter() - t_epoch
-    return global_step
-
-
 def _gather_system(
     sampler: SystemSampler, device: torch.device, world: int, data_wait_frac: float
 ) -> dict:
@@ -347,9 +261,9 @@ def _gather_system(
     return as_metrics([r.tolist() for r in rows])
 
 
-def evaluate(model, ds, settings: DeviceSettings, batch_size: int, prefetch: int) -> _Sums:
+def evaluate(model, batches, settings: DeviceSettings) -> _Sums:
     sums = _Sums()
-    for batch in _iterate(ds, batch_size, prefetch):
+    for batch in batches:
         sums.add_batch(batch, eval_step(model, batch_to_device(batch, settings), settings))
     return sums
 
@@ -403,13 +317,23 @@ def progress_line(metrics: dict[str, Any], epochs: int, acc_name: str) -> str:
     return text
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry: `loop_config` = {"config": Config as dict, "commit": str}."""
-    cfg = config_from_dict(loop_config["config"])
+@dataclass(frozen=True)
+class Worker:
+    """Where this worker trains: its rank, the world size and its device settings."""
+
+    rank: int
+    world: int
+    settings: DeviceSettings
+
+    @property
+    def device(self) -> torch.device:
+        return self.settings.device
+
+
+def _start_worker(cfg: Config) -> Worker:
+    """This Ray Train worker's rank, world and device, with torch set up for them."""
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    settings = DeviceSettings.for_device(device, cfg)
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     if device.type == "cuda":
@@ -417,193 +341,414 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
     quiet_ray_data(cfg.data.progress_logs)
     torch.manual_seed(cfg.run.seed)
+    return Worker(
+        ctx.get_world_rank(), ctx.get_world_size(), DeviceSettings.for_device(device, cfg)
+    )
 
-    pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
-    model: torch.nn.Module = build_model(cfg, pretext)
-    optimizer, scheduler = build_optimizer(model, cfg)
-    start_epoch, mlflow_run_id, global_step = 0, None, 0
-    resumed: EpochProgress | None = None
-    init = _initial_backbone(cfg, cast(PretextModel, model))
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+
+class CheckpointManager:
+    """Restores the run from Ray Train's checkpoint and reports new ones (after an epoch,
+    or in the middle of one: `ray.train.report` is collective, every worker calls it)."""
+
+    def __init__(self, cfg: Config, worker: Worker) -> None:
+        self.cfg = cfg
+        self.worker = worker
+        self.start_epoch = 0
+        self.global_step = 0
+        self.mlflow_run_id: str | None = None
+        self.resumed: EpochProgress | None = None
+
+    def restore(self, model: torch.nn.Module, optimizer, scheduler) -> None:
+        """Load Ray Train's checkpoint, if it has one, into the (unwrapped) model."""
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return
         with checkpoint.as_directory() as d:
             saved = load_training_state(d)
-        start_epoch = restore_training_state(saved, model, optimizer, scheduler)
-        mlflow_run_id = saved["extra"].get("mlflow_run_id")
-        global_step = int(saved["extra"].get("global_step", 0))
-        resumed = epoch_progress(saved)
-    model = place_model(cast(PretextModel, model), settings, cfg)
-    model = ray.train.torch.prepare_model(model, move_to_device=False)
+        self.start_epoch = restore_training_state(saved, model, optimizer, scheduler)
+        self.mlflow_run_id = saved["extra"].get("mlflow_run_id")
+        self.global_step = int(saved["extra"].get("global_step", 0))
+        self.resumed = epoch_progress(saved)
 
-    tracker = Tracker(
-        cfg, enabled=rank == 0, run_id=mlflow_run_id, commit=loop_config.get("commit", "")
-    )
-    if mlflow_run_id is None and init is not None:
-        tracker.set_tags(init_tags(init))
-    monitor = RetrievalMonitor(cfg) if cfg.monitor.every_epochs and rank == 0 else None
-    options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
-    table = read_manifest(cfg.data.manifest, options=options)
-    videos = usable_videos(table, cfg.data.split, cfg.data.fraction, cfg.run.seed)
-    val_videos = usable_videos(table, cfg.data.val_split) if cfg.data.val_split else None
-    spec = sampler_spec(cfg.data, pretext, cfg.run.seed, True, options)
-    val_spec = replace(spec, train=False)
-    batch_size = max(1, cfg.train.batch_size // world)
-    acc_name = getattr(pretext, "accuracy_name", "acc")
-    if rank == 0:
-        start = {
-            "data/videos": videos.num_rows,
-            "data/start_epoch": start_epoch,
-            **manifest_bad_counts(table, cfg.data.split),
-        }
-        if resumed is not None:
-            start["data/start_step_in_epoch"] = resumed.steps
-        tracker.log_metrics(start, step=start_epoch)
-
-    ordered = order_by_difficulty(videos) if cfg.curriculum.enabled else None
-    schedule = CheckpointSchedule(cfg, device)
-    sampler = SystemSampler(device)
-
-    def report(state: EpochState | None, epoch: int, metrics: dict[str, Any]) -> None:
-        """Report a checkpoint (every worker takes part): after epoch `epoch` finished
-        (state None), or in the middle of `state.epoch`."""
-        sampler_state: dict[str, Any] = {"seed": cfg.run.seed, "next_epoch": epoch + 1}
+    def report(
+        self, trainer: Trainer, epoch: int, metrics: dict[str, Any], state: EpochState | None
+    ) -> None:
+        """Report a checkpoint: after epoch `epoch` finished (state None), or in the middle
+        of `state.epoch`."""
+        sampler_state: dict[str, Any] = {"seed": self.cfg.run.seed, "next_epoch": epoch + 1}
         if state is not None:
-            sampler_state["in_epoch"] = _reduced_progress(state, device).to_state()
+            sampler_state["in_epoch"] = _reduced_progress(state, self.worker.device).to_state()
+        run_id = trainer.tracker.run_id
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
-            if rank == 0:
+            if self.worker.rank == 0:
                 save_training_state(
                     d,
-                    model=unwrap(model),
-                    optimizer=optimizer,
-                    scheduler=scheduler,
+                    model=unwrap(trainer.model),
+                    optimizer=trainer.optimizer,
+                    scheduler=trainer.scheduler,
                     epoch=epoch,
                     sampler=sampler_state,
-                    extra={"mlflow_run_id": tracker.run_id, "global_step": global_step},
-                    config=cfg.to_dict(),
+                    extra={"mlflow_run_id": run_id, "global_step": trainer.global_step},
+                    config=self.cfg.to_dict(),
                 )
                 ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report({**metrics, "mlflow_run_id": tracker.run_id or ""}, checkpoint=ckpt)
+            ray.train.report({**metrics, "mlflow_run_id": run_id or ""}, checkpoint=ckpt)
 
-    def mid_epoch_checkpoint(state: EpochState, step: int) -> None:
-        nonlocal global_step
-        global_step = step
+
+class StepMetrics:
+    """Every `train.log_every_steps` steps: loss, accuracy, clips/s, data wait and lr
+    (rank 0 logs them) with every worker's system sample (a collective: every worker
+    samples at the same steps)."""
+
+    def __init__(self, cfg: Config, worker: Worker, tracker: Tracker, acc_name: str) -> None:
+        self.every = cfg.train.log_every_steps
+        self.worker = worker
+        self.tracker = tracker
+        self.acc_name = acc_name
+        self.sampler = SystemSampler(worker.device)
+        self.clips, self.t0 = 0, time.perf_counter()
+
+    def start(self) -> None:
+        self.clips, self.t0 = 0, time.perf_counter()
+
+    def after_step(
+        self, state: EpochState, batch, metrics, global_step: int, lr: float, now: float
+    ) -> bool:
+        """Count the step's clips; log when due (returns whether it logged)."""
+        self.clips += len(batch["valid"]) - int(np.asarray(batch.get("pad", []), bool).sum())
+        if global_step % self.every:
+            return False
+        wait = state.wait_s / max(state.total_s, 1e-9)
+        system = _gather_system(self.sampler, self.worker.device, self.worker.world, wait)
+        if self.worker.rank == 0:
+            n = max(float(metrics["num_valid"]), 1.0)
+            step = {
+                "step/loss": float(metrics["loss_sum"]) / n,
+                f"step/{self.acc_name}": float(metrics["correct"]) / n,
+                # rank 0's rate times the worker count: an estimate of the global rate
+                "step/clips_per_s": self.clips * self.worker.world / max(now - self.t0, 1e-9),
+                "step/data_wait_frac": wait,
+                "step/lr": lr,
+            }
+            self.tracker.log_metrics({**step, **system}, step=global_step)
+        self.clips, self.t0 = 0, now
+        return True
+
+
+class EpochMetrics:
+    """An epoch's metrics: the workers' sums reduced, the training and validation
+    figures, skip counts, the node's Ray memory; rank 0 logs them and prints a line."""
+
+    def __init__(self, cfg: Config, worker: Worker, tracker: Tracker, acc_name: str) -> None:
+        self.cfg = cfg
+        self.worker = worker
+        self.tracker = tracker
+        self.acc_name = acc_name
+
+    def train(self, state: EpochState, lr: float) -> tuple[dict[str, Any], dict, dict]:
+        """(metrics, reduced sums, reduced skips) of the epoch's training part."""
+        device, world = self.worker.device, self.worker.world
+        sums = {**state.sums.values, "wait_s": state.wait_s, "total_s": state.total_s}
+        reduced = _all_reduce(sums, device)
+        metrics: dict[str, Any] = _epoch_metrics("train", reduced, self.acc_name)
+        metrics.update(
+            {
+                "epoch": state.epoch,
+                "lr": lr,
+                "train/clips_per_s": reduced["num_samples"] / max(reduced["total_s"] / world, 1e-9),
+                "train/data_wait_frac": reduced["wait_s"] / max(reduced["total_s"], 1e-9),
+            }
+        )
+        skips = _all_reduce({r: state.sums.skips.get(r, 0) for r in SKIP_REASONS}, device)
+        metrics.update({f"train/skipped_{r}": n for r, n in skips.items() if n})
+        return metrics, reduced, skips
+
+    def validation(self, sums: _Sums) -> dict[str, float]:
+        return _epoch_metrics(
+            "val", _all_reduce(dict(sums.values), self.worker.device), self.acc_name
+        )
+
+    def node_memory(self, sampler: SystemSampler) -> dict[str, float]:
+        rss = _all_gather_one(sampler.ray_node_rss_mb(), self.worker.device, self.worker.world)
+        return {f"system/worker{r}/node_ray_rss_mb": v for r, v in enumerate(rss) if v >= 0}
+
+    def publish(self, epoch: int, metrics: dict[str, Any]) -> None:
+        if self.worker.rank != 0:
+            return
+        self.tracker.log_metrics(metrics, step=epoch)
+        # Not print(): Ray Train's patched print both logs and tees, doubling the line.
+        sys.stdout.write(progress_line(metrics, self.cfg.optim.epochs, self.acc_name) + "\n")
+        sys.stdout.flush()
+
+
+class Validator:
+    """The validation part of each epoch (`data.val_split`): the same draws every epoch,
+    taken from the run's stream after the epoch's training draws."""
+
+    def __init__(self, plan: DrawPlan, worker: Worker) -> None:
+        self.rows = plan.val_rows()
+        self.worker = worker
+
+    @property
+    def enabled(self) -> bool:
+        return self.rows is not None
+
+    def run(self, model, stream: RunStream, epoch: int) -> _Sums:
+        assert self.rows is not None
+        return evaluate(model, stream.batches(epoch, VAL, self.rows.num_rows), self.worker.settings)
+
+
+#: A worker's pipeline is rebuilt at the first epoch boundary after this many draw rows:
+#: one Ray Data execution keeps per-block state for as long as it runs (measured: the
+#: train worker grew ~20 MB per 216-row epoch when one execution lasted the whole run,
+#: docs/PERFORMANCE.md section 6), and an execution that ends frees it.
+ROWS_PER_STREAM = 2048
+
+
+class TrainData:
+    """A worker's data for the run: the manifest's usable videos, the curriculum order,
+    the draw plan of the remaining epochs and the stream that delivers them (one Ray
+    Data execution for as many whole epochs as fit in `ROWS_PER_STREAM` rows)."""
+
+    def __init__(self, cfg: Config, worker: Worker, pretext, checkpoints: CheckpointManager):
+        options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
+        self.cfg = cfg
+        self.table = read_manifest(cfg.data.manifest, options=options)
+        self.videos = usable_videos(self.table, cfg.data.split, cfg.data.fraction, cfg.run.seed)
+        split = cfg.data.val_split
+        val_videos = usable_videos(self.table, split) if split else None
+        self.ordered = order_by_difficulty(self.videos) if cfg.curriculum.enabled else None
+        self.batch_size = max(1, cfg.train.batch_size // worker.world)
+        self.plan = _draw_plan(cfg, worker, self, checkpoints, val_videos)
+        self.spec = sampler_spec(cfg.data, pretext, cfg.run.seed, True, options)
+        self.stream: RunStream | None = None
+        self.stream_end = -1  # the first epoch the current stream does not cover
+
+    def stream_for(self, epoch: int) -> RunStream:
+        """The stream that delivers `epoch` (a new one after the current one's last)."""
+        if self.stream is None or epoch >= self.stream_end:
+            self.close()
+            self.stream_end = self._segment_end(epoch)
+            segment = replace(self.plan, start_epoch=epoch, epochs=self.stream_end)
+            val_spec = replace(self.spec, train=False)
+            dataset = build_run_dataset(segment, self.spec, val_spec, self.cfg.data)
+            prefetch = self.cfg.data.prefetch_batches * self.batch_size
+            self.stream = RunStream(dataset, self.batch_size, prefetch)
+        return self.stream
+
+    def _segment_end(self, epoch: int) -> int:
+        val_rows = self.plan.val_rows()
+        per_epoch_val = val_rows.num_rows if val_rows is not None else 0
+        rows, end = 0, epoch
+        while end < self.plan.epochs and (end == epoch or rows < ROWS_PER_STREAM):
+            rows += self.plan.train_rows(end).num_rows + per_epoch_val
+            end += 1
+        return end
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        self.stream = None
+
+    def stage_metrics(self, cfg: Config, epoch: int) -> dict[str, float]:
+        """The curriculum's stage of `epoch` (a function of the epoch: a resumed run
+        lands in its stage)."""
+        if self.ordered is None:
+            return {}
+        stage, fraction = stage_at(cfg.curriculum, epoch)
+        return {
+            "curriculum/stage": stage,
+            "curriculum/fraction": fraction,
+            "curriculum/videos": self.plan.epoch_videos(epoch).num_rows,
+        }
+
+
+def _draw_plan(
+    cfg: Config, worker: Worker, data: TrainData, checkpoints: CheckpointManager, val_videos
+) -> DrawPlan:
+    resumed, ordered = checkpoints.resumed, data.ordered
+    return DrawPlan(
+        ordered if ordered is not None else data.videos,
+        cfg.data.clips_per_video,
+        cfg.run.seed,
+        worker.rank,
+        worker.world,
+        checkpoints.start_epoch,
+        cfg.optim.epochs,
+        curriculum=EpochVideos(ordered, cfg.curriculum) if ordered is not None else None,
+        resumed_epoch=resumed.epoch if resumed is not None else -1,
+        resumed_done=resumed.done if resumed is not None else None,
+        resumed_steps=resumed.steps if resumed is not None else 0,
+        max_steps=cfg.train.max_steps_per_epoch,
+        batch_size=data.batch_size,
+        val_videos=val_videos,
+        val_clips_per_video=cfg.data.val_clips_per_video,
+    )
+
+
+class Trainer:
+    """One Ray Train worker's pre-training: the model and optimizer, and the named parts
+    that train it — `checkpoints` (restore, report), `data` (the run's one stream),
+    `steps` and `epochs` (metrics), `validator`, `monitor` (retrieval, rank 0) and
+    `schedule` (mid-epoch checkpoints)."""
+
+    def __init__(self, cfg: Config, commit: str = "") -> None:
+        self.cfg = cfg
+        self.worker = _start_worker(cfg)
+        self.pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
+        self.acc_name = getattr(self.pretext, "accuracy_name", "acc")
+        model: torch.nn.Module = build_model(cfg, self.pretext)
+        self.optimizer, self.scheduler = build_optimizer(model, cfg)
+        init = _initial_backbone(cfg, cast(PretextModel, model))
+        self.checkpoints = CheckpointManager(cfg, self.worker)
+        self.checkpoints.restore(model, self.optimizer, self.scheduler)
+        self.global_step = self.checkpoints.global_step
+        model = place_model(cast(PretextModel, model), self.worker.settings, cfg)
+        self.model = ray.train.torch.prepare_model(model, move_to_device=False)
+        rank0 = self.worker.rank == 0
+        run_id = self.checkpoints.mlflow_run_id
+        self.tracker = Tracker(cfg, enabled=rank0, run_id=run_id, commit=commit)
+        if run_id is None and init is not None:
+            self.tracker.set_tags(init_tags(init))
+        self.monitor = RetrievalMonitor(cfg) if cfg.monitor.every_epochs and rank0 else None
+        self.data = TrainData(cfg, self.worker, self.pretext, self.checkpoints)
+        self.validator = Validator(self.data.plan, self.worker)
+        self.steps = StepMetrics(cfg, self.worker, self.tracker, self.acc_name)
+        self.epochs = EpochMetrics(cfg, self.worker, self.tracker, self.acc_name)
+        self.schedule = CheckpointSchedule(cfg, self.worker.device)
+
+    def fit(self) -> None:
+        """Train the remaining epochs, then log the backbone (rank 0)."""
+        self._log_start()
+        try:
+            for epoch in range(self.checkpoints.start_epoch, self.cfg.optim.epochs):
+                self.run_epoch(epoch)
+        finally:
+            self.data.close()  # the run's pipeline stops with the loop, however it ends
+        if self.worker.rank == 0:
+            self._log_backbone()
+
+    def _log_start(self) -> None:
+        if self.worker.rank != 0:
+            return
+        start = {
+            "data/videos": self.data.videos.num_rows,
+            "data/start_epoch": self.checkpoints.start_epoch,
+            **manifest_bad_counts(self.data.table, self.cfg.data.split),
+        }
+        if self.checkpoints.resumed is not None:
+            start["data/start_step_in_epoch"] = self.checkpoints.resumed.steps
+        self.tracker.log_metrics(start, step=self.checkpoints.start_epoch)
+
+    def _log_backbone(self) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "backbone.pt"
+            backbone = cast(PretextModel, unwrap(self.model)).backbone
+            extra = {"mlflow_run_id": self.tracker.run_id or "", "config": self.cfg.to_dict()}
+            checkpoint_format.save(backbone_file_payload(backbone, self.cfg.model, extra), path)
+            self.tracker.log_file(path, "weights")
+        self.tracker.finish()
+
+    def run_epoch(self, epoch: int) -> None:
+        """Train, validate, monitor, log and checkpoint one epoch."""
+        state = self._epoch_state(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        n_rows = self.data.plan.train_rows(epoch).num_rows
+        if not state.done.all():
+            batches = self.data.stream_for(epoch).batches(epoch, TRAIN, n_rows)
+            self.train(state, batches, end_step=state.steps + -(-n_rows // self.data.batch_size))
+        self.scheduler.step()
+        metrics, reduced, skips = self.epochs.train(state, lr)
+        metrics.update(self.data.stage_metrics(self.cfg, epoch))
+        if self.validator.enabled:
+            vsums = self.validator.run(self.model, self.data.stream_for(epoch), epoch)
+            metrics.update(self.epochs.validation(vsums))
+        if self.monitor is not None and self.monitor.due(epoch):
+            backbone = cast(PretextModel, unwrap(self.model)).backbone
+            metrics.update(self.monitor.run(backbone, self.worker.device))
+        metrics.update(self.epochs.node_memory(self.steps.sampler))
+        self.epochs.publish(epoch, metrics)
+        self.checkpoints.report(self, epoch, metrics, None)
+        self.schedule.reset()
+        testhooks.maybe_pause_after_epoch(epoch, self.worker.rank)
+        _check_skip_rate(self.cfg, epoch, reduced, skips, self.tracker)
+
+    def _epoch_state(self, epoch: int) -> EpochState:
+        n_draws = self.data.plan.epoch_videos(epoch).num_rows * self.cfg.data.clips_per_video
+        resumed = self.checkpoints.resumed
+        state = EpochState(epoch, n_draws, self.worker.rank, resumed)
+        if resumed is not None and resumed.epoch == epoch and self.worker.rank == 0:
+            sys.stdout.write(
+                f"{PROGRESS_PREFIX} epoch {epoch + 1}: resuming after "
+                f"{int(resumed.done.sum())} of {n_draws} draws ({resumed.steps} steps)\n"
+            )
+        return state
+
+    def train(self, state: EpochState, host_batches, end_step: int) -> None:
+        """Train over one epoch's batches, updating `state` (mid-epoch checkpoints when
+        `schedule` says one is due, but not at the epoch's last step: the epoch-end one
+        follows at once)."""
+        cap = self.cfg.train.max_steps_per_epoch
+        if cap:
+            end_step = min(end_step, cap)
+        t_epoch = time.perf_counter() - state.total_s
+        t_last = time.perf_counter()
+        self.steps.start()
+        settings = self.worker.settings
+        batches = device_batches(
+            host_batches, settings.device, input_converter(settings), self.cfg.train.device_prefetch
+        )
+        for batch, on_device in batches:
+            if cap and state.steps >= cap:
+                break
+            state.wait_s += time.perf_counter() - t_last
+            metrics = self._step(state, batch, on_device)
+            t_last = time.perf_counter()
+            state.total_s = t_last - t_epoch
+            lr = self.optimizer.param_groups[0]["lr"]
+            if self.steps.after_step(state, batch, metrics, self.global_step, lr, t_last):
+                t_last = time.perf_counter()  # logging's time is not data wait
+            due = self.schedule.enabled and state.steps < end_step
+            if due and self.schedule.due(state.steps):
+                self._mid_epoch_checkpoint(state)
+                t_last = time.perf_counter()  # the checkpoint's time is not data wait
+        state.total_s = time.perf_counter() - t_epoch
+
+    def _step(self, state: EpochState, batch, on_device) -> dict[str, torch.Tensor]:
+        """One training step on `batch`; counts it in `state` and the trace hook."""
+        testhooks.maybe_kill_worker(state.epoch, state.steps, self.worker.rank)
+        metrics = train_step(self.model, on_device, self.optimizer, self.worker.settings)
+        if self.worker.device.type == "cuda":
+            torch.cuda.synchronize(self.worker.device)
+        state.sums.add_batch(batch, metrics)
+        state.mark(batch)
+        if testhooks.tracing():
+            node = ray.get_runtime_context().get_node_id()
+            testhooks.trace_step(
+                batch, node, state.epoch, state.steps, self.global_step, self.worker.rank
+            )
+        state.steps += 1
+        self.global_step += 1
+        return metrics
+
+    def _mid_epoch_checkpoint(self, state: EpochState) -> None:
         t0 = time.perf_counter()
         # epoch = the last finished one: resuming starts at state.epoch, with its progress
-        report(state, state.epoch - 1, {"epoch_in_progress": state.epoch, "step": step})
-        if rank == 0:
-            tracker.log_metrics(
+        progress = {"epoch_in_progress": state.epoch, "step": self.global_step}
+        self.checkpoints.report(self, state.epoch - 1, progress, state)
+        self.schedule.reset()
+        if self.worker.rank == 0:
+            self.tracker.log_metrics(
                 {
                     "checkpoint/steps_in_epoch": state.steps,
                     "checkpoint/seconds": time.perf_counter() - t0,
                 },
-                step=step,
+                step=self.global_step,
             )
 
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        stage_metrics: dict[str, float] = {}
-        epoch_videos = videos
-        if ordered is not None:
-            # The stage is a function of the epoch, so a resumed run lands in its stage.
-            stage, fraction = stage_at(cfg.curriculum, epoch)
-            epoch_videos = easiest(ordered, fraction)  # sorted once, above
-            stage_metrics = {
-                "curriculum/stage": stage,
-                "curriculum/fraction": fraction,
-                "curriculum/videos": epoch_videos.num_rows,
-            }
-        n_draws = epoch_videos.num_rows * cfg.data.clips_per_video
-        state = EpochState(epoch, n_draws, rank, resumed)
-        if resumed is not None and resumed.epoch == epoch and rank == 0:
-            sys.stdout.write(
-                f"{PROGRESS_PREFIX} epoch {epoch + 1}: resuming after {int(resumed.done.sum())} "
-                f"of {n_draws} draws ({resumed.steps} steps)\n"
-            )
-        lr = optimizer.param_groups[0]["lr"]
-        if not state.done.all():
-            rows = epoch_rows(
-                epoch_videos,
-                cfg.data.clips_per_video,
-                cfg.run.seed,
-                epoch,
-                rank,
-                world,
-                done=state.done,
-            )
-            global_step = run_epoch(
-                acc_name,
-                model,
-                optimizer,
-                build_clip_dataset(rows, spec, cfg.data),
-                settings,
-                cfg,
-                batch_size,
-                state,
-                rank,
-                world,
-                tracker,
-                global_step,
-                schedule,
-                mid_epoch_checkpoint,
-                sampler,
-                end_step=state.steps + -(-rows.num_rows // batch_size),
-            )
-        scheduler.step()
-        sums = state.sums
-        reduced = _all_reduce(
-            {**sums.values, "wait_s": state.wait_s, "total_s": state.total_s}, device
-        )
-        metrics = _epoch_metrics("train", reduced, acc_name)
-        metrics.update(
-            {
-                "epoch": epoch,
-                "lr": lr,
-                "train/clips_per_s": reduced["num_samples"] / max(reduced["total_s"] / world, 1e-9),
-                "train/data_wait_frac": reduced["wait_s"] / max(reduced["total_s"], 1e-9),
-                **stage_metrics,
-            }
-        )
-        if val_videos is not None and val_videos.num_rows:
-            val_rows = epoch_rows(
-                val_videos,
-                cfg.data.val_clips_per_video,
-                cfg.run.seed,
-                0,
-                rank,
-                world,
-                shuffle=False,
-            )
-            vsums = evaluate(
-                model,
-                build_clip_dataset(val_rows, val_spec, cfg.data),
-                settings,
-                batch_size,
-                cfg.data.prefetch_batches,
-            )
-            metrics.update(_epoch_metrics("val", _all_reduce(dict(vsums.values), device), acc_name))
-        skips = _all_reduce({r: sums.skips.get(r, 0) for r in SKIP_REASONS}, device)
-        metrics.update({f"train/skipped_{r}": n for r, n in skips.items() if n})
-        if monitor is not None and monitor.due(epoch):
-            metrics.update(monitor.run(cast(PretextModel, unwrap(model)).backbone, device))
-        node_rss = _all_gather_one(sampler.ray_node_rss_mb(), device, world)
-        metrics.update(
-            {f"system/worker{r}/node_ray_rss_mb": v for r, v in enumerate(node_rss) if v >= 0}
-        )
-        if rank == 0:
-            tracker.log_metrics(metrics, step=epoch)
-            # Not print(): Ray Train's patched print both logs and tees, doubling the line.
-            sys.stdout.write(progress_line(metrics, cfg.optim.epochs, acc_name) + "\n")
-            sys.stdout.flush()
-        report(None, epoch, metrics)
-        schedule.reset()
-        testhooks.maybe_pause_after_epoch(epoch, rank)
-        _check_skip_rate(cfg, epoch, reduced, skips, tracker)
 
-    if rank == 0:
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "backbone.pt"
-            backbone = cast(PretextModel, unwrap(model)).backbone
-            extra = {"mlflow_run_id": tracker.run_id or "", "config": cfg.to_dict()}
-            checkpoint_format.save(backbone_file_payload(backbone, cfg.model, extra), path)
-            tracker.log_file(path, "weights")
-        tracker.finish()
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry: `loop_config` = {"config": Config as dict, "commit": str}."""
+    cfg = config_from_dict(loop_config["config"])
+    Trainer(cfg, commit=loop_config.get("commit", "")).fit()

@@ -134,16 +134,6 @@ def test_monitor_settings_are_checked_before_training(tiny_manifest, tmp_path):
 STATS_DEBUG = str(ROOT / "configs" / "stats_debug.yaml")
 
 
-@pytest.fixture(scope="module")
-def scored_manifest(ray_local, tiny_manifest, tmp_path_factory) -> Path:
-    from rayssl.score import run_score
-
-    scored = tmp_path_factory.mktemp("scored") / "scored.parquet"
-    summary = run_score(str(tiny_manifest), str(scored), resize=(32, 43), crop=32)
-    assert summary["failed"] == 0 and summary["scored"] == 12
-    return scored
-
-
 # The statistics run also compiles its backbone (train.compile; dynamo's eager backend: the
 # tracing and guards without a compiler): the pretext reaches it through forward_map, in
 # train and eval (aot_eager: tests/train/test_step.py; inductor is too slow for a 2-core CI).
