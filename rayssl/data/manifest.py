@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import posixpath
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -348,7 +349,7 @@ def probe_entry(
             row["size_bytes"] = len(source)
         elif isinstance(source, storage.RangedReader):
             row["size_bytes"] = source.size()
-        else:
+        elif isinstance(source, (str, os.PathLike)):
             row["size_bytes"] = storage.size(source)
         row.update(probe_columns(probe_video(source, limits=access.limits)))
     except VideoError as e:
