@@ -182,39 +182,42 @@ def trials(cfg: SweepConfig) -> list[Trial]:
 
 
 def trial_config(cfg: SweepConfig, trial: Trial, parent_run_id: str = "") -> Config:
-    """The pre-training config of one trial (validated, as `rayssl pretrain` would)."""
-
+    """The pre-training config of one trial (validated, as `rayssl pretrain` would): the
+    study's `pretrain_overrides` and the trial's axis values (the user's `key=value`
+    strings), then what the study sets, as typed fields."""
     study = cfg.study
-    runs = f"{study.storage_path.rstrip('/')}/{study.name}/trials"
-    overrides = [*cfg.pretrain_overrides]
-    if cfg.manifest:
-        overrides.append(f"data.manifest={cfg.manifest}")
-    overrides += trial.overrides
-    overrides += [
-        f"run.name={study.name}-{trial.slug}",
-        f"run.storage_path={runs}",
-        f"run.experiment={study.experiment}",
-        f"run.parent_run_id={parent_run_id}",
-    ]
-    if study.tracking_uri:
-        overrides.append(f"run.tracking_uri={study.tracking_uri}")
     try:
-        return resolve_paths(load_config(cfg.pretrain, overrides))
+        base = load_config(cfg.pretrain, [*cfg.pretrain_overrides, *trial.overrides])
+        run = replace(
+            base.run,
+            name=f"{study.name}-{trial.slug}",
+            storage_path=f"{study.storage_path.rstrip('/')}/{study.name}/trials",
+            experiment=study.experiment,
+            parent_run_id=parent_run_id,
+            tracking_uri=study.tracking_uri or base.run.tracking_uri,
+        )
+        data = base.data
+        if cfg.manifest and "data.manifest" not in trial.values:  # an axis may vary it
+            data = replace(data, manifest=cfg.manifest)
+        return resolve_paths(replace(base, run=run, data=data).validate())
     except ConfigError as e:
         raise ConfigError(f"trial {trial.slug}: {e}") from None
 
 
 def evaluation_suite(cfg: SweepConfig, trial_cfg: Config):
-
-    overrides = [*cfg.evaluation_overrides]
-    if cfg.manifest:
-        overrides.append(f"data.manifest={cfg.manifest}")
-    overrides += [
-        f"run.tracking_uri={trial_cfg.run.tracking_uri}",
-        f"run.experiment={trial_cfg.run.experiment}",
-        f"run.seed={trial_cfg.run.seed}",
-    ]
-    return load_suite(cfg.evaluation, overrides)
+    """The trial's evaluation suite: the study's `evaluation_overrides` (strings from the
+    sweep file), then the manifest and the trial's tracking store and seed, typed."""
+    suite = load_suite(cfg.evaluation, cfg.evaluation_overrides)
+    run = replace(
+        suite.run,
+        tracking_uri=trial_cfg.run.tracking_uri,
+        experiment=trial_cfg.run.experiment,
+        seed=trial_cfg.run.seed,
+    )
+    data = replace(suite.data, manifest=cfg.manifest) if cfg.manifest else suite.data
+    suite = replace(suite, run=run, data=data)
+    suite.validate()
+    return suite
 
 
 def check_sweep(cfg: SweepConfig) -> list[Trial]:

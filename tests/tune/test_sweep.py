@@ -20,11 +20,13 @@ from rayssl import testhooks
 from rayssl.config import ConfigError
 from rayssl.tune.sweep import (
     NONRETRYABLE_FILE,
+    Trial,
     check_evaluation_world,
     check_sweep,
     check_trials_world,
     error_summary,
     eval_budget,
+    evaluation_suite,
     load_sweep,
     max_concurrent,
     size_suite,
@@ -51,6 +53,13 @@ def test_grid_names_and_overrides(tiny_manifest):
     assert tc.run.parent_run_id == "abc" and tc.optim.epochs == 2
     assert tc.data.manifest == str(tiny_manifest)
     assert len(check_sweep(cfg)) == 4
+    # the study's typed fields: its storage folder, and the suite's manifest and seed
+    assert tc.run.storage_path.endswith("/sweep_debug/trials")
+    suite = evaluation_suite(cfg, tc)
+    assert suite.data.manifest == str(tiny_manifest) and suite.run.seed == tc.run.seed
+    # an axis over data.manifest wins over the study's manifest, as an override would
+    axis = Trial("manifest-other", {"data.manifest": "/data/other.parquet"})
+    assert trial_config(cfg, axis).data.manifest == "/data/other.parquet"
 
 
 def test_what_trials_name_is_checked_before_ray_starts(tiny_manifest, tmp_path):
