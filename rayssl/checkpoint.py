@@ -10,9 +10,10 @@ who can write there could hand every node a file. Nothing here runs code from a 
 * every write type-checks its payload first (`check_plain`), so rayssl never writes a file
   it could not read back (the scheduler state, the config and the mid-epoch progress are
   plain dicts);
-* `convert` rewrites an old checkpoint that only a full unpickler reads (numpy values, a
-  pickled object) into the plain format: `rayssl checkpoint convert SRC --out DST`, for
-  files you trust only, since it unpickles SRC with `weights_only=False`.
+* `convert` rewrites an old checkpoint whose values include numpy scalars or arrays into
+  the plain format: `rayssl checkpoint convert SRC --out DST`. It too reads with
+  `weights_only=True`, allowing numpy's reconstructors and nothing else: a file naming any
+  other global is refused, so no command runs code from a checkpoint.
 
 `latest_state_uri` finds the checkpoint a run folder resumes from: the one Ray Train's own
 snapshot (`checkpoint_manager_snapshot.json`) names, else the direct `checkpoint_*` child
@@ -131,8 +132,8 @@ def _refusal(where: str, e: pickle.UnpicklingError) -> CheckpointError:
     what = f"its pickle names {found.group(1) if found else 'a global'}"
     return CheckpointError(
         f"{where}: refused: {what}, which a checkpoint may not load (rayssl reads "
-        f"checkpoints with torch.load(weights_only=True), so no code in one runs); if you "
-        f"trust this file, convert it once: {CONVERT_COMMAND} {where} --out NEW.pt"
+        f"checkpoints with torch.load(weights_only=True), so no code in one runs); if it "
+        f"holds numpy values, convert it once: {CONVERT_COMMAND} {where} --out NEW.pt"
     )
 
 
@@ -197,10 +198,50 @@ def to_plain(obj: Any) -> Any:
     raise TypeError(f"cannot convert a {type(obj).__name__} to plain checkpoint data")
 
 
+#: The only globals an old checkpoint may name for `convert`: numpy's array and scalar
+#: reconstructors (values a careless writer left). They build arrays from bytes and call
+#: nothing else; any other global is refused, so even `convert` runs no code from a file.
+OLD_FORMAT_GLOBALS = {
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray.scalar",
+    "numpy.core.multiarray.scalar",
+    "numpy.ndarray",
+    "numpy.dtype",
+}
+
+
+def _load_old(data: bytes, src: str) -> Any:
+    """`torch.load(weights_only=True)` of an old checkpoint, with numpy's reconstructors
+    (and numpy's dtype classes) allowed and nothing else."""
+    import importlib
+
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
+    allowed = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        numpy_dtype = module == "numpy.dtypes" and attr.endswith("DType")
+        if name not in OLD_FORMAT_GLOBALS and not numpy_dtype:
+            raise CheckpointError(
+                f"convert {src}: refused: its pickle names {name}, which is not plain data "
+                "or a numpy value (nothing in it was run)"
+            )
+        try:
+            allowed.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            raise CheckpointError(f"convert {src}: names {name}, unknown here") from None
+    if allowed:  # a numpy dtype is rebuilt from its class, which the scan does not list
+        import numpy.dtypes
+
+        allowed += [getattr(numpy.dtypes, n) for n in dir(numpy.dtypes) if n.endswith("DType")]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
 def convert(src: str, dst: str, options: storage.StorageOptions | None = None) -> dict[str, Any]:
-    """Rewrite the TRUSTED checkpoint `src` (it is unpickled with weights_only=False: any
-    code in it runs) as plain data at `dst`; returns what was done. `dst` must differ
-    from `src` and not exist."""
+    """Rewrite the old checkpoint `src` (plain data and numpy values, read with
+    `weights_only=True`; any other global is refused) as plain data at `dst`; returns what
+    was done. `dst` must differ from `src` and not exist."""
     if storage.redact(src) != src or storage.redact(dst) != dst:
         raise CheckpointError("convert: give URIs without credentials (use the environment)")
     if src == dst:
@@ -211,7 +252,7 @@ def convert(src: str, dst: str, options: storage.StorageOptions | None = None) -
         data = storage.read_bytes(src, options=options)
     except storage.StorageNotFoundError as e:
         raise CheckpointError(f"checkpoint {src!r} does not exist") from e
-    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    payload = _load_old(data, src)
     try:
         plain = to_plain(payload)
         out = to_bytes(plain)

@@ -10,7 +10,7 @@ rayssl finetune --checkpoint X --config configs/finetune_ucf101.yaml [key=value 
 rayssl features --checkpoint X --manifest M --layers pool3 pool5 --clips uniform:10 --out F.parquet
 rayssl evaluate --checkpoint X --suite configs/eval_ucf101.yaml --out DIR [--baseline]
 rayssl sweep --config configs/sweep_debug.yaml [key=value ...]
-rayssl checkpoint convert OLD.pt --out NEW.pt [--endpoint-url URL]   (trusted files only)
+rayssl checkpoint convert OLD.pt --out NEW.pt [--endpoint-url URL]   (numpy values -> plain data)
 rayssl compare [--experiment E] [--parent RUN] [--runs ID ...] [--tag k=v] [--plot METRIC]
 rayssl capacity --config FILE --manifest M [--measure-train] [--gpus N --cpus-per-node C] [--json]
 
@@ -445,11 +445,6 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     from rayssl import checkpoint as ckpt  # lazy: see the module docstring
 
-    print(
-        f"checkpoint convert: unpickling {args.src} with weights_only=False: any code in it "
-        "runs; convert only files you trust",
-        file=sys.stderr,
-    )
     result = ckpt.convert(args.src, args.out, storage_options(args.endpoint_url))
     print(json.dumps(result))
     return 0
@@ -537,11 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_arguments(e)
     e.set_defaults(func=cmd_evaluate)
 
-    ck = sub.add_parser("checkpoint", help="checkpoint files: convert an old one (trusted only)")
+    ck = sub.add_parser("checkpoint", help="checkpoint files: convert an old one (numpy values)")
     ck_sub = ck.add_subparsers(dest="action", required=True)
     cv = ck_sub.add_parser(
         "convert",
-        help="rewrite a TRUSTED checkpoint that weights_only=True refuses as plain data",
+        help="rewrite an old checkpoint with numpy values as plain data (other globals: refused)",
     )
     cv.add_argument("src", help="state.pt / backbone.pt (local or s3://)")
     cv.add_argument("--out", required=True, help="new file (local or s3://); must not exist")

@@ -200,7 +200,7 @@ def test_an_old_file_with_numpy_values_says_how_to_convert_and_converts(tmp_path
     new = tmp_path / "new" / "state.pt"
     rc, out, err = _run(["checkpoint", "convert", path, "--out", new], capsys)
     assert rc == 0, err
-    assert json.loads(out)["out"] == str(new) and "trust" in err
+    assert json.loads(out)["out"] == str(new) and err == ""  # read as data: nothing to warn of
     converted = load_training_state(new.parent)
     assert converted["extra"]["loss"] == 1.5 and type(converted["extra"]["loss"]) is float
     assert converted["extra"]["done"].tolist() == [1, 2, 3]
@@ -208,6 +208,23 @@ def test_an_old_file_with_numpy_values_says_how_to_convert_and_converts(tmp_path
         assert torch.equal(converted["model"][key], value)
     rc, _, err = _run(["checkpoint", "convert", path, "--out", new], capsys)
     assert rc == 2 and "exists" in err  # never overwrites
+
+
+def test_convert_runs_no_code_either(tmp_path, capsys):
+    """`rayssl checkpoint convert` reads with weights_only=True and admits numpy's
+    reconstructors only: a hostile pickle is refused naming its global, and runs nothing."""
+    cfg = _cfg()
+    marker = tmp_path / "pwned"
+    for evil in (
+        evil_backbone(tmp_path / "evil" / "backbone.pt", cfg, marker),
+        evil_state(tmp_path / "evilrun" / "checkpoint_000001", cfg, marker),
+    ):
+        out = tmp_path / "converted" / evil.name
+        rc, _, err = _run(["checkpoint", "convert", evil, "--out", out], capsys)
+        assert rc == 2, err
+        assert f"convert {evil}: refused: its pickle names builtins.exec" in err, err
+        assert len(err.strip().splitlines()) == 1
+        assert not marker.exists() and not out.exists()
 
 
 def test_the_writer_stores_plain_data_only(tmp_path):

@@ -18,6 +18,7 @@ the section in the suite YAMLs.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -75,7 +76,7 @@ class RunContext:
     """The suite file's folder (resolves relative configs named in it)."""
 
 
-class Evaluation:
+class Evaluation(abc.ABC):
     """One evaluation of the suite (see the module doc). Subclasses set `name` and
     `settings`, and override `run` and what they need."""
 
@@ -102,8 +103,9 @@ class Evaluation:
         """Other paths `run` reads, by key of its section (checked before extraction)."""
         return {}
 
+    @abc.abstractmethod
     def run(self, s: Any, ctx: RunContext) -> Outcome:
-        raise NotImplementedError
+        """Run on the suite's features (`ctx`): the results and report lines."""
 
 
 #: Section name -> evaluation, in registration order (`ordered()` sorts by `order`).
