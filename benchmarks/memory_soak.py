@@ -93,8 +93,8 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    from rayssl.data.manifest import build_manifest, list_entries, write_manifest
-    from rayssl.data.synthetic import generate_dataset
+    from rayssl.io.manifest import build_manifest, list_entries, write_manifest
+    from rayssl.tools.synthetic import generate_dataset
 
     work = Path(args.work or tempfile.mkdtemp(prefix="rayssl-soak-"))
     data = work / "videos"

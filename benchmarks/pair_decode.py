@@ -10,7 +10,7 @@ same pairs (`pace_contrastive`'s own plan: clip k of video v is
                    the keyframe before the first frame through the last (the union once)
     one-open-seek  read_frames(clip 1 + clip 2): one open; where a keyframe lies between
                    the two clips the reader seeks over the gap (the default)
-    sample-pair    rayssl.data.pipeline.sample_row with the pace_contrastive task: the
+    sample-pair    rayssl.clips.pipeline.sample_row with the pace_contrastive task: the
                    decode above + crop 112, flip, per-frame jitter of both clips
     sample-2x      two sample_row calls with the pace task (two independent samples of
                    the same videos; augmentation as above)
@@ -38,13 +38,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rayssl.clips.pipeline import SamplerSpec, sample_row  # noqa: E402
+from rayssl.clips.sampling import clip_rng  # noqa: E402
 from rayssl.config import AugmentSettings, load_config  # noqa: E402
-from rayssl.data.manifest import build_manifest, list_entries  # noqa: E402
-from rayssl.data.pipeline import SamplerSpec, sample_row  # noqa: E402
-from rayssl.data.sampling import clip_rng  # noqa: E402
-from rayssl.data.synthetic import generate_dataset  # noqa: E402
-from rayssl.data.video import read_frames  # noqa: E402
+from rayssl.io.manifest import build_manifest, list_entries  # noqa: E402
+from rayssl.io.video import read_frames  # noqa: E402
 from rayssl.pretext import build_pretext  # noqa: E402
+from rayssl.tools.synthetic import generate_dataset  # noqa: E402
 
 SIZE = (128, 171)
 CODECS = {"mpeg4": ("mpeg4-bframes", 12), "h264": ("h264", None)}

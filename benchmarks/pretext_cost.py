@@ -14,7 +14,7 @@ clip on one core. The stages are then timed separately on the same clips:
     pace          sample_row with the pace pretext (decode + augment + label)
     statistics    sample_row with the statistics pretext (decode + augment + flow + labels)
 
-The videos are generated (`rayssl.data.synthetic`, H.264, 240x320 unless --size), or
+The videos are generated (`rayssl.tools.synthetic`, H.264, 240x320 unless --size), or
 --data gives a folder of real videos. TV-L1 is timed on --tvl1-clips clips only (it
 costs ~0.1-0.5 s per frame pair on one core).
 
@@ -40,10 +40,8 @@ from typing import Any  # noqa: E402
 
 import cv2  # noqa: E402
 
-from rayssl.config import load_config  # noqa: E402
-from rayssl.data.flow import available_flow_algorithms, compute_flow  # noqa: E402
-from rayssl.data.manifest import build_manifest, list_entries  # noqa: E402
-from rayssl.data.pipeline import (  # noqa: E402
+from rayssl.clips.flow import available_flow_algorithms, compute_flow  # noqa: E402
+from rayssl.clips.pipeline import (  # noqa: E402
     SamplerSpec,
     augment_config,
     epoch_rows,
@@ -51,11 +49,13 @@ from rayssl.data.pipeline import (  # noqa: E402
     sample_row,
     usable_videos,
 )
-from rayssl.data.sampling import clip_rng  # noqa: E402
-from rayssl.data.statistics import statistics_labels  # noqa: E402
-from rayssl.data.synthetic import generate_dataset  # noqa: E402
-from rayssl.data.transforms import augment_clip  # noqa: E402
+from rayssl.clips.sampling import clip_rng  # noqa: E402
+from rayssl.clips.statistics import statistics_labels  # noqa: E402
+from rayssl.clips.transforms import augment_clip  # noqa: E402
+from rayssl.config import load_config  # noqa: E402
+from rayssl.io.manifest import build_manifest, list_entries  # noqa: E402
 from rayssl.pretext import build_pretext  # noqa: E402
+from rayssl.tools.synthetic import generate_dataset  # noqa: E402
 
 cv2.setNumThreads(1)
 

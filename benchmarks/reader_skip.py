@@ -2,7 +2,7 @@
 
 Both methods read the same random 16-frame pace clips (pace drawn from --paces, a start
 so the clip fits, frames start + i * pace) of the same files with
-`rayssl.data.video.read_frames`, the probe's keyframes and pts grid, resized to 128x171
+`rayssl.io.video.read_frames`, the probe's keyframes and pts grid, resized to 128x171
 as the pipeline does, one decoder thread:
 
     count   skip_nonref=False: seek to the keyframe before the clip, decode every frame
@@ -46,8 +46,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rayssl.data.synthetic import generate_dataset  # noqa: E402
-from rayssl.data.video import VideoProbe, probe_video, read_all_frames, read_frames  # noqa: E402
+from rayssl.io.video import VideoProbe, probe_video, read_all_frames, read_frames  # noqa: E402
+from rayssl.tools.synthetic import generate_dataset  # noqa: E402
 
 cv2.setNumThreads(1)
 SIZE = (128, 171)

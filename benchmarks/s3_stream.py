@@ -2,7 +2,7 @@
 
 A small and a large H.264 video (grain so that they do not compress to nothing; a keyframe
 every 16 frames) are put on a local moto S3 server (tests/s3server.py). For each, N random
-16-frame clips are read through `rayssl.data.pipeline.read_row_frames` twice: with the
+16-frame clips are read through `rayssl.clips.pipeline.read_row_frames` twice: with the
 streaming threshold above the object's size (one GET of the whole object per clip, the
 old path) and below it (`storage.RangedReader`, 1 MiB ranged GETs). Reported per video
 and mode: MiB fetched per clip and clips/s on one core (one process, decode threads 1).
@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rayssl.data import storage  # noqa: E402
-from rayssl.data.badcorpus import _encode  # noqa: E402
-from rayssl.data.pipeline import read_row_frames  # noqa: E402
-from rayssl.data.video import VideoAccess, probe_video  # noqa: E402
+from rayssl.clips.pipeline import read_row_frames  # noqa: E402
+from rayssl.io import storage  # noqa: E402
+from rayssl.io.video import VideoAccess, probe_video  # noqa: E402
+from rayssl.tools.badcorpus import _encode  # noqa: E402
 from tests.s3server import make_bucket, moto_s3_server, put_objects, s3_env  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Transcode a dataset to training-ready H.264 MP4 (Ray Data job; see rayssl.prepare).
+"""Transcode a dataset to training-ready H.264 MP4 (Ray Data job; see rayssl.tools.prepare).
 
 python jobs/prepare.py data/ucf101.parquet --out data/ucf101_h264 --short-side 128 --gop 16
 ray job submit --working-dir . -- python jobs/prepare.py s3://b/m.parquet --out s3://b/prep

@@ -1,4 +1,4 @@
-"""Score every video's curriculum difficulty into a new manifest (Ray Data job; rayssl.score).
+"""Score every video's curriculum difficulty into a new manifest (Ray Data job; rayssl.tools.score).
 
 python jobs/score.py data/ucf101.parquet --out data/ucf101_scored.parquet --clips uniform:1
 ray job submit --working-dir . -- python jobs/score.py s3://b/m.parquet --out s3://b/scored.parquet

@@ -58,7 +58,7 @@ import yaml
 from torch import nn
 
 from rayssl.config import Config, ModelConfig
-from rayssl.data import storage
+from rayssl.io import storage
 from rayssl.models import build_backbone
 from rayssl.tracking_uri import default_tracking_uri
 

@@ -34,7 +34,7 @@ from rayssl.raystart import start_ray
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from rayssl.data.synthetic import generate_dataset  # lazy: see the module docstring
+    from rayssl.tools.synthetic import generate_dataset  # lazy: see the module docstring
 
     t0 = time.perf_counter()
     videos = generate_dataset(
@@ -83,7 +83,7 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
 def access_from_args(args: argparse.Namespace):
     """The `VideoAccess` of `add_limit_arguments`' arguments."""
     from rayssl.config import DataConfig  # lazy: see the module docstring
-    from rayssl.data.video import VideoAccess  # lazy: see the module docstring
+    from rayssl.io.video import VideoAccess  # lazy: see the module docstring
 
     data = DataConfig(
         max_video_bytes=args.max_video_bytes,
@@ -97,8 +97,8 @@ def access_from_args(args: argparse.Namespace):
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from rayssl.data import storage  # lazy: see the module docstring
-    from rayssl.data.manifest import (  # lazy: see the module docstring
+    from rayssl.io import storage  # lazy: see the module docstring
+    from rayssl.io.manifest import (  # lazy: see the module docstring
         build_manifest,
         list_entries,
         summarize,
@@ -143,7 +143,7 @@ def _format_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from rayssl.preview import run_preview  # lazy: see the module docstring
+    from rayssl.tools.preview import run_preview  # lazy: see the module docstring
 
     overrides = list(args.overrides)
     if args.pretext is not None:
@@ -244,7 +244,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def storage_options(endpoint_url: str):
-    from rayssl.data import storage  # lazy: see the module docstring
+    from rayssl.io import storage  # lazy: see the module docstring
 
     return storage.StorageOptions(endpoint_url=endpoint_url or None)
 
@@ -310,8 +310,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def prepare_from_args(args: argparse.Namespace) -> dict:
-    """Run `rayssl.prepare.run_prepare` with parsed `add_prepare_arguments` arguments."""
-    from rayssl.prepare import run_prepare  # lazy: see the module docstring
+    """Run `rayssl.tools.prepare.run_prepare` with parsed `add_prepare_arguments` arguments."""
+    from rayssl.tools.prepare import run_prepare  # lazy: see the module docstring
 
     return run_prepare(
         args.src,
@@ -354,8 +354,8 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def score_from_args(args: argparse.Namespace) -> dict:
-    """Run `rayssl.score.run_score` with parsed `add_score_arguments` arguments."""
-    from rayssl.score import run_score  # lazy: see the module docstring
+    """Run `rayssl.tools.score.run_score` with parsed `add_score_arguments` arguments."""
+    from rayssl.tools.score import run_score  # lazy: see the module docstring
 
     return run_score(
         args.manifest,
@@ -398,7 +398,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:
-    from rayssl.capacity import (  # lazy: see the module docstring
+    from rayssl.tools.capacity import (  # lazy: see the module docstring
         CapacityError,
         ClusterShape,
         format_report,
@@ -612,8 +612,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 
 def main(argv: Sequence[str] | None = None) -> int:
     from rayssl.checkpoint import CheckpointError  # lazy: see the module docstring
-    from rayssl.data.manifest import ManifestError  # lazy: see the module docstring
-    from rayssl.data.schedule import UnschedulableError  # lazy: see the module docstring
+    from rayssl.clips.schedule import UnschedulableError  # lazy: see the module docstring
+    from rayssl.io.manifest import ManifestError  # lazy: see the module docstring
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:  # its own parser: options after the subcommand are its own

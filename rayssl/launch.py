@@ -25,10 +25,10 @@ from rayssl.checkpoint import (
     resolve_checkpoint,
     with_checkpoint_model,
 )
+from rayssl.clips.pipeline import usable_videos
 from rayssl.config import Config, ConfigError, config_from_dict, flatten
-from rayssl.data import storage
-from rayssl.data.manifest import read_manifest, require_labels
-from rayssl.data.pipeline import usable_videos
+from rayssl.io import storage
+from rayssl.io.manifest import read_manifest, require_labels
 from rayssl.pretext import PRETEXTS
 from rayssl.raystart import start_ray
 from rayssl.tracking_uri import default_tracking_uri

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from rayssl.clips.pipeline import usable_videos
 from rayssl.config import Config, ConfigError
-from rayssl.data import storage
-from rayssl.data.manifest import read_manifest
-from rayssl.data.pipeline import usable_videos
+from rayssl.io import storage
+from rayssl.io.manifest import read_manifest
 from rayssl.pretext import build_pretext
 from rayssl.tracking_uri import default_tracking_uri
 

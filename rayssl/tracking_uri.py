@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from rayssl.config import Config, ConfigError
-from rayssl.data.storage import redact
+from rayssl.io.storage import redact
 
 REDACTED_USERINFO = "://***@"
 

@@ -36,8 +36,8 @@ def make_dataset(
     val_fraction: float = 0.25,
 ) -> Path:
     """Generate tiny videos and write their manifest; returns the manifest path."""
-    from rayssl.data.manifest import build_manifest, list_entries, write_manifest
-    from rayssl.data.synthetic import generate_dataset
+    from rayssl.io.manifest import build_manifest, list_entries, write_manifest
+    from rayssl.tools.synthetic import generate_dataset
 
     generate_dataset(
         out / "videos",

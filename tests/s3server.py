@@ -147,7 +147,7 @@ def s3_env(endpoint: str) -> Iterator[dict[str, str]]:
     module's client caches on entry and exit.  Yields the variables that were set.  Ray
     started inside the block inherits them.
     """
-    from rayssl.data import storage
+    from rayssl.io import storage
 
     values = {
         "AWS_ENDPOINT_URL_S3": endpoint,

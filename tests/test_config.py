@@ -532,7 +532,7 @@ def test_config_vocabulary_matches_the_registries():
     """config.py names what a config may choose without importing the modules it
     configures; their registries must offer exactly those names."""
     from rayssl import config, vocabulary
-    from rayssl.data.flow import FLOW_ALGORITHMS
+    from rayssl.clips.flow import FLOW_ALGORITHMS
     from rayssl.models import BACKBONES
     from rayssl.pretext import PRETEXTS
     from rayssl.pretext.multitask import TASKS

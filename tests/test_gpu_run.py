@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from rayssl.capacity import anchor_rate
-from tests.test_capacity import _torch_only_path
+from rayssl.tools.capacity import anchor_rate
+from tests.tools.test_capacity import _torch_only_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -131,7 +131,7 @@ def test_writable_probe_leaves_nothing_behind(tmp_path):
 
 
 def test_storage_path_in_a_missing_bucket_is_reported(tmp_path):
-    from rayssl.data.storage import StorageOptions
+    from rayssl.io.storage import StorageOptions
     from tests.s3server import make_bucket, moto_s3_server, s3_env
 
     with moto_s3_server() as endpoint, s3_env(endpoint):

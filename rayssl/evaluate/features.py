@@ -31,9 +31,10 @@ import ray
 import torch
 from torch import nn
 
+from rayssl.clips import schedule
 from rayssl.config import DataConfig, InferenceSettings
-from rayssl.data import schedule, storage
-from rayssl.data.manifest import read_manifest
+from rayssl.io import storage
+from rayssl.io.manifest import read_manifest
 from rayssl.raystart import quiet_ray_data
 from rayssl.train.inference import (
     DecodeSpec,

@@ -174,9 +174,9 @@ def run_test_protocol(cfg: Config, checkpoint: str, mlflow_run_id: str = "") -> 
     run `mlflow_run_id` when given; returns the metrics."""
 
     from rayssl.checkpoint import load_state_strict, read_latest_state
-    from rayssl.data import storage
-    from rayssl.data.manifest import read_manifest, require_labels
     from rayssl.evaluate.features import run_inference
+    from rayssl.io import storage
+    from rayssl.io.manifest import read_manifest, require_labels
     from rayssl.pretext import build_pretext
     from rayssl.train.inference import ProbabilityModel
     from rayssl.train.step import PretextModel, build_model

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rayssl.config import ModelConfig
-from rayssl.data import storage
+from rayssl.io import storage
 
 if TYPE_CHECKING:  # types only: the registry stays importable without torch or Ray
     import pyarrow as pa

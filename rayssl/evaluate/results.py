@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rayssl.config import flatten
-from rayssl.data import storage
+from rayssl.io import storage
 from rayssl.tracking_uri import real_tracking_uri
 from rayssl.train.tracking import PRETRAIN_RUN_TAG, experiment_id, git_commit
 

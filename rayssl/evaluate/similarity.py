@@ -78,9 +78,9 @@ from typing import Any
 import numpy as np
 
 from rayssl.config import _check_clips, _check_layers, _in_range
-from rayssl.data import storage
-from rayssl.data.manifest import ManifestError
 from rayssl.evaluate.registry import Evaluation, Outcome, RunContext, register
+from rayssl.io import storage
+from rayssl.io.manifest import ManifestError
 
 __all__ = [
     "MEASURES",

@@ -46,8 +46,6 @@ from rayssl.config import (
     read_yaml,
     typed_from_dict,
 )
-from rayssl.data import storage
-from rayssl.data.manifest import require_labels
 
 # The built-in evaluations: importing their modules registers them.
 from rayssl.evaluate import attention, finetune, linear, retrieval, similarity  # noqa: F401
@@ -61,6 +59,8 @@ from rayssl.evaluate.registry import (
     ordered,
 )
 from rayssl.evaluate.results import ARTIFACT_SUFFIXES, comparison_table, log_to_mlflow
+from rayssl.io import storage
+from rayssl.io.manifest import require_labels
 from rayssl.models.heads import POOL_LAYERS
 
 __all__ = [

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from rayssl.data.transforms import AugmentConfig, augment_clip
+from rayssl.clips.transforms import AugmentConfig, augment_clip
 
 
 @dataclass

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from rayssl.clips.transforms import AugmentConfig, augment_clip_stages
 from rayssl.config import check_tasks
-from rayssl.data.transforms import AugmentConfig, augment_clip_stages
 from rayssl.pretext.base import ClipPlan, Features, Pretext
 from rayssl.pretext.pace import PacePretext
 from rayssl.pretext.pace_contrastive import PaceContrastivePretext

@@ -1,8 +1,8 @@
 """Pace prediction (thesis ch. 4): classify the playback pace of a clip.
 
-CPU half: draw a pace and a start that fits (`rayssl.data.sampling.draw_pace_clip`),
+CPU half: draw a pace and a start that fits (`rayssl.clips.sampling.draw_pace_clip`),
 the label is the pace's index; with `pretext.backwards` some clips play backwards
-(`rayssl.data.sampling.maybe_backwards`: same label, or K + label as extra classes).
+(`rayssl.clips.sampling.maybe_backwards`: same label, or K + label as extra classes).
 GPU half: a linear classifier on the pooled backbone features, cross-entropy over the
 valid samples of the batch.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rayssl.data.sampling import draw_pace_clip, maybe_backwards
+from rayssl.clips.sampling import draw_pace_clip, maybe_backwards
 from rayssl.models.heads import ClassifierHead
 from rayssl.pretext.base import ClipPlan, Features, Pretext, masked_cross_entropy
 

@@ -5,7 +5,7 @@ CPU half (`make_sample`, in the Ray Data tasks): the clip is augmented (crop, fl
 jitter as configured); optical flow is computed between the consecutive frames of the
 clip as cropped and flipped, BEFORE colour jitter (`pretext.statistics.flow`; nothing is
 precomputed or stored), and the 27 labels come from
-`rayssl.data.statistics.statistics_labels`: 14 motion labels from the summed motion
+`rayssl.clips.statistics.statistics_labels`: 14 motion labels from the summed motion
 boundaries of that flow, 13 appearance labels from the same un-jittered pixels. Jitter,
 when on, changes only what the network sees: per-frame jitter would otherwise change
 about 40% of the motion and 80% of the appearance labels. Because the flow is computed
@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from rayssl.clips.flow import available_flow_algorithms, compute_flow
+from rayssl.clips.statistics import label_classes, statistics_labels
+from rayssl.clips.transforms import AugmentConfig, augment_clip_stages
 from rayssl.config import ConfigError
-from rayssl.data.flow import available_flow_algorithms, compute_flow
-from rayssl.data.statistics import label_classes, statistics_labels
-from rayssl.data.transforms import AugmentConfig, augment_clip_stages
 from rayssl.models.heads import TwoBranchHead
 from rayssl.pretext.base import ClipPlan, Features, Pretext
 
@@ -100,7 +100,7 @@ class StatisticsPretext(Pretext):
 
     def label_clip(self, clip: np.ndarray) -> dict[str, np.ndarray]:
         """{"stats": (27,) int64}: flow between the clip's consecutive frames, then the
-        labels of `rayssl.data.statistics.statistics_labels`. `clip` is the clip before
+        labels of `rayssl.clips.statistics.statistics_labels`. `clip` is the clip before
         colour jitter (`AugmentedClip.geometric`)."""
 
         flow = compute_flow(clip, self.settings.flow)

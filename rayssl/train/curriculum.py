@@ -1,6 +1,6 @@
 """Curriculum learning (thesis 3.2): order the videos easy-first and feed a growing share.
 
-Scoring is done once, offline, by ``rayssl score`` (:mod:`rayssl.score`): every video of a
+Scoring is done once, offline, by ``rayssl score`` (:mod:`rayssl.tools.score`): every video of a
 manifest gets a ``difficulty`` f in [0, 1], the share of the summed motion-boundary
 magnitude that falls in the largest-motion block of the 4x4 grid (the larger of the u and v
 ratios).  A large f means one block holds the dominant motion: an *easy* video.  Training

@@ -25,11 +25,11 @@ import ray
 import torch
 from torch import nn
 
+from rayssl.clips.pipeline import RowSkip, read_row_frames
+from rayssl.clips.sampling import clip_indices
+from rayssl.clips.transforms import center_crop_params, crop_clip
 from rayssl.config import AugmentSettings, ClipSpec, DataConfig, parse_clip_spec
-from rayssl.data import storage
-from rayssl.data.pipeline import RowSkip, read_row_frames
-from rayssl.data.sampling import clip_indices
-from rayssl.data.transforms import center_crop_params, crop_clip
+from rayssl.io import storage
 from rayssl.train.step import DeviceSettings, clip_to_input
 
 EVAL_ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts", "label", "split")

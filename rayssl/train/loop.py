@@ -1,7 +1,7 @@
 """The per-worker training loop run by Ray Train (`TorchTrainer`).
 
 Each worker builds ONE Ray Data pipeline for the run over its shard of every remaining
-epoch's draw rows (`rayssl.data.pipeline.DrawPlan`, `build_run_dataset`), and takes each
+epoch's draw rows (`rayssl.clips.pipeline.DrawPlan`, `build_run_dataset`), and takes each
 epoch's batches from it in turn (`RunStream`): every draw is a function of (seed, video,
 epoch, draw), every worker takes the same number of steps, and resuming at epoch e
 rebuilds exactly the stream from epoch e on. Metrics are summed over workers with
@@ -38,10 +38,7 @@ from rayssl.checkpoint import (
     restore_training_state,
     save_training_state,
 )
-from rayssl.config import Config, config_from_dict
-from rayssl.data import storage
-from rayssl.data.manifest import read_manifest
-from rayssl.data.pipeline import (
+from rayssl.clips.pipeline import (
     SKIP_REASONS,
     TRAIN,
     VAL,
@@ -51,6 +48,9 @@ from rayssl.data.pipeline import (
     sampler_spec,
     usable_videos,
 )
+from rayssl.config import Config, config_from_dict
+from rayssl.io import storage
+from rayssl.io.manifest import read_manifest
 from rayssl.pretext import build_pretext
 from rayssl.raystart import quiet_ray_data
 from rayssl.train.curriculum import EpochVideos, order_by_difficulty, stage_at

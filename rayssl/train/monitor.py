@@ -17,10 +17,10 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from rayssl.clips.sampling import fraction_mask
 from rayssl.config import Config
-from rayssl.data import storage
-from rayssl.data.manifest import read_manifest, require_labels
-from rayssl.data.sampling import fraction_mask
+from rayssl.io import storage
+from rayssl.io.manifest import read_manifest, require_labels
 from rayssl.knn import topk_accuracy
 from rayssl.train.inference import (
     DecodeSpec,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from rayssl.config import Config, dump_config
-from rayssl.data.storage import redact
+from rayssl.io.storage import redact
 from rayssl.tracking_uri import default_tracking_uri
 
 RUN_KEY_TAG = "rayssl.run_key"

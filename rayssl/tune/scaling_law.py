@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from rayssl.data.storage import redact
+from rayssl.io.storage import redact
 from rayssl.train.tracking import filter_tag
 
 TAG_PREFIX = "rayssl.sweep."

@@ -40,6 +40,7 @@ from ray import tune
 
 from rayssl import preflight, testhooks
 from rayssl.checkpoint import CheckpointError
+from rayssl.clips.schedule import UnschedulableError, share
 from rayssl.config import (
     Config,
     ConfigError,
@@ -49,11 +50,10 @@ from rayssl.config import (
     typed_from_dict,
 )
 from rayssl.config import _in_range as in_range
-from rayssl.data import storage
-from rayssl.data.manifest import ManifestError
-from rayssl.data.schedule import UnschedulableError, share
 from rayssl.evaluate.features import load_manifest
 from rayssl.evaluate.suite import check_labels, check_suite_paths, evaluate_checkpoint, load_suite
+from rayssl.io import storage
+from rayssl.io.manifest import ManifestError
 from rayssl.launch import pretrain, resolve_paths
 from rayssl.raystart import start_ray
 from rayssl.tracking_uri import default_tracking_uri

@@ -8,8 +8,6 @@ import pytest
 import torch
 
 from rayssl.config import DataConfig
-from rayssl.data.manifest import build_manifest, list_entries, read_manifest
-from rayssl.data.synthetic import index_pattern_frames, read_index_pattern, write_video
 from rayssl.evaluate.attention import (
     attention_from_activations,
     attention_grid_png,
@@ -18,7 +16,9 @@ from rayssl.evaluate.attention import (
     grid_image,
     overlay,
 )
+from rayssl.io.manifest import build_manifest, list_entries, read_manifest
 from rayssl.models import build_backbone
+from rayssl.tools.synthetic import index_pattern_frames, read_index_pattern, write_video
 from rayssl.train.inference import usable
 
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from rayssl.cli import main as cli_main
+from rayssl.clips.sampling import clip_indices
 from rayssl.config import DataConfig, InferenceSettings, parse_clip_spec
-from rayssl.data.manifest import build_manifest, list_entries, write_manifest
-from rayssl.data.sampling import clip_indices
-from rayssl.data.synthetic import index_pattern_frames, read_index_pattern, write_video
 from rayssl.evaluate.features import decode_concurrency, read_features
+from rayssl.io.manifest import build_manifest, list_entries, write_manifest
 from rayssl.models import build_backbone
+from rayssl.tools.synthetic import index_pattern_frames, read_index_pattern, write_video
 from rayssl.train.inference import (
     DecodeSpec,
     FeatureModel,
@@ -166,7 +166,7 @@ def test_decode_concurrency_keeps_decoding_out_of_the_actors(ray_local):
 @pytest.fixture(scope="module")
 def manifest_with_bad(tmp_path_factory, tiny_manifest) -> Path:
     """The tiny manifest plus a corrupt file and a missing one (both must be skips)."""
-    from rayssl.data.manifest import read_manifest
+    from rayssl.io.manifest import read_manifest
 
     root = tmp_path_factory.mktemp("bad")
     (root / "bad.mp4").write_bytes(b"garbage" * 50)
@@ -239,7 +239,7 @@ def test_features_command_to_s3(ray_local, tiny_manifest, capsys):
 
 
 def test_usable_drops_error_rows(manifest_with_bad):
-    from rayssl.data.manifest import read_manifest
+    from rayssl.io.manifest import read_manifest
 
     table = read_manifest(str(manifest_with_bad))
     assert usable(table).num_rows == table.num_rows - 1  # the corrupt file; missing is probed ok

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from rayssl.config import PretextConfig, load_config
-from rayssl.data.manifest import ManifestError, read_manifest, write_manifest
 from rayssl.evaluate.finetune import (
     classification_report,
     confusion_matrix,
@@ -18,6 +17,7 @@ from rayssl.evaluate.finetune import (
     softmax,
     video_probabilities,
 )
+from rayssl.io.manifest import ManifestError, read_manifest, write_manifest
 from rayssl.pretext import build_pretext
 from rayssl.train.step import DeviceSettings, batch_to_device, build_model
 from tests.conftest import ROOT

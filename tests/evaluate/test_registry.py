@@ -15,7 +15,6 @@ import pyarrow as pa
 import pytest
 
 from rayssl.config import ConfigError, _in_range, load_config
-from rayssl.data.manifest import ManifestError, read_manifest
 from rayssl.evaluate.features import read_features
 from rayssl.evaluate.finetune import suite_finetune_config
 from rayssl.evaluate.registry import (
@@ -35,6 +34,7 @@ from rayssl.evaluate.suite import (
     needed_videos,
     suite_paths,
 )
+from rayssl.io.manifest import ManifestError, read_manifest
 from tests.conftest import ROOT
 
 SUITE = ROOT / "configs" / "eval_debug.yaml"

@@ -14,9 +14,9 @@ import torch
 from rayssl.checkpoint import backbone_file_payload
 from rayssl.cli import main as cli_main
 from rayssl.config import ConfigError, dump_config, load_config
-from rayssl.data.manifest import ManifestError, read_manifest
 from rayssl.evaluate.registry import EVALUATIONS
 from rayssl.evaluate.suite import check_labels, comparison_table, config_path, load_suite
+from rayssl.io.manifest import ManifestError, read_manifest
 from rayssl.pretext import build_pretext
 from rayssl.train.step import build_model
 from tests.conftest import ROOT

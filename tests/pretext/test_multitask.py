@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from rayssl.clips.flow import compute_flow
+from rayssl.clips.statistics import statistics_labels
+from rayssl.clips.transforms import AugmentConfig
 from rayssl.config import ConfigError, load_config
-from rayssl.data.flow import compute_flow
-from rayssl.data.statistics import statistics_labels
-from rayssl.data.transforms import AugmentConfig
 from rayssl.pretext import build_pretext
 from rayssl.pretext.base import Features
 from rayssl.train.step import (
@@ -82,7 +82,7 @@ def test_sample_has_the_labels_of_every_task_on_the_first_clip():
 
 def _moving_frames(seed: int, num_frames: int = 16) -> list[np.ndarray]:
     """A generated video (textured objects rotating over a textured background)."""
-    from rayssl.data.synthetic import render_video
+    from rayssl.tools.synthetic import render_video
 
     return [render_video(num_frames, 48, 64, "rotate_cw", np.random.default_rng(seed))]
 

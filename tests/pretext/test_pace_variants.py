@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rayssl.clips.pipeline import SamplerSpec, sample_row
+from rayssl.clips.sampling import PaceDraw, draw_pace_clip, maybe_backwards, pace_indices
 from rayssl.config import AugmentSettings, ConfigError, PretextConfig, load_config
-from rayssl.data.manifest import build_manifest, list_entries
-from rayssl.data.pipeline import SamplerSpec, sample_row
-from rayssl.data.sampling import PaceDraw, draw_pace_clip, maybe_backwards, pace_indices
-from rayssl.data.synthetic import index_pattern_frames, read_index_pattern, write_video
+from rayssl.io.manifest import build_manifest, list_entries
 from rayssl.pretext import build_pretext
+from rayssl.tools.synthetic import index_pattern_frames, read_index_pattern, write_video
 
 CLIP_LEN = 16
 

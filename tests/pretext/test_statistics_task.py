@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from rayssl.clips.statistics import label_classes, statistics_labels
+from rayssl.clips.transforms import AugmentConfig
 from rayssl.config import ConfigError, load_config
-from rayssl.data.statistics import label_classes, statistics_labels
-from rayssl.data.synthetic import render_video
-from rayssl.data.transforms import AugmentConfig
 from rayssl.pretext import build_pretext
 from rayssl.pretext.statistics import NUM_LABELS, StatisticsPretext
+from rayssl.tools.synthetic import render_video
 from rayssl.train.step import (
     DeviceSettings,
     batch_to_device,
@@ -68,7 +68,7 @@ def test_labels_are_computed_on_the_augmented_clip():
     )
     assert sample["clip"].shape == (16, 48, 48, 3)
     assert sample["stats"].shape == (NUM_LABELS,) and sample["stats"].dtype == np.int64
-    from rayssl.data.flow import compute_flow
+    from rayssl.clips.flow import compute_flow
 
     expected = statistics_labels(sample["clip"], compute_flow(sample["clip"], "dis"))
     assert np.array_equal(sample["stats"], expected)
@@ -78,7 +78,7 @@ def test_labels_are_computed_on_the_augmented_clip():
 
 
 def _batch(n: int = 4, size: int = 32) -> dict[str, np.ndarray]:
-    from rayssl.data.flow import compute_flow
+    from rayssl.clips.flow import compute_flow
 
     clips = np.stack([_clip(seed=i, size=size) for i in range(n)])
     stats = np.stack([statistics_labels(c, compute_flow(c, "dis")) for c in clips])
@@ -157,8 +157,8 @@ def test_preview_writes_the_labels_of_the_saved_clips(ray_local, tiny_manifest, 
     """`rayssl preview --pretext statistics`: clips.npz `labels` is (N, 27), in
     LABEL_NAMES order, and is exactly what the saved (augmented) clips give."""
     from rayssl.cli import main as cli
-    from rayssl.data.flow import compute_flow
-    from rayssl.data.statistics import LABEL_NAMES
+    from rayssl.clips.flow import compute_flow
+    from rayssl.clips.statistics import LABEL_NAMES
 
     out = tmp_path / "preview"
     argv = ["preview", str(tiny_manifest), "--out", str(out), "--pretext", "statistics"]

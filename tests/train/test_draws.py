@@ -18,8 +18,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from rayssl.clips.pipeline import epoch_rows, sample_row, sampler_spec, usable_videos
 from rayssl.config import load_config
-from rayssl.data.pipeline import epoch_rows, sample_row, sampler_spec, usable_videos
 from rayssl.pretext import build_pretext
 from rayssl.testhooks import sample_digest
 from rayssl.train.curriculum import easiest, order_by_difficulty, stage_at

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayssl.checkpoint import EpochProgress
-from rayssl.data.pipeline import epoch_order, epoch_rows, usable_videos
+from rayssl.clips.pipeline import epoch_order, epoch_rows, usable_videos
 from tests.conftest import ROOT, tiny_overrides
 from tests.train.test_pretrain import DEBUG, _history, _job_env, _result_line, _runs
 

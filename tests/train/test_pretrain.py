@@ -115,7 +115,7 @@ def test_local_mode_monitor_logs_retrieval_and_prints_progress(
 
 
 def test_monitor_settings_are_checked_before_training(tiny_manifest, tmp_path):
-    from rayssl.data.manifest import ManifestError
+    from rayssl.io.manifest import ManifestError
     from rayssl.launch import prepare_config
 
     tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"

@@ -32,7 +32,7 @@ from s3server import (
 )
 
 from rayssl.cli import main as cli
-from rayssl.data.manifest import read_manifest
+from rayssl.io.manifest import read_manifest
 from rayssl.localhead import local_ray_head, stop_job, submit_job
 from tests.conftest import ROOT, make_dataset
 

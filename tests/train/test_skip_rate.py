@@ -9,7 +9,7 @@ import mlflow
 import pytest
 
 from rayssl.config import ConfigError, load_config
-from rayssl.data.manifest import read_manifest
+from rayssl.io.manifest import read_manifest
 from tests.conftest import ROOT, make_dataset, tiny_overrides
 
 

@@ -130,7 +130,7 @@ def test_evaluation_is_sized_to_the_trial_share(tiny_manifest):
 def test_failed_trial_is_one_line_of_its_root_exception(ray_local):
     """Tune hands back Ray's wrapper (`ray::ImplicitFunc.train() (pid=...)`); the RESULT
     shows the user's exception and where the traceback is."""
-    from rayssl.data.manifest import ManifestError
+    from rayssl.io.manifest import ManifestError
 
     @ray_local.remote
     def trial():
