@@ -34,9 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rayssl.clips.sampling import stable_hash  # noqa: E402
 from rayssl.config import load_config  # noqa: E402
 from rayssl.evaluate.suite import comparison_table, evaluate_checkpoint, load_suite  # noqa: E402
+from rayssl.io.ids import stable_hash  # noqa: E402
 from rayssl.io.manifest import build_manifest, list_entries, write_manifest  # noqa: E402
 from rayssl.tools.synthetic import generate_dataset  # noqa: E402
 

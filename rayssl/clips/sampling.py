@@ -20,7 +20,6 @@ backwards clip at pace p its own class, K + label for K paces (+-p, 8 classes).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rayssl.config import ClipSpec
+from rayssl.io.ids import stable_hash
 
 _EPS = 1e-6  # paces within 1e-6 of 1/k count as 1/k (as config validation)
 
@@ -41,11 +41,6 @@ def pace_indices(start: int, clip_len: int, pace: float) -> np.ndarray:
     """(clip_len,) int64 source-frame indices of a clip starting at `start`."""
     offsets = np.floor(np.arange(clip_len, dtype=np.float64) * pace + _EPS).astype(np.int64)
     return start + offsets
-
-
-def stable_hash(text: str) -> int:
-    """A 63-bit hash of a string that is the same in every process and run."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
 
 
 def clip_rng(seed: int, video_id: str, epoch: int, draw: int) -> np.random.Generator:

@@ -39,8 +39,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rayssl.clips.sampling import stable_hash
 from rayssl.io import storage
+from rayssl.io.ids import stable_hash
 from rayssl.io.video import (
     DEFAULT_ACCESS,
     MIN_BYTES_PER_FRAME,

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rayssl.clips.sampling import stable_hash
+from rayssl.io.ids import stable_hash
 from rayssl.models.heads import ClassifierHead, ProjectionHead
 from rayssl.pretext.base import ClipPlan, Features, Pretext
 from rayssl.pretext.contrastive_loss import (

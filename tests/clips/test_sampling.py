@@ -15,9 +15,9 @@ from rayssl.clips.sampling import (
     fraction_mask,
     pace_indices,
     pace_span,
-    stable_hash,
 )
 from rayssl.config import parse_clip_spec
+from rayssl.io.ids import stable_hash
 
 PACES = [1.0, 2.0, 3.0, 4.0]
 SLOW_PACES = [0.25, 1 / 3, 0.5, 1.0, 2.0]
