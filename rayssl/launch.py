@@ -15,6 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -28,12 +30,14 @@ from rayssl.checkpoint import (
 from rayssl.clips.pipeline import usable_videos
 from rayssl.config import Config, ConfigError, config_from_dict, flatten
 from rayssl.io import storage
-from rayssl.io.manifest import read_manifest, require_labels
+from rayssl.io.manifest import require_labels
 from rayssl.pretext import PRETEXTS
 from rayssl.raystart import start_ray
 from rayssl.tracking_uri import default_tracking_uri
+from rayssl.train.curriculum import order_by_difficulty
 from rayssl.train.loop import train_loop_per_worker
 from rayssl.train.monitor import monitor_videos
+from rayssl.train.plan import RunPlan, manifest_bad_counts
 from rayssl.train.tracking import git_commit
 
 #: Config keys a resumed run may change (`run.resume=auto`): the resources it runs on,
@@ -99,8 +103,10 @@ def resolve_paths(cfg: Config) -> Config:
     return replace(cfg, data=data, run=run)
 
 
-def build_trainer(cfg: Config):
-
+def build_trainer(plan: RunPlan):
+    """The TorchTrainer of `plan`: the plan goes into Ray's object store once and every
+    worker (restarted ones too) takes it from there."""
+    cfg = plan.cfg
     resources = {"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources}
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
@@ -115,7 +121,7 @@ def build_trainer(cfg: Config):
         num_workers = (cfg.train.min_workers, cfg.train.num_workers)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "commit": git_commit()},
+        train_loop_config={"plan": ray.put(plan), "commit": git_commit()},
         scaling_config=ScalingConfig(
             # Ray Train V2's ScalingConfig (what ray.train exports at run time) takes a
             # (min, max) tuple; mypy reads ray.train's V1 import of the same name.
@@ -133,42 +139,59 @@ def build_trainer(cfg: Config):
     )
 
 
-def prepare_config(cfg: Config) -> Config:
-    """Resolve paths and check, before anything starts on the cluster, what a run needs:
+def plan_run(cfg: Config) -> RunPlan:
+    """Resolve paths and everything a run needs, once, on the driver, checking it before
+    anything starts on the cluster (`rayssl.train.plan`):
 
-    * `model.init` (fine-tuning) exists and fits; its backbone settings replace the config's;
+    * `model.init` (fine-tuning) exists and fits; its backbone settings replace the
+      config's and its weights travel in the plan;
+    * the manifest is read once: its usable training videos (`preflight.check_data`),
+      validation videos, unreadable-row counts;
     * a task that trains on class labels gets a labelled split (and `pretext.num_classes`
       from the manifest when 0);
-    * the monitor's manifest has its labelled query and gallery splits.
+    * the monitor's manifest has its labelled query and gallery splits;
+    * the curriculum's videos are scored, and put in its order.
     """
     cfg = resolve_paths(cfg)
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: set it to a manifest URI (rayssl manifest ... --out M)")
+    init = None
     if cfg.model.init not in ("", "random"):
-        source = resolve_checkpoint(cfg.model.init, cfg)
-        build_backbone_from(source)  # a checkpoint that does not fit fails here, not on workers
-        cfg = with_checkpoint_model(cfg, source)
+        init = resolve_checkpoint(cfg.model.init, cfg)
+        build_backbone_from(init)  # a checkpoint that does not fit fails here, not on workers
+        cfg = with_checkpoint_model(cfg, init)
 
+    table = preflight.read_run_manifest(cfg)
     if getattr(PRETEXTS[cfg.pretext.name], "needs_labels", False):
-        cfg = _with_num_classes(cfg)
-    if cfg.monitor.every_epochs:
-        monitor_videos(cfg)
+        cfg = _with_num_classes(cfg, table)
+    videos = preflight.check_data(cfg, table)
+    monitor = monitor_videos(cfg, table) if cfg.monitor.every_epochs else None
     if cfg.curriculum.enabled:
-        _check_difficulty(cfg)
-    return cfg
+        _check_difficulty(cfg, table, videos)
+        videos = order_by_difficulty(videos)
+    split = cfg.data.val_split
+    return RunPlan(
+        cfg=cfg,
+        videos=videos,
+        val_videos=usable_videos(table, split) if split else None,
+        monitor_videos=monitor,
+        bad_counts=manifest_bad_counts(table, cfg.data.split),
+        init=init,
+    )
 
 
-def _check_difficulty(cfg: Config) -> None:
+def prepare_config(cfg: Config) -> Config:
+    """The config as `plan_run` resolves it (paths, init's backbone, number of classes)."""
+    return plan_run(cfg).cfg
+
+
+def _check_difficulty(cfg: Config, table: pa.Table, videos: pa.Table) -> None:
     """Curriculum learning needs every training video scored (`rayssl score`)."""
-
-    options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
-    table = read_manifest(cfg.data.manifest, options=options)
     if "difficulty" not in table.column_names:
         raise ValueError(
             f"curriculum.enabled: {cfg.data.manifest} has no 'difficulty' column; score it "
             "first: rayssl score MANIFEST --out SCORED.parquet, then data.manifest=SCORED.parquet"
         )
-    videos = usable_videos(table, cfg.data.split, cfg.data.fraction, cfg.run.seed)
     unscored = sum(1 for d in videos["difficulty"].to_pylist() if d is None or not math.isfinite(d))
     if unscored:
         print(
@@ -177,10 +200,7 @@ def _check_difficulty(cfg: Config) -> None:
         )
 
 
-def _with_num_classes(cfg: Config) -> Config:
-
-    options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
-    table = read_manifest(cfg.data.manifest, options=options)
+def _with_num_classes(cfg: Config, table: pa.Table) -> Config:
     train = require_labels(table, f"pretext {cfg.pretext.name}", split=cfg.data.split or None)
     if cfg.data.val_split:
         require_labels(table, f"pretext {cfg.pretext.name} (data.val_split)", cfg.data.val_split)
@@ -205,13 +225,13 @@ def run_training(cfg: Config) -> tuple[dict[str, Any], Config]:
     """Run (or resume) a training job of `cfg`'s task (a pretext, or supervised
     fine-tuning). Returns the final metrics and locations, and the config as run."""
 
-    cfg = prepare_config(cfg)
+    plan = plan_run(cfg)
+    cfg = plan.cfg
     check_resume(cfg)
-    preflight.check_data(cfg)
     preflight.check_outputs(cfg)
     start_ray()
     preflight.check_cluster(cfg)
-    result = build_trainer(cfg).fit()
+    result = build_trainer(plan).fit()
     metrics = dict(result.metrics or {})
     summary = {
         "run_name": cfg.run.name,

@@ -43,18 +43,24 @@ def _options(cfg: Config) -> storage.StorageOptions:
     return storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
 
 
-def check_data(cfg: Config) -> Any:
-    """Read the manifest and check the training videos against the task; returns the
-    usable training videos (a pyarrow Table)."""
-
+def read_run_manifest(cfg: Config) -> Any:
+    """`data.manifest` as a pyarrow Table; any failure is a ConfigError naming the key."""
     try:
-        table = read_manifest(cfg.data.manifest, options=_options(cfg))
+        return read_manifest(cfg.data.manifest, options=_options(cfg))
     except storage.StorageNotFoundError as e:
         raise ConfigError(f"data.manifest: {cfg.data.manifest} does not exist ({e})") from e
     except storage.StorageError as e:
         raise ConfigError(f"data.manifest: cannot read {cfg.data.manifest}: {e}") from e
     except Exception as e:  # a file that is not Parquet, a manifest without its columns
         raise ConfigError(f"data.manifest: {cfg.data.manifest} is not a manifest: {e}") from e
+
+
+def check_data(cfg: Config, table: Any = None) -> Any:
+    """Check the training videos of the manifest (`table`, read here when None) against
+    the task; returns the usable training videos (a pyarrow Table)."""
+
+    if table is None:
+        table = read_run_manifest(cfg)
     videos = usable_videos(table, cfg.data.split, cfg.data.fraction, cfg.run.seed)
     if videos.num_rows == 0:
         splits = (

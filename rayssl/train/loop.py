@@ -27,14 +27,12 @@ import torch.distributed as dist
 from rayssl import checkpoint as checkpoint_format
 from rayssl import testhooks
 from rayssl.checkpoint import (
-    RANDOM,
     BackboneSource,
     EpochProgress,
     backbone_file_payload,
     epoch_progress,
     load_state_strict,
     load_training_state,
-    resolve_checkpoint,
     restore_training_state,
     save_training_state,
 )
@@ -46,15 +44,14 @@ from rayssl.clips.pipeline import (
     RunStream,
     build_run_dataset,
     sampler_spec,
-    usable_videos,
 )
-from rayssl.config import Config, config_from_dict
+from rayssl.config import Config
 from rayssl.io import storage
-from rayssl.io.manifest import read_manifest
 from rayssl.pretext import build_pretext
 from rayssl.raystart import quiet_ray_data
-from rayssl.train.curriculum import EpochVideos, order_by_difficulty, stage_at
+from rayssl.train.curriculum import EpochVideos, stage_at
 from rayssl.train.monitor import RetrievalMonitor
+from rayssl.train.plan import RunPlan
 from rayssl.train.prefetch import device_batches
 from rayssl.train.step import (
     DeviceSettings,
@@ -129,20 +126,6 @@ class _Sums:
         self.values["num_resampled"] += int(np.asarray(batch["resampled"], dtype=bool).sum())
         for reason in np.asarray(batch["skip_reason"])[~valid & real]:
             self.skips[str(reason)] += 1
-
-
-def manifest_bad_counts(table, split: str) -> dict[str, float]:
-    """The run's split's videos that the manifest found unreadable, by reason
-    (`data/bad_<reason>`) and in all (`data/bad_videos`): never drawn, but counted."""
-    import pyarrow.compute as pc
-
-    if split and "split" in table.column_names:
-        table = table.filter(pc.equal(table["split"], split))
-    reasons = Counter(str(r) for r in table["error"].to_pylist() if r is not None)
-    return {
-        "data/bad_videos": float(sum(reasons.values())),
-        **{f"data/bad_{r}": float(n) for r, n in sorted(reasons.items())},
-    }
 
 
 def _reduced_progress(state: EpochState, device: torch.device) -> EpochProgress:
@@ -268,13 +251,13 @@ def evaluate(model, batches, settings: DeviceSettings) -> _Sums:
     return sums
 
 
-def _initial_backbone(cfg: Config, model: PretextModel) -> BackboneSource | None:
-    """Load `model.init` (fine-tuning's pre-trained weights) into the backbone. Every
-    worker loads them (DDP would broadcast rank 0's anyway); a resumed run then
-    overwrites them with its checkpoint."""
-    if cfg.model.init in ("", RANDOM):
+def _initial_backbone(plan: RunPlan, model: PretextModel) -> BackboneSource | None:
+    """Load `model.init` (fine-tuning's pre-trained weights, resolved once in the run plan)
+    into the backbone. Every worker loads them (DDP would broadcast rank 0's anyway); a
+    resumed run then overwrites them with its checkpoint."""
+    source, cfg = plan.init, plan.cfg
+    if source is None:
         return None
-    source = resolve_checkpoint(cfg.model.init, cfg)
     if source.backbone_state is not None:
         what = f"model.init {cfg.model.init!r} does not fit backbone {cfg.model.backbone}"
         load_state_strict(model.backbone, source.backbone_state, what)
@@ -511,17 +494,13 @@ class TrainData:
     the draw plan of the remaining epochs and the stream that delivers them (one Ray
     Data execution for as many whole epochs as fit in `ROWS_PER_STREAM` rows)."""
 
-    def __init__(self, cfg: Config, worker: Worker, pretext, checkpoints: CheckpointManager):
-        options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
-        self.cfg = cfg
-        self.table = read_manifest(cfg.data.manifest, options=options)
-        self.videos = usable_videos(self.table, cfg.data.split, cfg.data.fraction, cfg.run.seed)
-        split = cfg.data.val_split
-        val_videos = usable_videos(self.table, split) if split else None
-        self.ordered = order_by_difficulty(self.videos) if cfg.curriculum.enabled else None
+    def __init__(self, plan: RunPlan, worker: Worker, pretext, checkpoints: CheckpointManager):
+        cfg = self.cfg = plan.cfg
+        self.videos = plan.videos  # in curriculum order when the curriculum is on
+        self.ordered = plan.videos if cfg.curriculum.enabled else None
         self.batch_size = max(1, cfg.train.batch_size // worker.world)
-        self.plan = _draw_plan(cfg, worker, self, checkpoints, val_videos)
-        self.spec = sampler_spec(cfg.data, pretext, cfg.run.seed, True, options)
+        self.plan = _draw_plan(cfg, worker, self, checkpoints, plan.val_videos)
+        self.spec = sampler_spec(cfg.data, pretext, cfg.run.seed, True, plan.options)
         self.stream: RunStream | None = None
         self.stream_end = -1  # the first epoch the current stream does not cover
 
@@ -593,14 +572,15 @@ class Trainer:
     `steps` and `epochs` (metrics), `validator`, `monitor` (retrieval, rank 0) and
     `schedule` (mid-epoch checkpoints)."""
 
-    def __init__(self, cfg: Config, commit: str = "") -> None:
-        self.cfg = cfg
+    def __init__(self, plan: RunPlan, commit: str = "") -> None:
+        self.run_plan = plan
+        self.cfg = cfg = plan.cfg
         self.worker = _start_worker(cfg)
         self.pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
         self.acc_name = getattr(self.pretext, "accuracy_name", "acc")
         model: torch.nn.Module = build_model(cfg, self.pretext)
         self.optimizer, self.scheduler = build_optimizer(model, cfg)
-        init = _initial_backbone(cfg, cast(PretextModel, model))
+        init = _initial_backbone(plan, cast(PretextModel, model))
         self.checkpoints = CheckpointManager(cfg, self.worker)
         self.checkpoints.restore(model, self.optimizer, self.scheduler)
         self.global_step = self.checkpoints.global_step
@@ -611,8 +591,9 @@ class Trainer:
         self.tracker = Tracker(cfg, enabled=rank0, run_id=run_id, commit=commit)
         if run_id is None and init is not None:
             self.tracker.set_tags(init_tags(init))
-        self.monitor = RetrievalMonitor(cfg) if cfg.monitor.every_epochs and rank0 else None
-        self.data = TrainData(cfg, self.worker, self.pretext, self.checkpoints)
+        monitored = plan.monitor_videos
+        self.monitor = RetrievalMonitor(cfg, monitored) if monitored is not None and rank0 else None
+        self.data = TrainData(plan, self.worker, self.pretext, self.checkpoints)
         self.validator = Validator(self.data.plan, self.worker)
         self.steps = StepMetrics(cfg, self.worker, self.tracker, self.acc_name)
         self.epochs = EpochMetrics(cfg, self.worker, self.tracker, self.acc_name)
@@ -635,7 +616,7 @@ class Trainer:
         start = {
             "data/videos": self.data.videos.num_rows,
             "data/start_epoch": self.checkpoints.start_epoch,
-            **manifest_bad_counts(self.data.table, self.cfg.data.split),
+            **(self.run_plan.bad_counts or {}),
         }
         if self.checkpoints.resumed is not None:
             start["data/start_step_in_epoch"] = self.checkpoints.resumed.steps
@@ -749,6 +730,8 @@ class Trainer:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry: `loop_config` = {"config": Config as dict, "commit": str}."""
-    cfg = config_from_dict(loop_config["config"])
-    Trainer(cfg, commit=loop_config.get("commit", "")).fit()
+    """Ray Train entry: `loop_config` = {"plan": RunPlan (or its object ref), "commit": str}."""
+    plan = loop_config["plan"]
+    if isinstance(plan, ray.ObjectRef):
+        plan = ray.get(plan)
+    Trainer(plan, commit=loop_config.get("commit", "")).fit()

@@ -34,15 +34,21 @@ from rayssl.train.inference import (
 MAX_CLIPS_PER_TASK = 32
 
 
-def monitor_videos(cfg: Config) -> pa.Table:
+def monitor_videos(cfg: Config, data_manifest: pa.Table | None = None) -> pa.Table:
     """The labelled query + gallery videos the monitor uses (a deterministic subset of at
     most `monitor.max_videos` per split). Raises ManifestError if either split is missing
-    or unlabelled, so a bad monitor setting fails before training starts."""
+    or unlabelled, so a bad monitor setting fails before training starts.
+
+    `data_manifest`: the run's manifest already read (used unless `monitor.manifest` names
+    another one)."""
     m = cfg.monitor
-    uri = m.manifest or cfg.data.manifest
-    table = read_manifest(
-        uri, options=storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
-    )
+    if data_manifest is not None and m.manifest in ("", cfg.data.manifest):
+        table = data_manifest
+    else:
+        table = read_manifest(
+            m.manifest or cfg.data.manifest,
+            options=storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None),
+        )
     parts = []
     for split in (m.query_split, m.gallery_split):
         rows = require_labels(table, "monitor", split=split)
@@ -58,9 +64,9 @@ def monitor_videos(cfg: Config) -> pa.Table:
 class RetrievalMonitor:
     """Retrieval top-1/top-5 of the current backbone on the monitor videos."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, videos: pa.Table) -> None:
         self.cfg = cfg
-        self.videos = monitor_videos(cfg)
+        self.videos = videos  # `monitor_videos`, chosen once on the driver (the run plan)
         self.spec = DecodeSpec.from_settings(cfg.monitor.clips, cfg.data, MAX_CLIPS_PER_TASK)
         self.rows = eval_rows(self.videos, self.spec.clips, self.spec.clip_len, MAX_CLIPS_PER_TASK)
 

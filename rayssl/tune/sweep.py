@@ -249,6 +249,7 @@ def check_trials_world(cfg: SweepConfig, grid: list[Trial]) -> None:
     clips that fit, writable storage and tracking; once per distinct combination."""
 
     checked: set[str] = set()
+    manifests: dict[str, Any] = {}  # each manifest is read once, whatever its trials vary
     for t in grid:
         rcfg = resolve_paths(trial_config(cfg, t))
         key = repr((rcfg.data, rcfg.pretext, rcfg.run.storage_path, rcfg.run.tracking_uri))
@@ -256,7 +257,9 @@ def check_trials_world(cfg: SweepConfig, grid: list[Trial]) -> None:
             continue
         checked.add(key)
         try:
-            preflight.check_data(rcfg)
+            if rcfg.data.manifest not in manifests:
+                manifests[rcfg.data.manifest] = preflight.read_run_manifest(rcfg)
+            preflight.check_data(rcfg, manifests[rcfg.data.manifest])
             preflight.check_outputs(rcfg)
         except ConfigError as e:
             raise ConfigError(f"trial {t.slug}: {e}") from e
