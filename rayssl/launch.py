@@ -150,7 +150,8 @@ def plan_run(cfg: Config) -> RunPlan:
     * a task that trains on class labels gets a labelled split (and `pretext.num_classes`
       from the manifest when 0);
     * the monitor's manifest has its labelled query and gallery splits;
-    * the curriculum's videos are scored, and put in its order.
+    * the curriculum's videos are scored, and put in its order;
+    * a run.name that has a checkpoint resumes it with the same config (`check_resume`).
     """
     cfg = resolve_paths(cfg)
     if not cfg.data.manifest:
@@ -160,6 +161,7 @@ def plan_run(cfg: Config) -> RunPlan:
         init = resolve_checkpoint(cfg.model.init, cfg)
         build_backbone_from(init)  # a checkpoint that does not fit fails here, not on workers
         cfg = with_checkpoint_model(cfg, init)
+    check_resume(cfg)  # a checkpoint of this run.name is read (as plain data) before the data
 
     table = preflight.read_run_manifest(cfg)
     if getattr(PRETEXTS[cfg.pretext.name], "needs_labels", False):
@@ -227,7 +229,6 @@ def run_training(cfg: Config) -> tuple[dict[str, Any], Config]:
 
     plan = plan_run(cfg)
     cfg = plan.cfg
-    check_resume(cfg)
     preflight.check_outputs(cfg)
     start_ray()
     preflight.check_cluster(cfg)
@@ -276,6 +277,9 @@ def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
     except (ConfigError, TypeError, ValueError, KeyError):
         old = flatten(saved)
     new = cfg.flat()
+    if new.get("pretext.num_classes") == 0:  # 0: the manifest's, filled in by `plan_run`
+        new.pop("pretext.num_classes")
+        old.pop("pretext.num_classes", None)
     missing = object()
     return sorted(
         k
