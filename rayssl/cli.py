@@ -186,8 +186,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 def finetune_from_args(args: argparse.Namespace) -> dict:
     from rayssl.evaluate.finetune import finetune  # lazy: see the module docstring
+    from rayssl.launch import run_training  # lazy: see the module docstring
 
-    return finetune(load_config(args.config, args.overrides), args.checkpoint)
+    return finetune(load_config(args.config, args.overrides), args.checkpoint, run_training)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -209,7 +210,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         write_features,
     )
     from rayssl.evaluate.suite import load_suite  # lazy: see the module docstring
-    from rayssl.launch import resolve_paths  # lazy: see the module docstring
+    from rayssl.preflight import resolve_paths  # lazy: see the module docstring
 
     overrides = [f"data.manifest={args.manifest}", *args.overrides]
     if args.layers:
@@ -272,16 +273,21 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
         evaluate_checkpoint,
         load_suite,
     )
+    from rayssl.launch import run_training  # lazy: see the module docstring
 
     suite = load_suite(args.suite, args.overrides)
     suite_dir = Path(args.suite).resolve().parent
-    main = evaluate_checkpoint(suite, args.checkpoint, args.out, suite_dir)
+    main = evaluate_checkpoint(suite, args.checkpoint, args.out, suite_dir, run_training)
     print("\n".join(main["report"]))
     columns = {main["source"].label: main["results"]}
     out = {"results": main["results"], "mlflow_run_id": main["mlflow_run_id"], "out": args.out}
     if args.baseline and main["source"].kind != "random":
         base = evaluate_checkpoint(
-            baseline_suite(suite, main["source"]), "random", Path(args.out) / "baseline", suite_dir
+            baseline_suite(suite, main["source"]),
+            "random",
+            Path(args.out) / "baseline",
+            suite_dir,
+            run_training,
         )
         columns["random init"] = base["results"]
         out["baseline"] = {"results": base["results"], "mlflow_run_id": base["mlflow_run_id"]}

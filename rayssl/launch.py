@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -31,9 +30,9 @@ from rayssl.clips.pipeline import usable_videos
 from rayssl.config import Config, ConfigError, config_from_dict, flatten
 from rayssl.io import storage
 from rayssl.io.manifest import require_labels
+from rayssl.preflight import resolve_paths
 from rayssl.pretext import PRETEXTS
 from rayssl.raystart import start_ray
-from rayssl.tracking_uri import default_tracking_uri
 from rayssl.train.curriculum import order_by_difficulty
 from rayssl.train.loop import train_loop_per_worker
 from rayssl.train.monitor import monitor_videos
@@ -77,30 +76,6 @@ RESUME_MAY_CHANGE = (
     "run.resume",
     "monitor.",
 )
-
-
-def _absolute(uri: str) -> str:
-    if not uri or storage.is_s3(uri) or "://" in uri:
-        return uri
-    return str(Path(uri).expanduser().resolve())
-
-
-def resolve_paths(cfg: Config) -> Config:
-    """Make local paths absolute and fix the MLflow URI where the job is launched."""
-    data = replace(cfg.data, manifest=_absolute(cfg.data.manifest))
-    tracking_uri = default_tracking_uri(cfg)
-    artifacts = _absolute(cfg.run.artifact_location)
-    if not artifacts and tracking_uri.startswith("sqlite:///"):
-        # Without a tracking server MLflow would put artifacts in ./mlruns of the
-        # rank-0 worker, i.e. inside Ray's temporary session directory.
-        artifacts = str(Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts")
-    run = replace(
-        cfg.run,
-        storage_path=_absolute(cfg.run.storage_path),
-        tracking_uri=storage.redact(tracking_uri),  # credentials stay in the environment
-        artifact_location=artifacts,
-    )
-    return replace(cfg, data=data, run=run)
 
 
 def build_trainer(plan: RunPlan):

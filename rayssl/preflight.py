@@ -12,6 +12,10 @@ starts a worker:
 * `check_cluster`: the connected Ray cluster has the GPUs and CPUs the workers ask for,
   unless an autoscaler may still add them.
 
+`resolve_paths` runs first: local paths made absolute and the MLflow URI fixed where the
+job is launched (a job submitted with `ray job submit` must write where the user expects,
+not into Ray's copy of the working directory).
+
 Every failure is a `ConfigError` naming the key, so every entry point reports it in one
 line and exits non-zero (2).
 """
@@ -24,6 +28,8 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +43,30 @@ from rayssl.tracking_uri import default_tracking_uri
 
 #: Frame counts of the manifest probed with this many plans each (skip-rate estimate).
 _PLANS_PER_LENGTH = 8
+
+
+def _absolute(uri: str) -> str:
+    if not uri or storage.is_s3(uri) or "://" in uri:
+        return uri
+    return str(Path(uri).expanduser().resolve())
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """Make local paths absolute and fix the MLflow URI where the job is launched."""
+    data = replace(cfg.data, manifest=_absolute(cfg.data.manifest))
+    tracking_uri = default_tracking_uri(cfg)
+    artifacts = _absolute(cfg.run.artifact_location)
+    if not artifacts and tracking_uri.startswith("sqlite:///"):
+        # Without a tracking server MLflow would put artifacts in ./mlruns of the
+        # rank-0 worker, i.e. inside Ray's temporary session directory.
+        artifacts = str(Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts")
+    run = replace(
+        cfg.run,
+        storage_path=_absolute(cfg.run.storage_path),
+        tracking_uri=storage.redact(tracking_uri),  # credentials stay in the environment
+        artifact_location=artifacts,
+    )
+    return replace(cfg, data=data, run=run)
 
 
 def _options(cfg: Config) -> storage.StorageOptions:

@@ -1,6 +1,6 @@
 """Fine-tuning for action recognition, and its test protocol.
 
-`finetune(cfg, checkpoint)` trains supervised classification with the same Ray Train
+`finetune(cfg, checkpoint, train)` trains supervised classification with the same Ray Train
 loop as pre-training (the `supervised` task): the conv weights come from the checkpoint
 (`model.init`), the classifier is new, the schedule is the config's (the thesis: the
 pre-training schedule with lr 3e-3). Then the test protocol of the thesis runs on
@@ -24,16 +24,24 @@ from typing import Any
 
 import numpy as np
 
-from rayssl.checkpoint import RANDOM
+from rayssl.checkpoint import RANDOM, load_state_strict, read_latest_state
 from rayssl.config import Config, ConfigError, load_config, typed_from_dict
+from rayssl.evaluate.features import run_inference
 from rayssl.evaluate.registry import (
     Evaluation,
     Outcome,
     RunContext,
+    TrainingRunner,
     backbone_fields,
     config_path,
     register,
 )
+from rayssl.io import storage
+from rayssl.io.manifest import read_manifest, require_labels
+from rayssl.pretext import build_pretext
+from rayssl.train.inference import ProbabilityModel
+from rayssl.train.step import PretextModel, build_model
+from rayssl.train.tracking import Tracker
 
 # --------------------------------------------------------------------------- metrics
 
@@ -148,11 +156,11 @@ def finetune_config(cfg: Config, checkpoint: str | None) -> Config:
     return replace(cfg, model=model, pretext=replace(cfg.pretext, name="supervised"))
 
 
-def finetune(cfg: Config, checkpoint: str | None = None) -> dict[str, Any]:
-    """Fine-tune (Ray Train), then run the test protocol; returns metrics and locations."""
-    from rayssl.launch import run_training
-
-    summary, cfg = run_training(finetune_config(cfg, checkpoint))
+def finetune(cfg: Config, checkpoint: str | None, train: TrainingRunner) -> dict[str, Any]:
+    """Fine-tune with `train` (`rayssl.launch.run_training`: Ray Train), then run the test
+    protocol; returns metrics and locations. The launcher is passed in, since it sits
+    above the evaluations (it builds the trainer from the run plan)."""
+    summary, cfg = train(finetune_config(cfg, checkpoint))
     if cfg.finetune.test_split and summary["checkpoint"]:
         summary["test"] = run_test_protocol(cfg, summary["checkpoint"], summary["mlflow_run_id"])
     return summary
@@ -173,13 +181,6 @@ def run_test_protocol(cfg: Config, checkpoint: str, mlflow_run_id: str = "") -> 
     `checkpoint` (a Ray Train checkpoint: backbone and classifier). Logs to the MLflow
     run `mlflow_run_id` when given; returns the metrics."""
 
-    from rayssl.checkpoint import load_state_strict, read_latest_state
-    from rayssl.evaluate.features import run_inference
-    from rayssl.io import storage
-    from rayssl.io.manifest import read_manifest, require_labels
-    from rayssl.pretext import build_pretext
-    from rayssl.train.inference import ProbabilityModel
-    from rayssl.train.step import PretextModel, build_model
 
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
     state = read_latest_state(checkpoint, options)
@@ -218,7 +219,6 @@ def _log_test(
     names: list[str],
     split: str,
 ) -> None:
-    from rayssl.train.tracking import Tracker
 
     tracker = Tracker(cfg, enabled=True, run_id=run_id)
     tracker.log_metrics(metrics, step=cfg.optim.epochs)
@@ -300,7 +300,12 @@ class Finetune(Evaluation):
         cfg = suite_finetune_config(ctx.suite, path, s.overrides, run_name)
         if source.kind == RANDOM:  # the from-scratch baseline: same backbone, same seed
             cfg = replace(cfg, model=replace(cfg.model, **backbone_fields(source.model)))
-        summary = finetune(cfg, source.spec)
+        if ctx.train is None:
+            raise ConfigError(
+                "finetune: this entry point cannot launch a training job (pass "
+                "evaluate_checkpoint(..., train=rayssl.launch.run_training))"
+            )
+        summary = finetune(cfg, source.spec, ctx.train)
         test = summary.get("test", {})
         video = test.get("test/video_top1", float("nan"))
         clip = test.get("test/clip_top1", float("nan"))

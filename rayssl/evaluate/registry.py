@@ -19,6 +19,7 @@ the section in the suite YAMLs.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -58,6 +59,11 @@ class Outcome:
     report: list[str] = field(default_factory=list)
 
 
+#: Runs a training job of a config: (summary, the config as run). `rayssl.launch.run_training`,
+#: passed down by the entry point (the launcher sits above the evaluations).
+TrainingRunner = Callable[[Any], tuple[dict[str, Any], Any]]
+
+
 @dataclass
 class RunContext:
     """Everything an evaluation may use while it runs."""
@@ -74,6 +80,8 @@ class RunContext:
     out: RunFiles
     suite_dir: Path | None = None
     """The suite file's folder (resolves relative configs named in it)."""
+    train: TrainingRunner | None = None
+    """Launches a training job (fine-tuning); None where the entry point cannot."""
 
 
 class Evaluation(abc.ABC):

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayssl import preflight
 from rayssl.checkpoint import (
     BackboneSource,
     build_backbone_from,
@@ -54,6 +55,7 @@ from rayssl.evaluate.registry import (
     Evaluation,
     RunContext,
     RunFiles,
+    TrainingRunner,
     backbone_fields,
     config_path,
     ordered,
@@ -62,6 +64,9 @@ from rayssl.evaluate.results import ARTIFACT_SUFFIXES, comparison_table, log_to_
 from rayssl.io import storage
 from rayssl.io.manifest import require_labels
 from rayssl.models.heads import POOL_LAYERS
+from rayssl.preflight import resolve_paths
+from rayssl.raystart import start_ray
+from rayssl.tracking_uri import real_tracking_uri
 
 __all__ = [
     "ARTIFACT_SUFFIXES",
@@ -276,11 +281,6 @@ def _prepare(
 ) -> tuple[EvalSuite, BackboneSource, Any, pa.Table]:
     """Everything checked before any feature is extracted, then Ray started: the suite
     with resolved paths, the checkpoint, its backbone and the manifest rows needed."""
-    from rayssl import preflight
-    from rayssl.launch import resolve_paths
-    from rayssl.raystart import start_ray
-    from rayssl.tracking_uri import real_tracking_uri
-
     cfg = resolve_paths(suite.as_config())
     suite = replace(suite, data=cfg.data, run=cfg.run)
     check_suite_paths(suite, suite_dir)
@@ -310,17 +310,22 @@ def run_evaluations(ctx: RunContext) -> tuple[dict[str, float], list[str]]:
 
 
 def evaluate_checkpoint(
-    suite: EvalSuite, checkpoint: str, out_dir: str | Path, suite_dir: Path | None = None
+    suite: EvalSuite,
+    checkpoint: str,
+    out_dir: str | Path,
+    suite_dir: Path | None = None,
+    train: TrainingRunner | None = None,
 ) -> dict[str, Any]:
     """Run the enabled evaluations of `suite` on `checkpoint`; write DIR/results.json and
     the plots; log an MLflow run. Returns {"results", "report", "source", "mlflow_run_id"}.
-    `suite_dir` (the suite file's folder) resolves a relative fine-tuning config."""
+    `suite_dir` (the suite file's folder) resolves a relative fine-tuning config; `train`
+    (`rayssl.launch.run_training`) launches the fine-tuning evaluation's training job."""
     t0 = time.perf_counter()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     out = RunFiles(Path(out_dir))
     suite, source, backbone, table = _prepare(suite, checkpoint, suite_dir)
     feats = FeatureStore(suite, backbone, table, out)
-    ctx = RunContext(suite, feats, backbone, table, source, out, suite_dir)
+    ctx = RunContext(suite, feats, backbone, table, source, out, suite_dir, train)
     results, report = run_evaluations(ctx)
     skipped = feats.skipped()
     if skipped:

@@ -54,7 +54,8 @@ from rayssl.evaluate.features import load_manifest
 from rayssl.evaluate.suite import check_labels, check_suite_paths, evaluate_checkpoint, load_suite
 from rayssl.io import storage
 from rayssl.io.manifest import ManifestError
-from rayssl.launch import pretrain, resolve_paths
+from rayssl.launch import pretrain, run_training
+from rayssl.preflight import resolve_paths
 from rayssl.raystart import start_ray
 from rayssl.tracking_uri import default_tracking_uri
 from rayssl.train.tracking import experiment_id, filter_tag
@@ -398,7 +399,9 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any], parent_run_id: str
 
     suite = size_suite(evaluation_suite(cfg, tcfg), eval_budget(cfg, tcfg, ray.cluster_resources()))
     with tempfile.TemporaryDirectory() as out:
-        ev = evaluate_checkpoint(suite, result["checkpoint"], out, Path(cfg.evaluation).parent)
+        ev = evaluate_checkpoint(
+            suite, result["checkpoint"], out, Path(cfg.evaluation).parent, run_training
+        )
     if cfg.metric not in ev["results"]:
         # a config error: every attempt would end the same way, so it is not retried
         raise ConfigError(

@@ -111,6 +111,7 @@ def test_finetune_from_checkpoint_end_to_end(ray_local, tiny_manifest, tmp_path)
 
     from rayssl.checkpoint import backbone_file_payload
     from rayssl.evaluate.finetune import finetune
+    from rayssl.launch import run_training
 
     tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
     pre = load_config(ROOT / "configs" / "debug.yaml", ["model.width=0.0625"])
@@ -134,7 +135,7 @@ def test_finetune_from_checkpoint_end_to_end(ray_local, tiny_manifest, tmp_path)
             "finetune.inference.clips=uniform:2",
         ],
     )
-    summary = finetune(cfg, str(weights))
+    summary = finetune(cfg, str(weights), run_training)
     test = summary["test"]
     assert 0.0 <= test["test/video_top1"] <= 1.0 and 0.0 <= test["test/clip_top1"] <= 1.0
     assert test["test/videos"] == 3  # the tiny manifest's val videos

@@ -14,7 +14,7 @@ import torch
 from rayssl.checkpoint import save_training_state
 from rayssl.config import ConfigError, load_config
 from rayssl.io.storage import redact
-from rayssl.launch import resolve_paths
+from rayssl.preflight import resolve_paths
 from rayssl.pretext import build_pretext
 from rayssl.train.step import build_model, build_optimizer
 from rayssl.train.tracking import (
