@@ -28,6 +28,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from rayssl.config import ConfigError, load_config
 from rayssl.raystart import start_ray
@@ -145,19 +146,19 @@ def _format_kwargs(args: argparse.Namespace) -> dict:
 def cmd_preview(args: argparse.Namespace) -> int:
     from rayssl.tools.preview import run_preview  # lazy: see the module docstring
 
-    overrides = list(args.overrides)
-    if args.pretext is not None:
-        overrides.append(f"pretext.name={args.pretext}")
-    if args.seed is not None:
-        overrides.append(f"run.seed={args.seed}")
+    augment: dict[str, Any] = {}
     if args.no_augment:
-        overrides.append("data.augment.enabled=false")
-        overrides.append(f"data.augment.resize={list(args.size) if args.size else []}")
+        augment = {"enabled": False, "resize": list(args.size) if args.size else []}
     elif args.size:
-        overrides.append(f"data.augment.resize={list(args.size)}")
+        augment = {"resize": list(args.size)}
+    patch: dict[str, Any] = {"data": {"augment": augment}, "pretext": {}, "run": {}}
+    if args.pretext is not None:
+        patch["pretext"]["name"] = args.pretext
+    if args.seed is not None:
+        patch["run"]["seed"] = args.seed
     if args.endpoint_url:
-        overrides.append(f"data.endpoint_url={args.endpoint_url}")
-    cfg = load_config(args.config, overrides)
+        patch["data"]["endpoint_url"] = args.endpoint_url
+    cfg = load_config(args.config, args.overrides, patch)
     start_ray(quiet=True)
     summary = run_preview(cfg, args.src, args.out, num_clips=args.num_clips)
     print(json.dumps(summary))
@@ -212,12 +213,14 @@ def cmd_features(args: argparse.Namespace) -> int:
     from rayssl.evaluate.suite import load_suite  # lazy: see the module docstring
     from rayssl.preflight import resolve_paths  # lazy: see the module docstring
 
-    overrides = [f"data.manifest={args.manifest}", *args.overrides]
+    features: dict[str, Any] = {"inference": {}}
     if args.layers:
-        overrides.append(f"features.layers={list(args.layers)}")
+        features["layers"] = list(args.layers)
     if args.clips:
-        overrides.append(f"features.inference.clips={args.clips}")
-    suite = load_suite(args.config, overrides)
+        features["inference"]["clips"] = args.clips
+    suite = load_suite(
+        args.config, args.overrides, {"data": {"manifest": args.manifest}, "features": features}
+    )
     cfg = resolve_paths(suite.as_config())
     source = resolve_checkpoint(args.checkpoint, cfg)
     backbone = build_backbone_from(source)
@@ -411,10 +414,8 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         run_capacity,
     )
 
-    overrides = list(args.overrides)
-    if args.manifest:
-        overrides.append(f"data.manifest={args.manifest}")
-    cfg = load_config(args.config, overrides)
+    patch = {"data": {"manifest": args.manifest}} if args.manifest else {}
+    cfg = load_config(args.config, args.overrides, patch)
     if args.gpus is not None and args.cpus_per_node is None:
         print("error: --gpus needs --cpus-per-node", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ and what was expected. YAML only overrides the dataclass defaults.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -989,11 +990,15 @@ T = typing.TypeVar("T")
 
 
 def typed_from_dict(
-    cls: type[T], values: dict[str, Any], overrides: typing.Sequence[str] = ()
+    cls: type[T],
+    values: dict[str, Any],
+    overrides: typing.Sequence[str] = (),
+    patch: dict[str, Any] | None = None,
 ) -> T:
     """Build any config dataclass `cls` (with a `validate()` method) from a mapping plus
-    `key=value` overrides, as strictly as `Config`."""
-    values = dict(values or {})
+    the command line's `key=value` overrides, then `patch` (a nested mapping of typed
+    values: what code sets, e.g. a command's flags, which win), as strictly as `Config`."""
+    values = copy.deepcopy(dict(values or {}))
     for text in overrides:
         path, value = parse_override(text)
         node = values
@@ -1004,9 +1009,19 @@ def typed_from_dict(
                 node[part] = nxt
             node = nxt
         node[path[-1]] = value
+    _merge(values, patch or {})
     obj = _build(cls, values)
     obj.validate()
     return cast(T, obj)
+
+
+def _merge(values: dict[str, Any], patch: dict[str, Any]) -> None:
+    """Set `patch`'s leaves in `values` (nested mappings merged, anything else replaced)."""
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            _merge(values[key], value)
+        else:
+            values[key] = copy.deepcopy(value)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -1023,10 +1038,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a YAML config (or the defaults when `path` is None) and apply overrides."""
+def load_config(
+    path: str | Path | None,
+    overrides: typing.Sequence[str] = (),
+    patch: dict[str, Any] | None = None,
+) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply the command
+    line's overrides, then `patch` (typed values, see `typed_from_dict`)."""
     values: dict[str, Any] = read_yaml(path) if path is not None else {}
-    return config_from_dict(values, overrides)
+    return typed_from_dict(Config, values, overrides, patch)
 
 
 def dump_config(cfg: Config) -> str:

@@ -567,3 +567,23 @@ def test_unknown_names_are_config_errors():
         load_config(None, ["model.backbone=vgg"])
     with pytest.raises(ConfigError, match=r"pretext\.name: unknown pretext 'jigsaw'; one of"):
         load_config(None, ["pretext.name=jigsaw"])
+
+
+def test_a_patch_of_typed_values_wins_over_overrides_and_leaves_the_input_alone():
+    """Code sets values as a nested mapping of typed values (no `k=v` strings): merged
+    into the YAML's mapping after the command line's overrides, validated the same way."""
+    values = {"data": {"augment": {"crop": [64, 64]}, "clip_len": 8}}
+    cfg = load_config(None, ["data.clip_len=12", "run.seed=3"])
+    assert cfg.data.clip_len == 12
+    from rayssl.config import Config as _Config
+    from rayssl.config import typed_from_dict
+
+    patched = typed_from_dict(
+        _Config, values, ["data.clip_len=12", "run.seed=3"], {"data": {"clip_len": 16}}
+    )
+    assert patched.data.clip_len == 16  # the patch wins over the override
+    assert patched.run.seed == 3  # the override stays where the patch is silent
+    assert patched.data.augment.crop == [64, 64]  # nested sections are merged, not replaced
+    assert values == {"data": {"augment": {"crop": [64, 64]}, "clip_len": 8}}  # untouched
+    with pytest.raises(ConfigError, match="data.clip_len"):
+        typed_from_dict(_Config, values, (), {"data": {"clip_len": "long"}})

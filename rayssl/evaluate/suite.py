@@ -165,10 +165,13 @@ def suite_class() -> type[EvalSuite]:
     return _SUITE_CLASSES[key]
 
 
-def load_suite(path: str | Path | None, overrides: Sequence[str] = ()) -> EvalSuite:
-    """Load a suite YAML (None = defaults) with key=value overrides, strictly."""
+def load_suite(
+    path: str | Path | None, overrides: Sequence[str] = (), patch: dict[str, Any] | None = None
+) -> EvalSuite:
+    """Load a suite YAML (None = defaults) with the command line's key=value overrides,
+    then `patch` (typed values a command sets), strictly."""
     values = read_yaml(path) if path is not None else {}
-    return typed_from_dict(suite_class(), values, overrides)
+    return typed_from_dict(suite_class(), values, overrides, patch)
 
 
 def baseline_suite(suite: EvalSuite, source: BackboneSource) -> EvalSuite:
