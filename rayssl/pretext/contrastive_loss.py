@@ -221,6 +221,12 @@ def _all_gather_rows(x: Tensor) -> tuple[list[Tensor], list[int]]:
 
 
 class _GatherWithGrad(torch.autograd.Function):
+    """All-gather of unequal row counts with gradients (backward: the all-reduced sum,
+    this rank's slice). Kept by hand on purpose: `torch.distributed.nn.functional.all_gather`
+    needs equal shapes (it would need the same padding as `_all_gather_rows`) and is
+    deprecated in torch 2.13 in favour of the private `_functional_collectives`; checked
+    on gloo, its backward gives the same sums, so this is only a choice of API."""
+
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
         chunks, sizes = _all_gather_rows(x)
