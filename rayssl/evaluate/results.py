@@ -4,7 +4,6 @@ of several checkpoints (`rayssl evaluate --baseline`)."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,13 @@ from typing import Any
 from rayssl.config import flatten
 from rayssl.io import storage
 from rayssl.tracking_uri import real_tracking_uri
-from rayssl.train.tracking import PRETRAIN_RUN_TAG, experiment_id, git_commit
+from rayssl.train.tracking import (
+    PRETRAIN_RUN_TAG,
+    experiment_id,
+    git_commit,
+    log_metric_values,
+    log_params,
+)
 
 #: The files of an evaluation's folder logged to MLflow (features Parquet stay local).
 ARTIFACT_SUFFIXES = (".json", ".png", ".txt", ".csv")
@@ -57,16 +62,8 @@ def log_to_mlflow(
     exp_id = _experiment(client, suite, source, tags)
     run = client.create_run(exp_id, run_name=f"{suite.run.name}-{source.label}", tags=tags)
     run_id = run.info.run_id
-    params = {k: str(v)[:500] for k, v in flatten(dataclasses.asdict(suite)).items()}
-    items = list(params.items())
-    for i in range(0, len(items), 100):
-        client.log_batch(
-            run_id, params=[mlflow.entities.Param(k, v) for k, v in items[i : i + 100]]
-        )
-    ts = int(time.time() * 1000)
-    metrics = [mlflow.entities.Metric(k, float(v), ts, 0) for k, v in results.items()]
-    for i in range(0, len(metrics), 500):
-        client.log_batch(run_id, metrics=metrics[i : i + 500])
+    log_params(client, run_id, flatten(dataclasses.asdict(suite)))
+    log_metric_values(client, run_id, results)
     for p in sorted(files):
         if p.suffix in ARTIFACT_SUFFIXES and p.is_file():
             client.log_artifact(run_id, str(p))

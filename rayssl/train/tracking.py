@@ -151,13 +151,7 @@ class Tracker:
             return
         run = self.client.create_run(exp_id, run_name=cfg.run.name, tags=tags)
         self.run_id = run.info.run_id
-        params = {k: _param(redact(str(v))) for k, v in cfg.flat().items()}
-        items = list(params.items())
-        for i in range(0, len(items), 100):
-            self.client.log_batch(
-                self.run_id,
-                params=[mlflow.entities.Param(k, v) for k, v in items[i : i + 100]],
-            )
+        log_params(self.client, self.run_id, cfg.flat())
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "config.yaml"
             path.write_text(redact(dump_config(cfg)))
@@ -167,15 +161,8 @@ class Tracker:
         if not self.enabled:
             return
 
-        ts = int(time.time() * 1000)
-        batch = [
-            self._mlflow.entities.Metric(k, float(v), ts, step)
-            for k, v in metrics.items()
-            if v is not None
-        ]
-        if batch:
-            # enabled implies __init__ set run_id
-            self.client.log_batch(cast(str, self.run_id), metrics=batch)
+        # enabled implies __init__ set run_id
+        log_metric_values(self.client, cast(str, self.run_id), metrics, step)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.enabled:
@@ -192,5 +179,31 @@ class Tracker:
 
 
 def _param(v: Any) -> str:
-    text = str(v)
+    text = redact(str(v))
     return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+#: What MLflow takes in one `log_batch` call.
+PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000
+
+
+def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
+    """`params` on run `run_id` as strings (credentials redacted, cut to MLflow's 6000
+    characters), in batches MLflow accepts."""
+    import mlflow  # heavy: imported where used
+
+    items = [mlflow.entities.Param(k, _param(v)) for k, v in params.items()]
+    for i in range(0, len(items), PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=items[i : i + PARAMS_PER_BATCH])
+
+
+def log_metric_values(client: Any, run_id: str, values: dict[str, float], step: int = 0) -> None:
+    """`values` as metrics of run `run_id` at `step` (None values left out), in batches."""
+    import mlflow  # heavy: imported where used
+
+    ts = int(time.time() * 1000)
+    items = [
+        mlflow.entities.Metric(k, float(v), ts, step) for k, v in values.items() if v is not None
+    ]
+    for i in range(0, len(items), METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=items[i : i + METRICS_PER_BATCH])

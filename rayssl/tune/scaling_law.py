@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from rayssl.io.storage import redact
-from rayssl.train.tracking import filter_tag
+from rayssl.train.tracking import filter_tag, log_metric_values
 
 TAG_PREFIX = "rayssl.sweep."
 BACKBONE_TAG = TAG_PREFIX + "backbone"
@@ -459,15 +458,12 @@ def log_report(tracking_uri: str, parent_run_id: str, result: Mapping[str, Any])
     client = mlflow.MlflowClient(tracking_uri)
     for path in result["files"]:
         client.log_artifact(parent_run_id, str(path), "scaling_law")
-    ts = int(time.time() * 1000)
-    batch = []
+    metrics: dict[str, float] = {}
     for (backbone, pretext), fit in result["fits"].items():
         values = {"a": fit.a, "b": fit.b, "r2": fit.r2}
         if fit.b_ci95 is not None:
             values["b_ci95_low"], values["b_ci95_high"] = fit.b_ci95
         for name, v in values.items():
             if math.isfinite(v):
-                key = _metric_key("scaling", backbone, pretext, name)
-                batch.append(mlflow.entities.Metric(key, float(v), ts, 0))
-    for i in range(0, len(batch), 500):
-        client.log_batch(parent_run_id, metrics=batch[i : i + 500])
+                metrics[_metric_key("scaling", backbone, pretext, name)] = float(v)
+    log_metric_values(client, parent_run_id, metrics)
