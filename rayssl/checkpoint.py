@@ -29,7 +29,12 @@ The one owner of the format: training writes and restores its state here
   a Ray Train run folder (``<storage_path>/<run.name>``: its latest checkpoint is used), or
   of a ``backbone.pt`` written at the end of pre-training;
 * ``runs:/<mlflow_run_id>`` — that run's ``weights/backbone.pt`` artifact and the backbone
-  settings of its ``config.yaml`` (``runs:/<id>/<artifact path>`` names another artifact).
+  settings of its ``config.yaml`` (``runs:/<id>/<artifact path>`` names another artifact);
+* a local folder written by ``rayssl export`` (``rayssl_model.json`` + ``model.safetensors``,
+  `rayssl.export`), and ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or
+  ``models:/<model id>`` — an MLflow logged or registered model, which is such a folder;
+* ``torchvision:<model>=<file>`` — torchvision's Kinetics-400 video model (r3d_18, mc3_18,
+  r2plus1d_18, s3d) with its published weights, a file the user provides.
 
 A checkpoint carries the backbone settings it was trained with (`model.backbone`,
 `model.width`), so `--checkpoint` alone is enough; they override the config's. A state
@@ -57,6 +62,7 @@ import torch
 import yaml
 from torch import nn
 
+from rayssl import export as exported
 from rayssl.config import Config, ModelConfig
 from rayssl.io import storage
 from rayssl.models import build_backbone
@@ -479,6 +485,8 @@ def epoch_progress(state: dict[str, Any]) -> EpochProgress | None:
 BACKBONE_FORMAT = "rayssl.backbone/1"
 RANDOM = "random"
 MLFLOW_PREFIX = "runs:/"
+MODELS_PREFIX = "models:/"
+TORCHVISION_PREFIX = "torchvision:"
 DEFAULT_ARTIFACT = "weights/backbone.pt"
 
 
@@ -487,13 +495,15 @@ class BackboneSource:
     """Resolved `--checkpoint`: which backbone, its weights, and where they came from."""
 
     spec: str
-    kind: str  # "random" | "ray_checkpoint" | "backbone_file" | "mlflow_run"
+    kind: str  # "random" | "ray_checkpoint" | "backbone_file" | "mlflow_run" | "exported"
+    #   | "mlflow_model" | "torchvision"
     model: ModelConfig
     seed: int
     backbone_state: dict[str, torch.Tensor] | None = None  # None = random init
     head_state: dict[str, torch.Tensor] | None = None  # a Ray Train checkpoint's task head
     pretrain_run_id: str = ""  # the MLflow run that trained it ('' if unknown)
     config: dict[str, Any] = field(default_factory=dict)  # its training config, if known
+    model_id: str = ""  # the MLflow LoggedModel it is (models:/), '' if none or unknown
 
     @property
     def label(self) -> str:
@@ -616,6 +626,113 @@ def _from_mlflow(spec: str, cfg: Config) -> BackboneSource:
     return source
 
 
+def _from_exported(
+    spec: str, kind: str, folder: str | Path, cfg: Config, model_id: str = ""
+) -> BackboneSource:
+    """An exported folder (`rayssl.export`): settings and weights, shapes checked."""
+    try:
+        settings, state = exported.read_exported(folder)
+    except exported.ExportError as e:
+        raise CheckpointError(f"{storage.redact(spec)}: {e}") from None
+    model = _model_settings(settings, cfg.model)
+    config = exported.load_config(folder)
+    return BackboneSource(
+        spec=spec,
+        kind=kind,
+        model=model,
+        seed=int(config.get("run", {}).get("seed", cfg.run.seed)),
+        backbone_state=state,
+        pretrain_run_id=str(settings.get("pretrain_run_id") or ""),
+        config=config,
+        model_id=model_id,
+    )
+
+
+def _from_mlflow_model(spec: str, cfg: Config) -> BackboneSource:
+    """``models:/<name>@<alias>``, ``models:/<name>/<version>`` or ``models:/<model id>``:
+    the logged model's artifacts, an exported folder (weights only, nothing run)."""
+    import mlflow  # lazy: a heavy import that only models:/ checkpoints need
+    from mlflow.exceptions import MlflowException  # lazy: as above
+
+    rest = spec[len(MODELS_PREFIX) :].strip("/")
+    if not rest:
+        raise CheckpointError(f"{spec!r}: expected models:/<name>@<alias> or models:/<id>")
+    uri = default_tracking_uri(cfg)
+    client = mlflow.MlflowClient(uri)
+    model_id = ""
+    try:
+        if "@" in rest:
+            name, _, alias = rest.partition("@")
+            version = client.get_model_version_by_alias(name, alias)
+        elif "/" in rest:
+            name, _, number = rest.partition("/")
+            version = client.get_model_version(name, number)
+        else:
+            version = None
+            model_id = rest
+        if version is not None:
+            # MLflow 3.17's registry returns model_id None; rayssl's versions carry it as a
+            # tag (`rayssl.train.tracking.register_logged_model`)
+            model_id = version.model_id or (version.tags or {}).get("rayssl.model_id", "")
+            source = str(version.source or "")
+            if not model_id and source.startswith(MODELS_PREFIX):
+                model_id = source[len(MODELS_PREFIX) :].strip("/")
+        # the artifacts' own location: MLflow 3.17 resolves a models:/<id> URI through the
+        # process's global tracking URI, not `uri`
+        location = client.get_logged_model(model_id).artifact_location if model_id else source
+    except MlflowException as e:
+        detail = " ".join(str(e).split())[:200]
+        raise CheckpointError(
+            f"{spec!r}: no such MLflow model in {storage.redact(uri)} ({detail})"
+        ) from None
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=d, tracking_uri=uri
+            )
+        except (MlflowException, OSError) as e:
+            detail = " ".join(str(e).split())[:200]
+            raise CheckpointError(f"{spec!r}: its artifacts cannot be read ({detail})") from None
+        if not exported.is_exported(path):
+            raise CheckpointError(
+                f"{spec!r}: not a rayssl backbone (no {exported.SETTINGS_FILE} in its "
+                "artifacts); rayssl loads weights only, never a pickled model"
+            )
+        return _from_exported(spec, "mlflow_model", path, cfg, model_id=model_id)
+
+
+def _from_torchvision(spec: str, cfg: Config) -> BackboneSource:
+    """``torchvision:<model>=<weights file>``: torchvision's Kinetics-400 video model
+    `<model>` (r3d_18, mc3_18, r2plus1d_18, s3d) with the state dict torchvision publishes
+    for it, a file the user downloaded (nothing is fetched here), read with
+    `weights_only=True`; its classifier is dropped."""
+    from rayssl.models.torchvision_video import TORCHVISION_BACKBONES, from_torchvision_state
+
+    name, sep, path = spec[len(TORCHVISION_PREFIX) :].partition("=")
+    if name not in TORCHVISION_BACKBONES:
+        raise CheckpointError(
+            f"{spec!r}: unknown torchvision video model {name!r}; "
+            f"valid: {sorted(TORCHVISION_BACKBONES)}"
+        )
+    if not sep or not path.strip():
+        raise CheckpointError(
+            f"{spec!r}: give the weights file: torchvision:{name}=<file> (torchvision's "
+            "Kinetics-400 .pth, downloaded once by you; nothing is downloaded at run time)"
+        )
+    options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
+    payload = read(path.strip(), options)
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{storage.redact(path)}: not a torchvision state dict")
+    return BackboneSource(
+        spec=spec,
+        kind="torchvision",
+        model=replace(cfg.model, backbone=name, width=1.0),
+        seed=cfg.run.seed,
+        backbone_state=from_torchvision_state(state),
+    )
+
+
 def resolve_checkpoint(spec: str, cfg: Config) -> BackboneSource:
     """Resolve `--checkpoint spec` (see the module docstring) without building a model."""
     spec = spec.strip()
@@ -625,6 +742,12 @@ def resolve_checkpoint(spec: str, cfg: Config) -> BackboneSource:
         return BackboneSource(spec, RANDOM, cfg.model, cfg.run.seed)
     if spec.startswith(MLFLOW_PREFIX):
         return _from_mlflow(spec, cfg)
+    if spec.startswith(MODELS_PREFIX):
+        return _from_mlflow_model(spec, cfg)
+    if spec.startswith(TORCHVISION_PREFIX):
+        return _from_torchvision(spec, cfg)
+    if "://" not in spec and exported.is_exported(spec):
+        return _from_exported(spec, "exported", spec, cfg)
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
     where = storage.redact(spec)
     if spec.endswith(".pt") or spec.endswith(".pth"):

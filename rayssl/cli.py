@@ -11,6 +11,7 @@ rayssl features --checkpoint X --manifest M --layers pool3 pool5 --clips uniform
 rayssl evaluate --checkpoint X --suite configs/eval_ucf101.yaml --out DIR [--baseline]
 rayssl sweep --config configs/sweep_debug.yaml [key=value ...]
 rayssl checkpoint convert OLD.pt --out NEW.pt [--endpoint-url URL]   (numpy values -> plain data)
+rayssl export --checkpoint X --out DIR [--format torchscript] [--format onnx]
 rayssl compare [--experiment E] [--parent RUN] [--runs ID ...] [--tag k=v] [--plot METRIC]
 rayssl capacity --config FILE --manifest M [--measure-train] [--gpus N --cpus-per-node C] [--json]
 
@@ -457,6 +458,39 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from rayssl.checkpoint import (  # lazy: see the module docstring
+        build_backbone_from,
+        resolve_checkpoint,
+    )
+    from rayssl.export import ExportError, check_out_dir, export_backbone  # lazy: as above
+
+    cfg = load_config(args.config, args.overrides)
+    # the file or folder the checkpoint is read from (torchvision:<model>=<file>: the file)
+    spec = args.checkpoint
+    inputs = [spec.partition("=")[2] if spec.startswith("torchvision:") else spec]
+    try:
+        check_out_dir(args.out, inputs)  # before reading anything
+        source = resolve_checkpoint(args.checkpoint, cfg)
+        backbone = build_backbone_from(source)
+        result = export_backbone(
+            backbone,
+            source.model.backbone,
+            source.model.width,
+            args.out,
+            formats=sorted({"safetensors", *args.format}),
+            config=source.config,
+            pretrain_run_id=source.pretrain_run_id,
+            source=source.label,
+            inputs=inputs,
+        )
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rayssl", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -549,6 +583,26 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--out", required=True, help="new file (local or s3://); must not exist")
     cv.add_argument("--endpoint-url", default="", help="S3 endpoint (else AWS_ENDPOINT_URL_S3)")
     cv.set_defaults(func=cmd_checkpoint)
+
+    ex = sub.add_parser(
+        "export", help="a checkpoint's backbone as safetensors + settings JSON (+ TorchScript/ONNX)"
+    )
+    ex.add_argument(
+        "--checkpoint",
+        required=True,
+        help="path, s3://, runs:/<id>, models:/<name>@<alias>, an exported folder, or random",
+    )
+    ex.add_argument("--out", required=True, help="new local folder (not the checkpoint's)")
+    ex.add_argument(
+        "--format",
+        action="append",
+        default=[],
+        choices=["safetensors", "torchscript", "onnx"],
+        help="a format beside safetensors (always written); repeat for several",
+    )
+    ex.add_argument("--config", default=None, help="config for 'random' / the tracking URI")
+    ex.add_argument("overrides", nargs="*", help="key=value config overrides")
+    ex.set_defaults(func=cmd_export)
 
     w = sub.add_parser("sweep", help="a Ray Tune study: pre-train + evaluate every trial")
     w.add_argument("--config", required=True, help="sweep YAML (configs/sweep_*.yaml)")

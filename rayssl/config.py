@@ -747,6 +747,10 @@ class RunSettings:
     parent_run_id: str = ""
     """MLflow run to nest this run under (a sweep's study run sets it); the run then
     lives in the parent's experiment."""
+    log_models: Literal["end", "checkpoints"] = "end"
+    """Which backbones become MLflow 3 LoggedModels of the run (weights-only exported
+    folders, `rayssl.export`): "end" = the final one; "checkpoints" = also the one of
+    every epoch-end checkpoint (step = epochs done; each is a full copy of the weights)."""
 
     def validate(self, prefix: str) -> None:
         if not self.name or "/" in self.name:

@@ -68,6 +68,7 @@ RESUME_MAY_CHANGE = (
     # logging
     "train.log_every_steps",
     "data.progress_logs",
+    "run.log_models",
     "run.tracking_uri",
     "run.experiment",
     "run.artifact_location",

@@ -7,7 +7,11 @@ them. Each registry is keyed by these names (`rayssl.models.BACKBONES`,
 
 from __future__ import annotations
 
-BACKBONE_NAMES = ("c3d", "r3d", "r21d", "s3dg")
+BACKBONE_NAMES: tuple[str, ...] = ("c3d", "r3d", "r21d", "s3dg")
+#: torchvision's video models in its layout (`rayssl.models.torchvision_video`): the
+#: supervised Kinetics-400 baselines, loaded from the user's own weights file.
+TORCHVISION_BACKBONE_NAMES = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d")
+BACKBONE_NAMES = BACKBONE_NAMES + TORCHVISION_BACKBONE_NAMES
 PRETEXT_NAMES = ("multitask", "pace", "pace_contrastive", "statistics", "supervised")
 #: The pretexts whose targets come from any clip's pixels (`Pretext.labels_any_clip`): in
 #: a multitask run they label the clips the first task plans.

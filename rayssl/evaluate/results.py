@@ -12,6 +12,7 @@ from rayssl.config import flatten
 from rayssl.io import storage
 from rayssl.tracking_uri import real_tracking_uri
 from rayssl.train.tracking import (
+    MODEL_ID_TAG,
     PRETRAIN_RUN_TAG,
     experiment_id,
     git_commit,
@@ -48,7 +49,9 @@ def log_to_mlflow(
 ) -> str:
     """One MLflow run per evaluation, nested under (and tagged with) the pre-training run
     when the checkpoint names one; the results as metrics, and as artifacts the `files`
-    this run wrote (`RunFiles.written`) that are reports or plots (json, png, txt, csv)."""
+    this run wrote (`RunFiles.written`) that are reports or plots (json, png, txt, csv).
+    The metrics are also attached to the checkpoint's MLflow LoggedModel when it has one
+    (`evaluated_model_id`)."""
     import mlflow  # heavy: imported where used
 
     client = mlflow.MlflowClient(real_tracking_uri(suite.run.tracking_uri))
@@ -63,12 +66,38 @@ def log_to_mlflow(
     run = client.create_run(exp_id, run_name=f"{suite.run.name}-{source.label}", tags=tags)
     run_id = run.info.run_id
     log_params(client, run_id, flatten(dataclasses.asdict(suite)))
-    log_metric_values(client, run_id, results)
+    model_id = evaluated_model_id(client, source)
+    if model_id:
+        client.set_tag(run_id, MODEL_ID_TAG, model_id)
+    # with the LoggedModel's id, each metric is also the model's (MLflow 3 model metrics)
+    log_metric_values(client, run_id, results, model_id=model_id or None)
     for p in sorted(files):
         if p.suffix in ARTIFACT_SUFFIXES and p.is_file():
             client.log_artifact(run_id, str(p))
     client.set_terminated(run_id)
     return run_id
+
+
+def evaluated_model_id(client: Any, source: Any) -> str:
+    """The MLflow LoggedModel the evaluated checkpoint is: the one `models:/` named, else
+    the one its pre-training run logged last (`MODEL_ID_TAG`), if this store has it;
+    '' otherwise (random init, a run of another store, an older run)."""
+    import mlflow  # heavy: imported where used
+
+    model_id = getattr(source, "model_id", "") or ""
+    if not model_id and source.pretrain_run_id:
+        try:
+            run = client.get_run(source.pretrain_run_id)
+        except mlflow.exceptions.MlflowException:
+            return ""
+        model_id = run.data.tags.get(MODEL_ID_TAG, "")
+    if not model_id:
+        return ""
+    try:
+        client.get_logged_model(model_id)
+    except mlflow.exceptions.MlflowException:
+        return ""
+    return model_id
 
 
 def comparison_table(columns: dict[str, dict[str, float]]) -> str:

@@ -17,6 +17,7 @@ from rayssl.models.resnet3d import (
     set_conv_impl,
 )
 from rayssl.models.s3dg import S3DG, s3dg
+from rayssl.models.torchvision_video import TORCHVISION_BACKBONES
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "c3d": c3d_bn,
@@ -24,6 +25,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "r21d": r2plus1d_vcop,
     "s3dg": s3dg,
 }
+BACKBONES.update(TORCHVISION_BACKBONES)  # r3d_18, mc3_18, r2plus1d_18, s3d (Kinetics baselines)
 
 
 def build_backbone(name: str, width: float = 1.0) -> nn.Module:

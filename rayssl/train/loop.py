@@ -376,6 +376,9 @@ class CheckpointManager:
                     config=self.cfg.to_dict(),
                 )
                 ckpt = ray.train.Checkpoint.from_directory(d)
+                if state is None and self.cfg.run.log_models == "checkpoints":
+                    backbone = cast(PretextModel, unwrap(trainer.model)).backbone
+                    trainer.tracker.log_model(backbone, self.cfg, step=epoch + 1)
             ray.train.report({**metrics, "mlflow_run_id": run_id or ""}, checkpoint=ckpt)
 
 
@@ -629,6 +632,8 @@ class Trainer:
             extra = {"mlflow_run_id": self.tracker.run_id or "", "config": self.cfg.to_dict()}
             checkpoint_format.save(backbone_file_payload(backbone, self.cfg.model, extra), path)
             self.tracker.log_file(path, "weights")
+        if self.cfg.run.log_models == "end":  # "checkpoints": the last one logged it
+            self.tracker.log_model(backbone, self.cfg, step=self.cfg.optim.epochs)
         self.tracker.finish()
 
     def run_epoch(self, epoch: int) -> None:

@@ -13,6 +13,9 @@
 * Params are the flattened config; tags name the commit, pretext, backbone,
   dataset and data fraction; artifacts are the config file and the final backbone
   weights.
+* The trained backbone is also an MLflow 3 LoggedModel of the run (`log_backbone_model`):
+  an exported folder (safetensors + settings JSON) as its artifacts, so
+  ``--checkpoint models:/<id>`` (or a registered name) loads weights only.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from rayssl.io.storage import redact
 from rayssl.tracking_uri import default_tracking_uri
 
 RUN_KEY_TAG = "rayssl.run_key"
+#: Tag on a pre-training run: the id of its latest MLflow LoggedModel (the backbone).
+MODEL_ID_TAG = "rayssl.model_id"
+#: `model_type` of the LoggedModels rayssl logs (an exported folder, `rayssl.export`).
+MODEL_TYPE = "rayssl-backbone"
 #: Tag on fine-tuning and evaluation runs: the MLflow run that pre-trained the weights.
 PRETRAIN_RUN_TAG = "rayssl.pretrain_run_id"
 
@@ -173,9 +180,94 @@ class Tracker:
         if self.enabled:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_model(self, backbone: Any, cfg: Config, step: int) -> str:
+        """Log `backbone` as an MLflow 3 LoggedModel of this run (`log_backbone_model`);
+        returns its id ('' when disabled)."""
+        if not self.enabled:
+            return ""
+        return log_backbone_model(self.client, cast(str, self.run_id), backbone, cfg, step)
+
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id:
             self.client.set_terminated(self.run_id, status=status)
+
+
+def log_backbone_model(client: Any, run_id: str, backbone: Any, cfg: Config, step: int) -> str:
+    """Log `backbone` (trained with `cfg`, after `step` epochs) as an MLflow 3 LoggedModel
+    of run `run_id`: its artifacts are an exported folder (`rayssl.export`: safetensors and
+    a settings JSON, so loading it runs no code; no pickled module, no flavour code), its
+    params the backbone settings and the step; the run is tagged with its id
+    (`MODEL_ID_TAG`). Returns the model id."""
+    from rayssl.export import export_backbone  # lazy: safetensors only where a model is logged
+
+    config = cfg.to_dict()
+    run = client.get_run(run_id)
+    model = client.create_logged_model(
+        run.info.experiment_id,
+        name=f"{cfg.model.backbone}-backbone",
+        source_run_id=run_id,
+        params={
+            "backbone": cfg.model.backbone,
+            "width": str(cfg.model.width),
+            "step": str(step),
+            "pretext": cfg.pretext.name,
+        },
+        tags={"rayssl.step": str(step), "rayssl.run_name": cfg.run.name},
+        model_type=MODEL_TYPE,
+    )
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "model"
+            export_backbone(
+                backbone,
+                cfg.model.backbone,
+                cfg.model.width,
+                out,
+                config=config,
+                pretrain_run_id=run_id,
+                source=f"runs:/{run_id}",
+            )
+            client.log_model_artifacts(model.model_id, str(out))
+    except BaseException:
+        client.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    client.finalize_logged_model(model.model_id, "READY")
+    client.set_tag(run_id, MODEL_ID_TAG, model.model_id)
+    return model.model_id
+
+
+def version_model_id(version: Any) -> str:
+    """The LoggedModel id of a registered model version ('' if unknown): MLflow 3.17's
+    registry returns `model_id` None, so `register_logged_model` also tags it."""
+    return version.model_id or (version.tags or {}).get(MODEL_ID_TAG, "")
+
+
+def register_logged_model(
+    client: Any, name: str, model_id: str, alias: str = "", tags: dict[str, str] | None = None
+) -> Any:
+    """A new version of registered model `name` (created if new) for LoggedModel
+    `model_id`, with `alias` pointing at it if given; returns the version.
+
+    The version's source is the model's artifact location, with its `model_id`:
+    MLflow 3.17 resolves a ``models:/<id>`` source through the process's global tracking
+    URI, not the client's, and would not find the model in another store."""
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
+
+    model = client.get_logged_model(model_id)
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name)
+    version = client.create_model_version(
+        name,
+        model.artifact_location,
+        run_id=model.source_run_id,
+        tags={**(tags or {}), MODEL_ID_TAG: model_id},
+        model_id=model_id,
+    )
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    return version
 
 
 def _param(v: Any) -> str:
@@ -197,13 +289,18 @@ def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[i : i + PARAMS_PER_BATCH])
 
 
-def log_metric_values(client: Any, run_id: str, values: dict[str, float], step: int = 0) -> None:
-    """`values` as metrics of run `run_id` at `step` (None values left out), in batches."""
+def log_metric_values(
+    client: Any, run_id: str, values: dict[str, float], step: int = 0, model_id: str | None = None
+) -> None:
+    """`values` as metrics of run `run_id` at `step` (None values left out), in batches;
+    with `model_id`, each is also that LoggedModel's metric."""
     import mlflow  # heavy: imported where used
 
     ts = int(time.time() * 1000)
     items = [
-        mlflow.entities.Metric(k, float(v), ts, step) for k, v in values.items() if v is not None
+        mlflow.entities.Metric(k, float(v), ts, step, model_id=model_id)
+        for k, v in values.items()
+        if v is not None
     ]
     for i in range(0, len(items), METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=items[i : i + METRICS_PER_BATCH])

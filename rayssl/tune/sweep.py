@@ -54,11 +54,18 @@ from rayssl.evaluate.features import load_manifest
 from rayssl.evaluate.suite import check_labels, check_suite_paths, evaluate_checkpoint, load_suite
 from rayssl.io import storage
 from rayssl.io.manifest import ManifestError
+from rayssl.export import safe_model_name
 from rayssl.launch import pretrain, run_training
 from rayssl.preflight import resolve_paths
 from rayssl.raystart import start_ray
 from rayssl.tracking_uri import default_tracking_uri
-from rayssl.train.tracking import experiment_id, filter_tag
+from rayssl.train.tracking import (
+    MODEL_ID_TAG,
+    experiment_id,
+    filter_tag,
+    register_logged_model,
+    version_model_id,
+)
 from rayssl.tune.scaling_law import log_report, records_from_mlflow, report
 
 STUDY_TAG = "rayssl.sweep.study"
@@ -99,6 +106,10 @@ class StudySettings:
     data_cpus_per_trial: float = 1.0
     """CPUs a trial's decoding needs on top of its train workers (for max_concurrent 0
     and the CPU-hours of the report)."""
+    registered_model: str = ""
+    """MLflow registered model the best trial's backbone is registered under, with the
+    alias `champion` ('' = the study name; load it with --checkpoint
+    models:/<name>@champion)."""
 
     def validate(self, prefix: str) -> None:
         if not self.name or "/" in self.name:
@@ -107,6 +118,13 @@ class StudySettings:
         in_range(f"{prefix}.max_concurrent", self.max_concurrent, 0, None)
         in_range(f"{prefix}.data_cpus_per_trial", self.data_cpus_per_trial, 0.0, None)
         check_no_credentials(f"{prefix}.tracking_uri", self.tracking_uri)
+        if self.registered_model and safe_model_name(self.registered_model) != (
+            self.registered_model
+        ):
+            raise ConfigError(
+                f"{prefix}.registered_model: {self.registered_model!r} may hold only "
+                "letters, digits, '_', '.' and '-'"
+            )
 
 
 @dataclass
@@ -572,6 +590,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
 
     client = mlflow.MlflowClient(uri)
     done = sum(1 for r in records if r.status == "FINISHED" and math.isfinite(r.metric))
+    champion = register_champion(client, cfg, records)
     client.log_metric(parent, "sweep/trials_done", done)
     client.log_metric(parent, "sweep/trials_failed", len(grid) - done)
     client.set_terminated(parent, status="FINISHED" if done == len(grid) else "FAILED")
@@ -583,9 +602,40 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         "trials_done": done,
         "errors": errors,
         "report_dir": str(local) if local else "",
+        "champion": champion,
         "table": table,
         "seconds": time.monotonic() - t0,
     }
+
+
+#: The alias of the best trial's model version in the registry.
+CHAMPION_ALIAS = "champion"
+
+
+def register_champion(client: Any, cfg: SweepConfig, records: list) -> str:
+    """Register the backbone (MLflow LoggedModel) of the best usable trial (by `cfg.mode`)
+    under `study.registered_model` (default: the study name) and point the alias
+    `champion` at it; returns ``models:/<name>@champion``, or '' when no finished trial
+    logged a model. A resumed study registers again only when the best trial changed."""
+    import mlflow  # lazy: mlflow is a heavy import that only this path needs
+
+    usable = [r for r in records if r.usable]
+    if not usable:
+        return ""
+    sign = 1.0 if cfg.mode == "max" else -1.0
+    best = max(usable, key=lambda r: sign * r.metric)
+    model_id = client.get_run(best.run_id).data.tags.get(MODEL_ID_TAG, "")
+    if not model_id:
+        return ""
+    name = cfg.study.registered_model or safe_model_name(cfg.study.name)
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except mlflow.exceptions.MlflowException:
+        current = None
+    if current is None or version_model_id(current) != model_id:
+        tags = {"metric": cfg.metric, "value": str(best.metric), "run_id": best.run_id}
+        register_logged_model(client, name, model_id, CHAMPION_ALIAS, tags)
+    return f"models:/{name}@{CHAMPION_ALIAS}"
 
 
 def error_summary(error: BaseException, trial_path: str | None) -> str:

@@ -44,8 +44,10 @@ def test_parameter_counts_match_reference(preset, expected) -> None:
 
 
 def test_registry_names_presets() -> None:
+    from rayssl.models.torchvision_video import TORCHVISION_BACKBONES
+
     expected = {"c3d": c3d_bn, "r3d": r3d_vcop, "r21d": r2plus1d_vcop, "s3dg": s3dg}
-    assert expected == BACKBONES
+    assert {**expected, **TORCHVISION_BACKBONES} == BACKBONES
 
 
 def test_unknown_name_raises_with_valid_names() -> None:
@@ -60,7 +62,7 @@ def test_width_scales_parameters_down(name: str) -> None:
     # Conv weights dominate and scale with width**2.
     assert 0.2 < half / full < 0.3
     # The last stage's channels scaled (S3D-G's 1024 = four branches, each >= 4).
-    last = {"s3dg": (128, 16)}.get(name, (64, 4))
+    last = {"s3dg": (128, 16), "s3d": (128, 16)}.get(name, (64, 4))
     assert build_backbone(name, width=TINY_WIDTH).out_dim == last[0]
     assert build_backbone(name, width=0.001).out_dim == last[1]
 

@@ -346,6 +346,9 @@ def test_sweep_on_a_2_cpu_head_finishes_and_a_stage_that_cannot_fit_is_not_retri
             head, ["python", "jobs/sweep.py", "--config", str(ok)], ROOT, env_vars=env
         )
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        done = next(x for x in first.stdout.splitlines() if x.startswith("RESULT "))
+        # the best trial's backbone is registered: a weights-only checkpoint by alias
+        assert json.loads(done[len("RESULT ") :])["champion"] == "models:/two_cpu@champion"
         second = submit_job(
             head, ["python", "jobs/sweep.py", "--config", str(bad)], ROOT, env_vars=env
         )
@@ -365,6 +368,13 @@ def test_sweep_on_a_2_cpu_head_finishes_and_a_stage_that_cannot_fit_is_not_retri
     )
     parent = runs[runs["tags.mlflow.runName"] == "too_big"].iloc[0]["run_id"]
     assert len(_children(tracking, parent)) == 1  # pre-trained once, not again on retry
+    from rayssl.checkpoint import resolve_checkpoint
+    from rayssl.config import load_config
+
+    champion = resolve_checkpoint(
+        "models:/two_cpu@champion", load_config(None, [f"run.tracking_uri={tracking}"])
+    )
+    assert champion.kind == "mlflow_model" and champion.model.backbone == "c3d"
 
 
 @pytest.mark.slow
