@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from rayssl.models import BACKBONES, build_backbone
+from rayssl.models.heads import MEAN, STD
 from rayssl.vocabulary import POOL_LAYERS
 
 EXPORT_FORMAT = "rayssl.export/1"
@@ -83,9 +84,6 @@ def config_hash(config: dict[str, Any] | None) -> str:
 
 
 def _normalisation(backbone: nn.Module) -> dict[str, Any]:
-    # lazy: rayssl.train.step pulls in the pretexts (cv2); only writing an export needs it
-    from rayssl.train.step import MEAN, STD
-
     mean = getattr(backbone, "input_mean", MEAN)
     std = getattr(backbone, "input_std", STD)
     return {"scale": 1.0 / 255.0, "mean": [float(v) for v in mean], "std": [float(v) for v in std]}

@@ -15,6 +15,11 @@ from torch import nn
 
 from rayssl.vocabulary import POOL_LAYERS
 
+#: The clips' per-channel normalisation after scaling to [0, 1] (the thesis's reference
+#: code): every backbone here is trained and evaluated on (x / 255 - MEAN) / STD.
+MEAN = (0.45, 0.45, 0.45)
+STD = (0.225, 0.225, 0.225)
+
 #: Kernel (= stride) of VCOP's max pool on the last convolution output, (T, H, W).
 VCOP_POOL = (1, 2, 2)
 

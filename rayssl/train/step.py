@@ -16,12 +16,11 @@ from torch import nn
 
 from rayssl.config import Config
 from rayssl.models import build_backbone, set_conv_impl
+from rayssl.models.heads import MEAN, STD
 from rayssl.pretext.base import Pretext
 from rayssl.train.prefetch import Convert, convert_batch, copy_batch
 
 #: Pixel normalisation applied on the device (Kinetics statistics, RGB order).
-MEAN = (0.45, 0.45, 0.45)
-STD = (0.225, 0.225, 0.225)
 
 
 class PretextModel(nn.Module):

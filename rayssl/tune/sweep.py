@@ -52,9 +52,9 @@ from rayssl.config import (
 from rayssl.config import _in_range as in_range
 from rayssl.evaluate.features import load_manifest
 from rayssl.evaluate.suite import check_labels, check_suite_paths, evaluate_checkpoint, load_suite
+from rayssl.export import safe_model_name
 from rayssl.io import storage
 from rayssl.io.manifest import ManifestError
-from rayssl.export import safe_model_name
 from rayssl.launch import pretrain, run_training
 from rayssl.preflight import resolve_paths
 from rayssl.raystart import start_ray
