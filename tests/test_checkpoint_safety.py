@@ -27,7 +27,8 @@ from rayssl.checkpoint import (
 )
 from rayssl.cli import main
 from rayssl.config import ConfigError, load_config
-from rayssl.launch import RESUME_MAY_CHANGE, check_resume, prepare_config
+from rayssl.launch import RESUME_MAY_CHANGE, check_resume
+from rayssl.preflight import resolve_paths
 from rayssl.pretext import build_pretext
 from rayssl.train.step import build_model, build_optimizer
 from tests.conftest import ROOT
@@ -268,7 +269,8 @@ def test_latest_checkpoint_is_the_highest_number_or_ray_s_snapshot(tmp_path):
 
 
 def _saved_run(tmp_path: Path, *overrides: str):
-    cfg = prepare_config(_cfg(f"run.storage_path={tmp_path / 'runs'}", "run.name=r", *overrides))
+    # the paths as a run resolves them (the debug config's manifest need not exist here)
+    cfg = resolve_paths(_cfg(f"run.storage_path={tmp_path / 'runs'}", "run.name=r", *overrides))
     model = build_model(cfg, build_pretext(cfg.pretext, cfg.data.clip_len))
     opt, sched = build_optimizer(model, cfg)
     save_training_state(
