@@ -56,6 +56,7 @@ from rayssl.raystart import quiet_ray_data
 from rayssl.train.curriculum import EpochVideos, order_by_difficulty, stage_at
 from rayssl.train.monitor import RetrievalMonitor
 from rayssl.train.prefetch import device_batches
+from rayssl.train.schedule import current_lr
 from rayssl.train.step import (
     DeviceSettings,
     PretextModel,
@@ -617,6 +618,7 @@ class Trainer:
         self.steps = StepMetrics(cfg, self.worker, self.tracker, self.acc_name)
         self.epochs = EpochMetrics(cfg, self.worker, self.tracker, self.acc_name)
         self.schedule = CheckpointSchedule(cfg, self.worker.device)
+        self.steps_in_epoch = 1  # set by run_epoch
 
     def fit(self) -> None:
         """Train the remaining epochs, then log the backbone (rank 0)."""
@@ -653,11 +655,15 @@ class Trainer:
     def run_epoch(self, epoch: int) -> None:
         """Train, validate, monitor, log and checkpoint one epoch."""
         state = self._epoch_state(epoch)
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = current_lr(self.optimizer)
         n_rows = self.data.plan.train_rows(epoch).num_rows
+        end_step = state.steps + -(-n_rows // self.data.batch_size)
+        if self.cfg.train.max_steps_per_epoch:
+            end_step = min(end_step, self.cfg.train.max_steps_per_epoch)
+        self.steps_in_epoch = max(end_step, 1)  # a per-step schedule's epoch length
         if not state.done.all():
             batches = self.data.stream_for(epoch).batches(epoch, TRAIN, n_rows)
-            self.train(state, batches, end_step=state.steps + -(-n_rows // self.data.batch_size))
+            self.train(state, batches, end_step=end_step)
         self.scheduler.step()
         metrics, reduced, skips = self.epochs.train(state, lr)
         metrics.update(self.data.stage_metrics(self.cfg, epoch))
@@ -706,7 +712,7 @@ class Trainer:
             metrics = self._step(state, batch, on_device)
             t_last = time.perf_counter()
             state.total_s = t_last - t_epoch
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = current_lr(self.optimizer)
             if self.steps.after_step(state, batch, metrics, self.global_step, lr, t_last):
                 t_last = time.perf_counter()  # logging's time is not data wait
             due = self.schedule.enabled and state.steps < end_step
@@ -718,6 +724,8 @@ class Trainer:
     def _step(self, state: EpochState, batch, on_device) -> dict[str, torch.Tensor]:
         """One training step on `batch`; counts it in `state` and the trace hook."""
         testhooks.maybe_kill_worker(state.epoch, state.steps, self.worker.rank)
+        if getattr(self.scheduler, "per_step", False):  # warmup_cosine: lr set every step
+            self.scheduler.at(state.epoch, state.steps, self.steps_in_epoch)
         metrics = train_step(self.model, on_device, self.optimizer, self.worker.settings)
         if self.worker.device.type == "cuda":
             torch.cuda.synchronize(self.worker.device)
