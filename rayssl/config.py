@@ -844,6 +844,11 @@ class Config:
     def validate(self) -> Config:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate(f.name)
+        if self.train.fsdp and self.monitor.every_epochs:
+            raise ConfigError(
+                "train.fsdp: the retrieval monitor runs the backbone on rank 0 alone, which a "
+                "sharded model cannot; set monitor.every_epochs=0 (evaluate afterwards)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

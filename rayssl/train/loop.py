@@ -54,6 +54,7 @@ from rayssl.data.pipeline import (
 from rayssl.pretext import build_pretext
 from rayssl.raystart import quiet_ray_data
 from rayssl.train.curriculum import EpochVideos, order_by_difficulty, stage_at
+from rayssl.train.memory import FullStateModel, FullStateOptimizer, full_state, shard_model
 from rayssl.train.monitor import RetrievalMonitor
 from rayssl.train.prefetch import device_batches
 from rayssl.train.schedule import current_lr
@@ -380,13 +381,19 @@ class CheckpointManager:
         if state is not None:
             sampler_state["in_epoch"] = _reduced_progress(state, self.worker.device).to_state()
         run_id = trainer.tracker.run_id
+        model: Any = unwrap(trainer.model)
+        optimizer: Any = trainer.optimizer
+        if self.cfg.train.fsdp:  # every worker takes part in gathering the whole state
+            model_state, optim_state = full_state(trainer.model, trainer.optimizer)
+            model = FullStateModel(trainer.model, model_state)
+            optimizer = FullStateOptimizer(trainer.model, trainer.optimizer, optim_state)
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if self.worker.rank == 0:
                 save_training_state(
                     d,
-                    model=unwrap(trainer.model),
-                    optimizer=trainer.optimizer,
+                    model=model,
+                    optimizer=optimizer,
                     scheduler=trainer.scheduler,
                     epoch=epoch,
                     sampler=sampler_state,
@@ -600,13 +607,24 @@ class Trainer:
         self.pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
         self.acc_name = getattr(self.pretext, "accuracy_name", "acc")
         model: torch.nn.Module = build_model(cfg, self.pretext)
-        self.optimizer, self.scheduler = build_optimizer(model, cfg)
-        init = _initial_backbone(cfg, cast(PretextModel, model))
         self.checkpoints = CheckpointManager(cfg, self.worker)
-        self.checkpoints.restore(model, self.optimizer, self.scheduler)
+        if cfg.train.fsdp:
+            init = _initial_backbone(cfg, cast(PretextModel, model))
+            self.model = _sharded(cast(PretextModel, model), self.worker.settings, cfg)
+            # the optimiser over the sharded parameters; the state restored whole
+            self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
+            self.checkpoints.restore(
+                FullStateModel(self.model),
+                FullStateOptimizer(self.model, self.optimizer),
+                self.scheduler,
+            )
+        else:
+            self.optimizer, self.scheduler = build_optimizer(model, cfg)
+            init = _initial_backbone(cfg, cast(PretextModel, model))
+            self.checkpoints.restore(model, self.optimizer, self.scheduler)
+            model = place_model(cast(PretextModel, model), self.worker.settings, cfg)
+            self.model = ray.train.torch.prepare_model(model, move_to_device=False)
         self.global_step = self.checkpoints.global_step
-        model = place_model(cast(PretextModel, model), self.worker.settings, cfg)
-        self.model = ray.train.torch.prepare_model(model, move_to_device=False)
         rank0 = self.worker.rank == 0
         run_id = self.checkpoints.mlflow_run_id
         self.tracker = Tracker(cfg, enabled=rank0, run_id=run_id, commit=commit)
@@ -628,8 +646,14 @@ class Trainer:
                 self.run_epoch(epoch)
         finally:
             self.data.close()  # the run's pipeline stops with the loop, however it ends
-        if self.worker.rank == 0:
-            self._log_backbone()
+        if self.cfg.train.fsdp:  # the whole state, gathered from every worker
+            model_state, _ = full_state(self.model, self.optimizer)
+            if self.worker.rank == 0:
+                plain = build_model(self.cfg, self.pretext)
+                plain.load_state_dict(model_state)
+                self._log_backbone(plain.backbone)
+        elif self.worker.rank == 0:
+            self._log_backbone(cast(PretextModel, unwrap(self.model)).backbone)
 
     def _log_start(self) -> None:
         if self.worker.rank != 0:
@@ -643,10 +667,9 @@ class Trainer:
             start["data/start_step_in_epoch"] = self.checkpoints.resumed.steps
         self.tracker.log_metrics(start, step=self.checkpoints.start_epoch)
 
-    def _log_backbone(self) -> None:
+    def _log_backbone(self, backbone: torch.nn.Module) -> None:
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "backbone.pt"
-            backbone = cast(PretextModel, unwrap(self.model)).backbone
             extra = {"mlflow_run_id": self.tracker.run_id or "", "config": self.cfg.to_dict()}
             checkpoint_format.save(backbone_file_payload(backbone, self.cfg.model, extra), path)
             self.tracker.log_file(path, "weights")
@@ -754,6 +777,12 @@ class Trainer:
                 },
                 step=self.global_step,
             )
+
+
+def _sharded(model: PretextModel, settings: DeviceSettings, cfg: Config) -> PretextModel:
+    """`model` placed on the device and sharded over the workers (`train.fsdp`)."""
+    model = place_model(model, settings, cfg)
+    return cast(PretextModel, shard_model(model, settings.device))
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
