@@ -59,6 +59,9 @@ class WithHead(nn.Module):
         self.backbone = backbone
         self.head = nn.Linear(backbone.out_dim, classes)  # type: ignore[arg-type]
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
 
 def _cfg(*overrides: str):
     return load_config(None, ["model.width=0.0625", *overrides])
