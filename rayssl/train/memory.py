@@ -37,7 +37,9 @@ def _keep_norm_statistics(block: nn.Module) -> Iterator[None]:
     saved = []
     for m in block.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            bufs = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+            bufs = [
+                b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None
+            ]
             saved.append((bufs, [b.detach().clone() for b in bufs]))
     try:
         yield
@@ -51,6 +53,7 @@ def _keep_norm_statistics(block: nn.Module) -> Iterator[None]:
 def _checkpointed_forward(block: nn.Module, forward: Any, *args: Any, **kwargs: Any) -> Any:
     if not (block.training and torch.is_grad_enabled()):
         return forward(*args, **kwargs)  # evaluation: nothing to keep for a backward pass
+
     def contexts() -> tuple[Any, Any]:
         # (around the forward, around its recomputation in the backward pass)
         return contextlib.nullcontext(), _keep_norm_statistics(block)

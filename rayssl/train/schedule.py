@@ -79,7 +79,9 @@ class WarmupCosine:
             return self.base_lr * position / self.warmup_epochs
         span = max(self.epochs - self.warmup_epochs, 1e-12)
         progress = min(max((position - self.warmup_epochs) / span, 0.0), 1.0)
-        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (
+            1.0 + math.cos(math.pi * progress)
+        )
 
     def at(self, epoch: int, steps_done: int, steps_in_epoch: int) -> float:
         """Set every group's lr for the step after `steps_done` steps of `epoch`; returns

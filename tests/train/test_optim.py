@@ -233,7 +233,12 @@ def test_weight_decay_split_rule():
         "backbone.patch_embed.bias",
         "backbone.pos_embed",
         "backbone.cls_token",
-        *(f"backbone.blocks.{i}.{j}.{w}" for i in (0, 1) for j in (0, 1) for w in ("weight", "bias")),
+        *(
+            f"backbone.blocks.{i}.{j}.{w}"
+            for i in (0, 1)
+            for j in (0, 1)
+            for w in ("weight", "bias")
+        ),
         "backbone.norm.weight",
         "backbone.norm.bias",
         "head.bias",
@@ -282,7 +287,12 @@ def test_layer_ids_transformers_names():
 def test_layer_ids_cnn_by_stage():
     """The CNNs' five stages (stage 0 the stem) are layers 1..5, the head 6: stage i
     trains at decay ** (5 - i) of the lr."""
-    cfg = _cfg("model.backbone=r21d", "pretext.name=supervised", "pretext.num_classes=4", "optim.layer_decay=0.5")
+    cfg = _cfg(
+        "model.backbone=r21d",
+        "pretext.name=supervised",
+        "pretext.num_classes=4",
+        "optim.layer_decay=0.5",
+    )
     model = build_model(cfg, build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video))
     ids, num_layers = layer_ids(model)
     assert num_layers == 6
@@ -318,7 +328,12 @@ def test_drop_path_reaches_a_backbone_that_takes_it(monkeypatch):
         return TinyViT(drop_path=drop_path)
 
     monkeypatch.setitem(models.BACKBONES, "c3d", tiny_vit)
-    cfg = _cfg("model.backbone=c3d", "model.drop_path=0.2", "pretext.name=supervised", "pretext.num_classes=4")
+    cfg = _cfg(
+        "model.backbone=c3d",
+        "model.drop_path=0.2",
+        "pretext.name=supervised",
+        "pretext.num_classes=4",
+    )
     build_model(cfg, build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video))
     assert built == {"drop_path": 0.2}
     with pytest.raises(ValueError, match="takes no option"):
@@ -374,7 +389,9 @@ def test_activation_checkpointing_same_loss_gradients_and_bn_stats(backbone):
 
 
 def test_activation_checkpointing_from_config():
-    cfg = _cfg("train.activation_checkpointing=true", "pretext.name=supervised", "pretext.num_classes=4")
+    cfg = _cfg(
+        "train.activation_checkpointing=true", "pretext.name=supervised", "pretext.num_classes=4"
+    )
     from rayssl.train.step import DeviceSettings, place_model
 
     model = build_model(cfg, build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video))

@@ -17,7 +17,12 @@ import torch.multiprocessing as mp
 from rayssl.config import load_config
 from tests.train.test_optim import TinyViT, WithHead
 
-OVERRIDES = ["optim.name=adamw", "optim.lr=0.01", "optim.layer_decay=0.8", "optim.no_decay_bias_norm=true"]
+OVERRIDES = [
+    "optim.name=adamw",
+    "optim.lr=0.01",
+    "optim.layer_decay=0.8",
+    "optim.no_decay_bias_norm=true",
+]
 
 
 def _loss(model, x):
