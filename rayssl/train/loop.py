@@ -360,7 +360,7 @@ class CheckpointManager:
         self.mlflow_run_id: str | None = None
         self.resumed: EpochProgress | None = None
 
-    def restore(self, model: torch.nn.Module, optimizer, scheduler) -> None:
+    def restore(self, model: Any, optimizer, scheduler) -> None:
         """Load Ray Train's checkpoint, if it has one, into the (unwrapped) model."""
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
@@ -610,7 +610,9 @@ class Trainer:
         self.checkpoints = CheckpointManager(cfg, self.worker)
         if cfg.train.fsdp:
             init = _initial_backbone(cfg, cast(PretextModel, model))
-            self.model = _sharded(cast(PretextModel, model), self.worker.settings, cfg)
+            self.model: torch.nn.Module = _sharded(
+                cast(PretextModel, model), self.worker.settings, cfg
+            )
             # the optimiser over the sharded parameters; the state restored whole
             self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
             self.checkpoints.restore(
