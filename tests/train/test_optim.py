@@ -399,3 +399,44 @@ def test_activation_checkpointing_from_config():
     place_model(model, DeviceSettings(torch.device("cpu")), cfg)
     assert all(getattr(s, "_rayssl_checkpointed", False) for s in model.backbone.stages)
     assert list(model.state_dict()) == keys  # checkpoints keep their keys
+
+
+def test_block_drop_path_on_transformers_videomae_layers():
+    """transformers' VideoMAE has no drop path: the block-level hook drops a block's
+    whole residual per sample (timm's scaling), linear rates over depth, identity in
+    evaluation, no new state-dict keys."""
+    # transformers takes seconds to import: only this test needs it
+    from transformers import VideoMAEConfig, VideoMAEModel
+
+    from rayssl.models.droppath import add_block_drop_path
+
+    config = VideoMAEConfig(
+        image_size=16, patch_size=8, num_channels=3, num_frames=4, tubelet_size=2,
+        hidden_size=8, num_hidden_layers=3, num_attention_heads=2, intermediate_size=16,
+    )  # fmt: skip
+    model = VideoMAEModel(config)
+    keys = list(model.state_dict())
+    assert add_block_drop_path(model.encoder.layer, 0.5) == pytest.approx([0.0, 0.25, 0.5])
+    assert list(model.state_dict()) == keys
+    block = model.encoder.layer[2]
+    x = torch.randn(64, 8, 8)
+    block.eval()
+    with torch.no_grad():
+        plain = block(x)
+        block.train()
+        torch.manual_seed(0)
+        out = block(x)
+    block.eval()
+    residual = plain - x
+    dropped = torch.isclose(out, x, atol=1e-6).flatten(1).all(1)
+    kept = torch.isclose(out, x + residual / 0.5, atol=1e-5).flatten(1).all(1)
+    assert bool((dropped | kept).all())  # each sample: the whole residual dropped or kept x2
+    assert 10 < int(dropped.sum()) < 54  # about half of 64 at rate 0.5
+    with torch.no_grad():  # the first block's rate is 0: unchanged in training too
+        first = model.encoder.layer[0]
+        first.train()
+        assert torch.equal(first(x), first.eval()(x))
+    pixels = torch.randn(2, 4, 3, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(pixels).last_hidden_state, model(pixels).last_hidden_state)
