@@ -107,6 +107,12 @@ def test_bad_settings_name_their_key(override, key):
         _cfg(override)
 
 
+def test_fsdp_with_the_rank0_monitor_is_refused():
+    with pytest.raises(ConfigError, match="train.fsdp: the retrieval monitor"):
+        _cfg("train.num_workers=2", "train.fsdp=true", "monitor.every_epochs=1")
+    assert _cfg("train.num_workers=2", "train.fsdp=true").train.fsdp
+
+
 def test_cosine_settings_are_checked():
     with pytest.raises(ConfigError, match="optim.warmup_epochs"):
         _cfg("optim.schedule=warmup_cosine", "optim.epochs=4", "optim.warmup_epochs=5")
