@@ -446,6 +446,10 @@ class ModelConfig:
     """Backbone weights to start from (fine-tuning): a checkpoint path, s3:// URI,
     runs:/<mlflow_run_id>, or '' / 'random' for random initialisation. Its backbone
     settings replace backbone and width."""
+    drop_path: float = 0.0
+    """Stochastic depth: the largest drop-path rate (the last block's; rates grow
+    linearly over depth), passed to backbones whose builder takes `drop_path` (the
+    ViTs); any other backbone with a rate > 0 is an error. 0 = off."""
 
     def validate(self, prefix: str) -> None:
         if self.backbone not in BACKBONE_NAMES:
@@ -455,6 +459,15 @@ class ModelConfig:
             )
         _in_range(f"{prefix}.width", self.width, 1e-3, None)
         _in_range(f"{prefix}.dropout", self.dropout, 0.0, 0.99)
+        _in_range(f"{prefix}.drop_path", self.drop_path, 0.0, 0.99)
+        if self.drop_path:
+            from rayssl.models import backbone_options  # lazy: torch, only when asked
+
+            if "drop_path" not in backbone_options(self.backbone):
+                raise ConfigError(
+                    f"{prefix}.drop_path: backbone {self.backbone!r} has no stochastic depth "
+                    "(drop path); set it to 0 or pick a backbone that has (a ViT)"
+                )
 
 
 @dataclass
@@ -479,6 +492,25 @@ class OptimConfig:
     fused: bool = False
     """Fused optimiser kernels (torch.optim's fused=True: one kernel for every parameter
     instead of a loop of small ones); the same update up to float rounding."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW's (beta1, beta2); torch's default. ViT recipes (MAE, VideoMAE, V-JEPA) use
+    [0.9, 0.95]."""
+    schedule: Literal["step", "warmup_cosine"] = "step"
+    """"step": the thesis's (lr * gamma every `step_epochs` epochs, set per epoch);
+    "warmup_cosine": linear warm-up from 0 over `warmup_epochs`, then a half cosine to
+    `min_lr` at `epochs`, set before every step (rayssl.train.schedule)."""
+    warmup_epochs: float = 0.0
+    """warmup_cosine: epochs of linear warm-up (fractions allowed)."""
+    min_lr: float = 0.0
+    """warmup_cosine: the lr at the end of the cosine (absolute: not scaled by lr_scaling)."""
+    no_decay_bias_norm: bool = False
+    """No weight decay on biases, norm layers' weights, position embeddings and class /
+    mask tokens (timm's param_groups_weight_decay rule); false decays every parameter."""
+    layer_decay: float = 1.0
+    """Layer-wise lr decay (fine-tuning): a parameter of layer i trains at
+    lr * layer_decay ** (num_layers - i); embeddings are layer 0, block (CNN stage) k is
+    k + 1, the head num_layers (rayssl.train.schedule.layer_ids). 1 = off; VideoMAE's
+    ViT-B fine-tuning uses 0.75."""
 
     def scaled_lr(self, batch_size: int) -> float:
         """The learning rate a run with global batch `batch_size` trains at."""
@@ -497,6 +529,19 @@ class OptimConfig:
         _in_range(f"{prefix}.step_epochs", self.step_epochs, 1, None)
         _in_range(f"{prefix}.gamma", self.gamma, 0.0, 1.0)
         _in_range(f"{prefix}.epochs", self.epochs, 1, None)
+        if len(self.betas) != 2:
+            raise ConfigError(f"{prefix}.betas: expected [beta1, beta2], got {self.betas}")
+        for i, beta in enumerate(self.betas):
+            if not 0.0 <= beta < 1.0:
+                raise ConfigError(f"{prefix}.betas[{i}]: expected a value in [0, 1), got {beta}")
+        _in_range(f"{prefix}.warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs))
+        _in_range(f"{prefix}.min_lr", self.min_lr, 0.0, self.lr)
+        _in_range(f"{prefix}.layer_decay", self.layer_decay, 1e-6, 1.0)
+        if self.schedule == "step" and (self.warmup_epochs or self.min_lr):
+            raise ConfigError(
+                f"{prefix}.warmup_epochs / min_lr: only for schedule warmup_cosine "
+                f"(schedule is {self.schedule!r})"
+            )
 
 
 @dataclass
@@ -561,6 +606,14 @@ class TrainConfig:
     """CPU threads for torch in each train worker; 0 = Ray's setting (OMP_NUM_THREADS =
     the worker's whole CPUs, 1 for a fractional worker). A CPU run whose decoding is light
     trains faster with more (measured: 19 -> 30 clips/s, C3D/4 at 56 px, 1 -> 2 threads)."""
+    activation_checkpointing: bool = False
+    """Recompute each backbone block's (a CNN's stage's) activations in the backward pass
+    instead of keeping them (torch.utils.checkpoint): less memory for one more forward
+    pass. The same loss, gradients and BatchNorm statistics as without."""
+    fsdp: bool = False
+    """Shard the parameters, gradients and optimiser state over the workers (torch's
+    FSDP2 `fully_shard`, each backbone block a unit) instead of replicating them (DDP):
+    for models that do not fit one device. Needs num_workers >= 2."""
 
     def validate(self, prefix: str) -> None:
         _in_range(f"{prefix}.batch_size", self.batch_size, 1, None)
@@ -581,6 +634,10 @@ class TrainConfig:
         _in_range(f"{prefix}.checkpoint_every_steps", self.checkpoint_every_steps, 0, None)
         _in_range(f"{prefix}.checkpoint_every_minutes", self.checkpoint_every_minutes, 0.0, None)
         _in_range(f"{prefix}.device_prefetch", self.device_prefetch, 0, 8)
+        if self.fsdp and self.num_workers < 2:
+            raise ConfigError(
+                f"{prefix}.fsdp: sharding needs train.num_workers >= 2 (got {self.num_workers})"
+            )
         if self.compile:
             import torch._dynamo  # lazy: torch is a heavy import that only this path needs
 
@@ -792,6 +849,11 @@ class Config:
     def validate(self) -> Config:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate(f.name)
+        if self.train.fsdp and self.monitor.every_epochs:
+            raise ConfigError(
+                "train.fsdp: the retrieval monitor runs the backbone on rank 0 alone, which a "
+                "sharded model cannot; set monitor.every_epochs=0 (evaluate afterwards)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 `finetune(cfg, checkpoint, train)` trains supervised classification with the same Ray Train
 loop as pre-training (the `supervised` task): the conv weights come from the checkpoint
 (`model.init`), the classifier is new, the schedule is the config's (the thesis: the
-pre-training schedule with lr 3e-3). Then the test protocol of the thesis runs on
+pre-training schedule with lr 3e-3). Layer-wise lr decay (`optim.layer_decay`, a ViT
+recipe) builds the optimiser's param groups there: `rayssl.train.schedule.layer_ids`
+gives embeddings layer 0, block k layer k + 1 (a CNN's stages are its blocks) and the
+new classifier the last layer, at the full lr. Then the test protocol of the thesis runs on
 `finetune.test_split`: `finetune.inference.clips` (10 uniformly spaced clips) per video,
 centre crop, softmax averaged over the clips -> video top-1; also clip top-1, per-class
 accuracy and the confusion matrix, logged to the fine-tuning's MLflow run (metrics

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -28,14 +30,25 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 BACKBONES.update(TORCHVISION_BACKBONES)  # r3d_18, mc3_18, r2plus1d_18, s3d (Kinetics baselines)
 
 
-def build_backbone(name: str, width: float = 1.0) -> nn.Module:
-    """Backbone `name` (a key of `BACKBONES`) with channel multiplier `width`.
+def build_backbone(name: str, width: float = 1.0, **options: Any) -> nn.Module:
+    """Backbone `name` (a key of `BACKBONES`) with channel multiplier `width` and the
+    builder's other keyword `options` (e.g. `drop_path` for the backbones whose builder
+    takes it: `backbone_options`).
 
     The result maps clips (B, 3, T, H, W) to features (B, model.out_dim).
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; valid: {sorted(BACKBONES)}")
-    return BACKBONES[name](width=width)
+    unknown = sorted(set(options) - backbone_options(name))
+    if unknown:
+        raise ValueError(f"backbone {name!r} takes no option {unknown}")
+    return BACKBONES[name](width=width, **options)
+
+
+def backbone_options(name: str) -> set[str]:
+    """The keyword options backbone `name`'s builder takes besides `width`."""
+    params = inspect.signature(BACKBONES[name]).parameters
+    return {p for p in params if p != "width"}
 
 
 __all__ = [
@@ -49,6 +62,7 @@ __all__ = [
     "ResNet3d",
     "S3DG",
     "VideoBackbone",
+    "backbone_options",
     "build_backbone",
     "c3d_bn",
     "r2plus1d_vcop",

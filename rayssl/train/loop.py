@@ -50,9 +50,11 @@ from rayssl.io import storage
 from rayssl.pretext import build_pretext
 from rayssl.raystart import quiet_ray_data
 from rayssl.train.curriculum import EpochVideos, stage_at
+from rayssl.train.memory import FullStateModel, FullStateOptimizer, full_state, shard_model
 from rayssl.train.monitor import RetrievalMonitor
 from rayssl.train.plan import RunPlan
 from rayssl.train.prefetch import device_batches
+from rayssl.train.schedule import current_lr
 from rayssl.train.step import (
     DeviceSettings,
     PretextModel,
@@ -341,7 +343,7 @@ class CheckpointManager:
         self.mlflow_run_id: str | None = None
         self.resumed: EpochProgress | None = None
 
-    def restore(self, model: torch.nn.Module, optimizer, scheduler) -> None:
+    def restore(self, model: Any, optimizer, scheduler) -> None:
         """Load Ray Train's checkpoint, if it has one, into the (unwrapped) model."""
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
@@ -362,13 +364,19 @@ class CheckpointManager:
         if state is not None:
             sampler_state["in_epoch"] = _reduced_progress(state, self.worker.device).to_state()
         run_id = trainer.tracker.run_id
+        model: Any = unwrap(trainer.model)
+        optimizer: Any = trainer.optimizer
+        if self.cfg.train.fsdp:  # every worker takes part in gathering the whole state
+            model_state, optim_state = full_state(trainer.model, trainer.optimizer)
+            model = FullStateModel(trainer.model, model_state)
+            optimizer = FullStateOptimizer(trainer.model, trainer.optimizer, optim_state)
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if self.worker.rank == 0:
                 save_training_state(
                     d,
-                    model=unwrap(trainer.model),
-                    optimizer=trainer.optimizer,
+                    model=model,
+                    optimizer=optimizer,
                     scheduler=trainer.scheduler,
                     epoch=epoch,
                     sampler=sampler_state,
@@ -582,13 +590,26 @@ class Trainer:
         self.pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
         self.acc_name = getattr(self.pretext, "accuracy_name", "acc")
         model: torch.nn.Module = build_model(cfg, self.pretext)
-        self.optimizer, self.scheduler = build_optimizer(model, cfg)
-        init = _initial_backbone(plan, cast(PretextModel, model))
         self.checkpoints = CheckpointManager(cfg, self.worker)
-        self.checkpoints.restore(model, self.optimizer, self.scheduler)
+        if cfg.train.fsdp:
+            init = _initial_backbone(plan, cast(PretextModel, model))
+            self.model: torch.nn.Module = _sharded(
+                cast(PretextModel, model), self.worker.settings, cfg
+            )
+            # the optimiser over the sharded parameters; the state restored whole
+            self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
+            self.checkpoints.restore(
+                FullStateModel(self.model),
+                FullStateOptimizer(self.model, self.optimizer),
+                self.scheduler,
+            )
+        else:
+            self.optimizer, self.scheduler = build_optimizer(model, cfg)
+            init = _initial_backbone(plan, cast(PretextModel, model))
+            self.checkpoints.restore(model, self.optimizer, self.scheduler)
+            model = place_model(cast(PretextModel, model), self.worker.settings, cfg)
+            self.model = ray.train.torch.prepare_model(model, move_to_device=False)
         self.global_step = self.checkpoints.global_step
-        model = place_model(cast(PretextModel, model), self.worker.settings, cfg)
-        self.model = ray.train.torch.prepare_model(model, move_to_device=False)
         rank0 = self.worker.rank == 0
         run_id = self.checkpoints.mlflow_run_id
         self.tracker = Tracker(cfg, enabled=rank0, run_id=run_id, commit=commit)
@@ -601,6 +622,7 @@ class Trainer:
         self.steps = StepMetrics(cfg, self.worker, self.tracker, self.acc_name)
         self.epochs = EpochMetrics(cfg, self.worker, self.tracker, self.acc_name)
         self.schedule = CheckpointSchedule(cfg, self.worker.device)
+        self.steps_in_epoch = 1  # set by run_epoch
 
     def fit(self) -> None:
         """Train the remaining epochs, then log the backbone (rank 0)."""
@@ -610,8 +632,14 @@ class Trainer:
                 self.run_epoch(epoch)
         finally:
             self.data.close()  # the run's pipeline stops with the loop, however it ends
-        if self.worker.rank == 0:
-            self._log_backbone()
+        if self.cfg.train.fsdp:  # the whole state, gathered from every worker
+            model_state, _ = full_state(self.model, self.optimizer)
+            if self.worker.rank == 0:
+                plain = build_model(self.cfg, self.pretext)
+                plain.load_state_dict(model_state)
+                self._log_backbone(plain.backbone)
+        elif self.worker.rank == 0:
+            self._log_backbone(cast(PretextModel, unwrap(self.model)).backbone)
 
     def _log_start(self) -> None:
         if self.worker.rank != 0:
@@ -625,10 +653,9 @@ class Trainer:
             start["data/start_step_in_epoch"] = self.checkpoints.resumed.steps
         self.tracker.log_metrics(start, step=self.checkpoints.start_epoch)
 
-    def _log_backbone(self) -> None:
+    def _log_backbone(self, backbone: torch.nn.Module) -> None:
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "backbone.pt"
-            backbone = cast(PretextModel, unwrap(self.model)).backbone
             extra = {"mlflow_run_id": self.tracker.run_id or "", "config": self.cfg.to_dict()}
             checkpoint_format.save(backbone_file_payload(backbone, self.cfg.model, extra), path)
             self.tracker.log_file(path, "weights")
@@ -639,11 +666,15 @@ class Trainer:
     def run_epoch(self, epoch: int) -> None:
         """Train, validate, monitor, log and checkpoint one epoch."""
         state = self._epoch_state(epoch)
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = current_lr(self.optimizer)
         n_rows = self.data.plan.train_rows(epoch).num_rows
+        end_step = state.steps + -(-n_rows // self.data.batch_size)
+        if self.cfg.train.max_steps_per_epoch:
+            end_step = min(end_step, self.cfg.train.max_steps_per_epoch)
+        self.steps_in_epoch = max(end_step, 1)  # a per-step schedule's epoch length
         if not state.done.all():
             batches = self.data.stream_for(epoch).batches(epoch, TRAIN, n_rows)
-            self.train(state, batches, end_step=state.steps + -(-n_rows // self.data.batch_size))
+            self.train(state, batches, end_step=end_step)
         self.scheduler.step()
         metrics, reduced, skips = self.epochs.train(state, lr)
         metrics.update(self.data.stage_metrics(self.cfg, epoch))
@@ -692,7 +723,7 @@ class Trainer:
             metrics = self._step(state, batch, on_device)
             t_last = time.perf_counter()
             state.total_s = t_last - t_epoch
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = current_lr(self.optimizer)
             if self.steps.after_step(state, batch, metrics, self.global_step, lr, t_last):
                 t_last = time.perf_counter()  # logging's time is not data wait
             due = self.schedule.enabled and state.steps < end_step
@@ -704,6 +735,8 @@ class Trainer:
     def _step(self, state: EpochState, batch, on_device) -> dict[str, torch.Tensor]:
         """One training step on `batch`; counts it in `state` and the trace hook."""
         testhooks.maybe_kill_worker(state.epoch, state.steps, self.worker.rank)
+        if getattr(self.scheduler, "per_step", False):  # warmup_cosine: lr set every step
+            self.scheduler.at(state.epoch, state.steps, self.steps_in_epoch)
         metrics = train_step(self.model, on_device, self.optimizer, self.worker.settings)
         if self.worker.device.type == "cuda":
             torch.cuda.synchronize(self.worker.device)
@@ -732,6 +765,12 @@ class Trainer:
                 },
                 step=self.global_step,
             )
+
+
+def _sharded(model: PretextModel, settings: DeviceSettings, cfg: Config) -> PretextModel:
+    """`model` placed on the device and sharded over the workers (`train.fsdp`)."""
+    model = place_model(model, settings, cfg)
+    return cast(PretextModel, shard_model(model, settings.device))
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:

@@ -18,7 +18,9 @@ from rayssl.config import Config
 from rayssl.models import build_backbone, set_conv_impl
 from rayssl.models.heads import MEAN, STD
 from rayssl.pretext.base import Pretext
+from rayssl.train.memory import checkpoint_blocks
 from rayssl.train.prefetch import Convert, convert_batch, copy_batch
+from rayssl.train.schedule import WarmupCosine, param_groups
 
 #: Pixel normalisation applied on the device (Kinetics statistics, RGB order).
 
@@ -37,33 +39,45 @@ class PretextModel(nn.Module):
 
 
 def build_model(cfg: Config, pretext: Pretext) -> PretextModel:
-    backbone = build_backbone(cfg.model.backbone, width=cfg.model.width)
+    # drop_path only when set: the CNN builders take no such option (config validation
+    # refuses a rate for them)
+    options = {"drop_path": cfg.model.drop_path} if cfg.model.drop_path else {}
+    backbone = build_backbone(cfg.model.backbone, width=cfg.model.width, **options)
     # every backbone sets out_dim: int
     head = pretext.build_head(cast(int, backbone.out_dim), dropout=cfg.model.dropout)
     return PretextModel(backbone, head, pretext)
 
 
 def build_optimizer(model: nn.Module, cfg: Config):
-    """SGD (momentum, weight decay; or AdamW) and the thesis's step schedule (per epoch),
-    at the lr scaled for the global batch (`optim.lr_scaling`), fused if `optim.fused`."""
-    lr = cfg.optim.scaled_lr(cfg.train.batch_size)
+    """The optimiser and its lr schedule, at the lr scaled for the global batch
+    (`optim.lr_scaling`), fused if `optim.fused`.
+
+    SGD (momentum) or AdamW (`optim.betas`), over one group of every parameter, or over
+    the groups of `rayssl.train.schedule.param_groups` when `optim.no_decay_bias_norm`
+    or `optim.layer_decay` asks for them (each group at lr * its `lr_scale`). The
+    schedule: the thesis's step schedule (StepLR, stepped per epoch) or `WarmupCosine`
+    (set before every step)."""
+    o = cfg.optim
+    lr = o.scaled_lr(cfg.train.batch_size)
     # fused=None leaves torch's default (foreach on CUDA); fused=False would force it off
-    fused = True if cfg.optim.fused else None
-    if cfg.optim.name == "adamw":
+    fused = True if o.fused else None
+    params = param_groups(model, o.weight_decay, o.no_decay_bias_norm, o.layer_decay)
+    for group in params:
+        if isinstance(group, dict):
+            group["lr"] = lr * group["lr_scale"]
+    if o.name == "adamw":
+        betas = (o.betas[0], o.betas[1])
         opt: torch.optim.Optimizer = torch.optim.AdamW(
-            model.parameters(), lr=lr, weight_decay=cfg.optim.weight_decay, fused=fused
+            params, lr=lr, betas=betas, weight_decay=o.weight_decay, fused=fused
         )
     else:
         opt = torch.optim.SGD(
-            model.parameters(),
-            lr=lr,
-            momentum=cfg.optim.momentum,
-            weight_decay=cfg.optim.weight_decay,
-            fused=fused,
+            params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, fused=fused
         )
-    sched = torch.optim.lr_scheduler.StepLR(
-        opt, step_size=cfg.optim.step_epochs, gamma=cfg.optim.gamma
-    )
+    if o.schedule == "warmup_cosine":
+        sched: Any = WarmupCosine(opt, lr, o.epochs, o.warmup_epochs, o.min_lr)
+    else:
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_epochs, gamma=o.gamma)
     return opt, sched
 
 
@@ -102,6 +116,8 @@ def place_model(model: PretextModel, settings: DeviceSettings, cfg: Config) -> P
     if settings.channels_last:
         model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     set_conv_impl(model, cfg.train.conv_impl)
+    if cfg.train.activation_checkpointing:
+        checkpoint_blocks(cast(nn.Module, model.backbone))
     if cfg.train.compile:
         mode, backend = cfg.train.compile_mode, cfg.train.compile_backend
         backbone = cast(nn.Module, model.backbone)
