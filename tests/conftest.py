@@ -55,7 +55,8 @@ def ray_head_session(moto_endpoint, tmp_path_factory) -> Iterator[Head]:
 
     Tests that must own a cluster keep their own and say why:
     tests/train/test_node_loss.py (it kills worker nodes of its cluster),
-    tests/train/test_two_clusters.py (two clusters are its subject),
+    tests/train/test_two_clusters.py (runs its job here, but starts a second cluster:
+    a cluster starting beside a running job is its subject),
     tests/tune/test_sweep.py's 2-CPU test (a 2-CPU head is its subject),
     tests/test_demo_script.py (`make demo` starts and stops its own head, as users run it).
     """
