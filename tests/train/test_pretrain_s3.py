@@ -33,7 +33,7 @@ from s3server import (
 from rayssl.cli import main as cli
 from rayssl.data.manifest import read_manifest
 from rayssl.localhead import stop_job, submit_job
-from tests.conftest import ROOT, make_dataset, settle_jobs
+from tests.conftest import ROOT, settle_jobs
 
 BUCKET = "rayssl-test-s3-pretrain"  # the session's moto server: a bucket of its own
 
@@ -52,11 +52,12 @@ def _epoch_of(endpoint: str, key: str) -> int:
 
 
 @pytest.mark.slow
-def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(ray_head, moto_endpoint, tmp_path):
+def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(
+    ray_head, moto_endpoint, tiny_manifest, tmp_path
+):
     """On the session's head and moto server: the head's environment has the server's
     address and credentials (`ray_head_session`), as a real cluster's nodes would."""
-    local = tmp_path / "data"
-    make_dataset(local, num_videos=12, num_frames=40)
+    local = tiny_manifest.parent  # its 12 generated videos (the manifest is made again on S3)
     tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
     endpoint = moto_endpoint
     with s3_env(endpoint):

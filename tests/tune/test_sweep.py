@@ -228,13 +228,15 @@ def _tiny_sweep(path: Path, manifest: Path, storage: Path, study: str) -> Path:
 
 
 @pytest.mark.slow
-def test_sweep_job_killed_and_resubmitted_resumes_without_redoing_trials(ray_head, tmp_path):
+def test_sweep_job_killed_and_resubmitted_resumes_without_redoing_trials(
+    ray_head, tiny_manifest, tmp_path
+):
     """On the session's head: the hook and the tracking URI reach the trials through the
     job's runtime env."""
     from rayssl.cli import main as cli
     from rayssl.localhead import job_status, submit_job
 
-    manifest = make_dataset(tmp_path / "data", num_videos=12, num_frames=40)
+    manifest = tiny_manifest  # 12 videos of 40 frames, 9 of them for training
     tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
     pause = tmp_path / "pause"
     pause.mkdir()
