@@ -47,8 +47,8 @@ def moto_endpoint() -> Iterator[str]:
 def ray_head_session(moto_endpoint, tmp_path_factory) -> Iterator[Head]:
     """One local Ray head (`ray start --head`, dashboard and job server) for the session.
 
-    Pinned to SESSION_CPUS CPUs and 0 GPUs, so CPU tests see the same cluster on a GPU
-    host. Its environment carries the session moto server's S3 variables (workers of
+    Pinned to SESSION_CPUS CPUs and 0 GPUs, with CUDA hidden from its workers, so CPU
+    tests see the same cluster on a GPU host. Its environment carries the session moto server's S3 variables (workers of
     every job and of the in-process driver reach that server) and the short Ray Train
     health-check interval. Tests use it through `ray_local` (this process joined to it)
     or `ray_head` (jobs submitted to it; each test waits for its jobs to end).
@@ -66,7 +66,14 @@ def ray_head_session(moto_endpoint, tmp_path_factory) -> Iterator[Head]:
 
     with s3_env(moto_endpoint) as aws:
         pass  # only the variables: this process's own environment stays as it was
-    env = {**aws, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **aws,
+        # Ray does not hide a GPU from a worker that asked for none: hidden here, a model
+        # actor runs on the CPU in float32 on a GPU host too
+        "CUDA_VISIBLE_DEVICES": "",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+        "PYTHONUNBUFFERED": "1",
+    }
     log = tmp_path_factory.mktemp("ray_head") / "head.log"
     with local_ray_head(
         num_cpus=SESSION_CPUS, num_gpus=0, env=env, log_path=log, stop_grace_s=2
