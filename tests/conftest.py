@@ -48,10 +48,11 @@ def ray_head_session(moto_endpoint, tmp_path_factory) -> Iterator[Head]:
     """One local Ray head (`ray start --head`, dashboard and job server) for the session.
 
     Pinned to SESSION_CPUS CPUs and 0 GPUs, with CUDA hidden from its workers, so CPU
-    tests see the same cluster on a GPU host. Its environment carries the session moto server's S3 variables (workers of
-    every job and of the in-process driver reach that server) and the short Ray Train
-    health-check interval. Tests use it through `ray_local` (this process joined to it)
-    or `ray_head` (jobs submitted to it; each test waits for its jobs to end).
+    tests see the same cluster on a GPU host. Its environment carries the session moto
+    server's S3 variables (workers of every job and of the in-process driver reach that
+    server) and the short Ray Train health-check interval. Tests use it through
+    `ray_local` (this process joined to it) or `ray_head` (jobs submitted to it; each
+    test waits for its jobs to end).
 
     Tests that must own a cluster keep their own and say why:
     tests/train/test_node_loss.py (it kills worker nodes of its cluster),
