@@ -277,29 +277,33 @@ def test_only_the_splits_an_evaluation_uses_are_extracted():
     assert needed_videos(loo, table).num_rows == 4
 
 
-def _job(args: list[str], cwd: Path, timeout: float = 600):
-    import os
-    import subprocess
+def _job(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """`python jobs/X.py ARGS` run in-process (runpy, as `__main__`): its exit code and
+    stderr. (A subprocess costs ~10 s of imports per script on a 2-core runner.)"""
+    import runpy
     import sys
 
-    env = dict(os.environ, RAY_ADDRESS="local", RAYSSL_NUM_CPUS="4", PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", [args[0], *args[1:]])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(args[0], run_name="__main__")
+    return int(done.value.code or 0), capsys.readouterr().err
 
 
-def test_job_entry_points_refuse_bad_configs(tmp_path):
-    out = _job(
+def test_job_entry_points_refuse_bad_configs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, err = _job(
         [
             str(ROOT / "jobs" / "finetune.py"),
             "--config",
             str(ROOT / "configs" / "finetune_debug.yaml"),
             "optim.bogus=1",
         ],
-        tmp_path,
+        monkeypatch,
+        capsys,
     )
-    assert out.returncode == 2 and "optim.bogus: unknown key" in out.stderr
-    out = _job(
+    assert code == 2 and "optim.bogus: unknown key" in err
+    code, err = _job(
         [
             str(ROOT / "jobs" / "evaluate.py"),
             "--checkpoint",
@@ -310,9 +314,11 @@ def test_job_entry_points_refuse_bad_configs(tmp_path):
             "o",
             "retrieval.kz=1",
         ],
-        tmp_path,
+        monkeypatch,
+        capsys,
     )
-    assert out.returncode == 2 and "retrieval.kz: unknown key" in out.stderr
+    assert code == 2 and "retrieval.kz: unknown key" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_evaluate_job_entry_point(ray_local, tiny_manifest, tmp_path, monkeypatch, capsys):
