@@ -99,8 +99,8 @@ def ray_head(ray_head_session) -> Iterator[Head]:
     """The session's Ray head for a test that submits jobs to it (`submit_job`).
 
     Afterwards every job submitted during the test has reached a terminal state (one
-    still running is stopped), and no actor of those jobs is alive: nothing a test
-    left running can take the next test's CPUs."""
+    still running is stopped), and no actor of those jobs holding resources is alive:
+    nothing a test left running can take the next test's CPUs."""
     before = {j.submission_id for j in _submitted_jobs(ray_head_session)}
     yield ray_head_session
     settle_jobs(ray_head_session, ignore=before)
@@ -115,7 +115,8 @@ def _submitted_jobs(head: Head) -> list:
 
 def settle_jobs(head: Head, ignore: set | frozenset = frozenset(), timeout_s: float = 300) -> None:
     """Stop the head's submitted jobs that still run (except `ignore`d ones), then wait
-    until each has a terminal status and none of their actors is alive."""
+    until each has a terminal status and none of their actors that hold resources (CPU,
+    GPU, ...) is alive."""
     from ray.job_submission import JobSubmissionClient
     from ray.util.state import list_actors
 
@@ -132,14 +133,15 @@ def settle_jobs(head: Head, ignore: set | frozenset = frozenset(), timeout_s: fl
             for j in _submitted_jobs(head)
             if j.submission_id not in ignore and not j.status.is_terminal()
         ]
-        actors = [
+        actors = [  # Ray Data's detached per-cluster actors hold nothing: not counted
             a.class_name
             for a in list_actors(
                 address=head.dashboard_url,
                 filters=[("state", "!=", "DEAD")],
+                detail=True,
                 raise_on_missing_output=False,
             )
-            if a.job_id in ids
+            if a.job_id in ids and any(v > 0 for v in (a.required_resources or {}).values())
         ]
         if not live and not actors:
             return
