@@ -52,13 +52,15 @@ def local_ray_head(
     log_path: str | Path | None = None,
     timeout_s: float = 120.0,
     stop_grace_s: float = 15.0,
+    num_gpus: int | None = None,
 ) -> Iterator[Head]:
     """Start a Ray head on loopback; yield its addresses; kill it (by pid) on exit.
 
     `env` is added to the head's environment: jobs submitted to it inherit it (their
     `python` is the first on this PATH, the current interpreter's environment). On exit
     the head gets SIGTERM and `stop_grace_s` to drain (Ray 2.60 drains for up to 30 s),
-    then SIGKILL.
+    then SIGKILL. `num_gpus` pins the head's GPU count (None: what Ray detects; the
+    tests pin 0 so that they behave the same on a GPU host).
     """
     port, dash_port = free_port(), free_port()
     full_env = dict(os.environ)
@@ -82,6 +84,8 @@ def local_ray_head(
         f"--ray-client-server-port={free_port()}",
         "--disable-usage-stats",
     ]
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus}")
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

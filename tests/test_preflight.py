@@ -106,7 +106,13 @@ def test_job_script_prints_one_line_and_exits_2_without_starting_ray(tiny_manife
 
 
 def test_gpus_or_cpus_the_cluster_lacks_fail_fast(ray_local, tiny_manifest, tmp_path):
-    cpus = ray_local.cluster_resources()["CPU"]
+    """Against the session's head, pinned to 0 GPUs and a fixed CPU count: the same on a
+    GPU host as on a CPU-only one (what check_cluster reads is the cluster's resources)."""
+    from tests.conftest import SESSION_CPUS
+
+    resources = ray_local.cluster_resources()
+    assert resources.get("GPU", 0.0) == 0.0 and resources["CPU"] == SESSION_CPUS
+    cpus = resources["CPU"]
     with pytest.raises(ConfigError, match=r"train\.use_gpu: the Ray cluster has no GPU"):
         check_cluster(_cfg(tiny_manifest, tmp_path, "train.use_gpu=true"))
     with pytest.raises(ConfigError, match=r"train\.num_workers: 2 workers x .* CPUs"):
@@ -130,13 +136,16 @@ def test_writable_probe_leaves_nothing_behind(tmp_path):
     check_tracking_uri(f"sqlite:///{tmp_path / 'deep' / 'er' / 'mlruns.db'}")  # made on use
 
 
-def test_storage_path_in_a_missing_bucket_is_reported(tmp_path):
+def test_storage_path_in_a_missing_bucket_is_reported(moto_endpoint):
     from rayssl.io.storage import StorageOptions
-    from tests.s3server import make_bucket, moto_s3_server, s3_env
+    from tests.s3server import make_bucket, s3_env
 
-    with moto_s3_server() as endpoint, s3_env(endpoint):
+    endpoint = moto_endpoint
+    with s3_env(endpoint):
         options = StorageOptions(endpoint_url=endpoint)
-        make_bucket(endpoint, "runs")
-        check_writable("run.storage_path", "s3://runs/pre", options)
-        with pytest.raises(ConfigError, match=r"run\.storage_path: cannot write under s3://gone"):
-            check_writable("run.storage_path", "s3://gone/pre", options)
+        make_bucket(endpoint, "preflight-runs")
+        check_writable("run.storage_path", "s3://preflight-runs/pre", options)
+        with pytest.raises(
+            ConfigError, match=r"run\.storage_path: cannot write under s3://preflight-gone"
+        ):
+            check_writable("run.storage_path", "s3://preflight-gone/pre", options)

@@ -160,8 +160,8 @@ def test_mlflow_run(tmp_path):
         resolve_checkpoint(f"runs:/{empty}", cfg)
 
 
-def test_s3_backbone_file_and_ray_checkpoint(tmp_path):
-    from tests.s3server import make_bucket, moto_s3_server, s3_env, upload_dir
+def test_s3_backbone_file_and_ray_checkpoint(tmp_path, moto_endpoint):
+    from tests.s3server import make_bucket, s3_env, upload_dir
 
     trained_cfg = _cfg("model.width=0.125")
     model = _trained_model(trained_cfg)
@@ -169,7 +169,8 @@ def test_s3_backbone_file_and_ray_checkpoint(tmp_path):
     local.mkdir()
     torch.save(backbone_file_payload(model.backbone, trained_cfg.model), local / "b.pt")
     _write_ray_checkpoint(local / "run" / f"checkpoint_{time.time():.0f}", trained_cfg, model)
-    with moto_s3_server() as endpoint, s3_env(endpoint):
+    endpoint = moto_endpoint
+    with s3_env(endpoint):
         make_bucket(endpoint, "ckpt")
         upload_dir(endpoint, local, "ckpt", "x")
         cfg = _cfg("model.width=0.5")

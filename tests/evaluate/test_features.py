@@ -223,10 +223,11 @@ def test_features_command_writes_parquet(ray_local, manifest_with_bad, tmp_path,
     np.testing.assert_allclose(read_features(str(again)).outputs["pool5"], feats.outputs["pool5"])
 
 
-def test_features_command_to_s3(ray_local, tiny_manifest, capsys):
-    from tests.s3server import make_bucket, moto_s3_server, s3_env, upload_dir
+def test_features_command_to_s3(ray_local, tiny_manifest, capsys, moto_endpoint):
+    from tests.s3server import make_bucket, s3_env, upload_dir
 
-    with moto_s3_server() as endpoint, s3_env(endpoint):
+    endpoint = moto_endpoint  # the session's: its Ray workers have its address
+    with s3_env(endpoint):
         make_bucket(endpoint, "feats")
         upload_dir(endpoint, tiny_manifest.parent, "feats", "data")
         # Videos stay local (the manifest names local paths); manifest and output are S3.

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -167,6 +169,98 @@ def test_evaluate_whole_debug_suite_on_cpu(ray_local, tiny_manifest, tmp_path, c
     assert ev.data.metrics["retrieval/pool5/top1"] == pytest.approx(results["retrieval/pool5/top1"])
     assert "results.json" in {a.path for a in client.list_artifacts(ev.info.run_id)}
 
+    # The numbers, again from what the run wrote, by this file's own small numpy code:
+    # retrieval and the linear probe from the features Parquet ...
+    table = pq.read_table(out / "features-uniform-3.parquet").to_pydict()
+    labels, splits = np.array(table["label"]), np.array(table["split"])
+    query, gallery = splits == "val", splits == "train"
+    assert query.sum() == 3 and gallery.sum() == 9 and (labels >= 0).all()
+    for layer in ("pool3", "pool4", "pool5", "pool5_vcop"):
+        x = np.array(table[layer], dtype=np.float64)
+        for k in (1, 5, 10):
+            hit = _topk_hits(x[query], labels[query], x[gallery], labels[gallery], k)
+            assert results[f"retrieval/{layer}/top{k}"] == pytest.approx(hit.mean()), (layer, k)
+    for layer in ("pool3", "pool4", "pool5"):
+        x = np.array(table[layer], dtype=np.float64)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        predicted = _logreg_predict(x[gallery], labels[gallery], x[query], C=1.0)
+        accuracy = float(np.mean(predicted == labels[query]))
+        assert results[f"linear/{layer}/accuracy"] == pytest.approx(accuracy), layer
+    # ... and the stored features are the checkpoint's backbone on the decoded clips
+    manifest = {r["video_id"]: r for r in read_manifest(str(tiny_manifest)).to_pylist()}
+    for i in (int(np.flatnonzero(query)[0]), int(np.flatnonzero(gallery)[0])):
+        row = manifest[table["video_id"][i]]
+        mine = _features_of(tmp_path / "backbone.pt", row, ["pool3", "pool5"], num_clips=3)
+        assert table["num_clips"][i] == 3
+        for layer, vector in mine.items():
+            np.testing.assert_allclose(table[layer][i], vector, rtol=1e-4, atol=1e-5)
+
+
+def _topk_hits(q: np.ndarray, ql: np.ndarray, g: np.ndarray, gl: np.ndarray, k: int):
+    """Per query: does one of its k most cosine-similar gallery videos share its class?
+    (ties: the lower gallery index first)"""
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    nearest = np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :k]
+    return (gl[nearest] == ql[:, None]).any(axis=1)
+
+
+def _logreg_predict(x: np.ndarray, y: np.ndarray, test: np.ndarray, C: float) -> np.ndarray:
+    """L2-regularised logistic regression (scikit-learn's objective: C x the summed
+    log-loss + |W|^2 / 2, the intercept not penalised; binary for two classes, else
+    multinomial), fitted by plain gradient descent to a vanishing gradient."""
+    classes = np.unique(y)
+    if len(classes) == 1:
+        return np.full(len(test), classes[0])
+    binary = len(classes) == 2
+    k = 1 if binary else len(classes)
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    onehot = (y[:, None] == classes[None, :]).astype(np.float64)
+    target = onehot[:, 1:] if binary else onehot
+    w = np.zeros((xb.shape[1], k))
+    step = 1.0 / (C * np.linalg.norm(xb, 2) ** 2 + 1.0)
+    for _ in range(200_000):
+        z = xb @ w
+        if binary:
+            p = 1.0 / (1.0 + np.exp(-z))
+        else:
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            p = e / e.sum(axis=1, keepdims=True)
+        grad = C * xb.T @ (p - target)
+        grad[:-1] += w[:-1]  # the penalty: weights only
+        if np.abs(grad).max() < 1e-9:
+            break
+        w -= step * grad
+    else:
+        raise AssertionError("the logistic regression did not converge")
+    z = np.hstack([test, np.ones((len(test), 1))]) @ w
+    return classes[(z[:, 0] > 0).astype(int)] if binary else classes[z.argmax(axis=1)]
+
+
+def _features_of(checkpoint: Path, row: dict, layers: list[str], num_clips: int) -> dict:
+    """Per-video mean features of `num_clips` uniformly placed 16-frame clips: the
+    backbone loaded from the checkpoint file, the frames decoded one by one from the
+    start (the sequential reference decode), resized to 32x43, centre-cropped to 32x32."""
+    from rayssl.io.video import read_all_frames
+    from rayssl.models import build_backbone
+
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    backbone = build_backbone(payload["model"]["backbone"], payload["model"]["width"])
+    backbone.load_state_dict(payload["state_dict"])
+    backbone.eval()
+    frames = read_all_frames(row["uri"], size=(32, 43))
+    assert len(frames) == row["num_frames"]
+    starts = np.round(np.linspace(0, len(frames) - 16, num_clips)).astype(int)
+    left = int(round((43 - 32) / 2))
+    clips = np.stack([frames[s : s + 16, :, left : left + 32] for s in starts])
+    x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 255.0
+    x = (x - 0.45) / 0.225  # rayssl.train.step's MEAN and STD
+    with torch.no_grad():
+        maps = backbone.forward_features(x, layers)
+    return {
+        k: (v.flatten(2).mean(2) if v.dim() > 2 else v).mean(0).numpy() for k, v in maps.items()
+    }
+
 
 def test_only_the_splits_an_evaluation_uses_are_extracted():
     from rayssl.evaluate.suite import needed_videos
@@ -183,29 +277,33 @@ def test_only_the_splits_an_evaluation_uses_are_extracted():
     assert needed_videos(loo, table).num_rows == 4
 
 
-def _job(args: list[str], cwd: Path, timeout: float = 600):
-    import os
-    import subprocess
+def _job(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """`python jobs/X.py ARGS` run in-process (runpy, as `__main__`): its exit code and
+    stderr. (A subprocess costs ~10 s of imports per script on a 2-core runner.)"""
+    import runpy
     import sys
 
-    env = dict(os.environ, RAY_ADDRESS="local", RAYSSL_NUM_CPUS="4", PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", [args[0], *args[1:]])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(args[0], run_name="__main__")
+    return int(done.value.code or 0), capsys.readouterr().err
 
 
-def test_job_entry_points_refuse_bad_configs(tmp_path):
-    out = _job(
+def test_job_entry_points_refuse_bad_configs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, err = _job(
         [
             str(ROOT / "jobs" / "finetune.py"),
             "--config",
             str(ROOT / "configs" / "finetune_debug.yaml"),
             "optim.bogus=1",
         ],
-        tmp_path,
+        monkeypatch,
+        capsys,
     )
-    assert out.returncode == 2 and "optim.bogus: unknown key" in out.stderr
-    out = _job(
+    assert code == 2 and "optim.bogus: unknown key" in err
+    code, err = _job(
         [
             str(ROOT / "jobs" / "evaluate.py"),
             "--checkpoint",
@@ -216,9 +314,11 @@ def test_job_entry_points_refuse_bad_configs(tmp_path):
             "o",
             "retrieval.kz=1",
         ],
-        tmp_path,
+        monkeypatch,
+        capsys,
     )
-    assert out.returncode == 2 and "retrieval.kz: unknown key" in out.stderr
+    assert code == 2 and "retrieval.kz: unknown key" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_evaluate_job_entry_point(ray_local, tiny_manifest, tmp_path, monkeypatch, capsys):

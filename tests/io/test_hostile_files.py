@@ -35,7 +35,7 @@ from rayssl.io.video import (
 )
 from rayssl.tools.badcorpus import GOOD_FRAMES, _encode, _h264, _mpeg4_avi
 from rayssl.tools.prepare import PrepareParams, prepare_item
-from tests.s3server import make_bucket, moto_s3_server, put_objects, s3_env
+from tests.s3server import make_bucket, put_objects, s3_env
 
 
 def _frames(n: int, height: int = 48, width: int = 64) -> list[np.ndarray]:
@@ -221,8 +221,8 @@ def test_config_caps_validate():
 
 
 @pytest.fixture(scope="module")
-def s3_video(tmp_path_factory):
-    """A ~0.6 MB 300-frame H.264 video (keyframe every 30) on a moto S3 server."""
+def s3_video(tmp_path_factory, moto_endpoint):
+    """A ~0.6 MB 300-frame H.264 video (keyframe every 30) on the session's moto server."""
     folder = tmp_path_factory.mktemp("s3v")
     path = folder / "long.mp4"
     options = {"g": "30", "keyint_min": "30", "sc_threshold": "0", "bf": "2"}
@@ -232,10 +232,11 @@ def s3_video(tmp_path_factory):
         for f in _frames(300, 120, 160)
     ]
     path.write_bytes(_encode(frames, "mp4", "libx264", options))
-    with moto_s3_server() as endpoint, s3_env(endpoint):
-        make_bucket(endpoint, "videos")
-        put_objects(endpoint, "videos", {"long.mp4": path.read_bytes()})
-        yield path, "s3://videos/long.mp4", storage.StorageOptions(endpoint_url=endpoint)
+    endpoint = moto_endpoint
+    with s3_env(endpoint):
+        make_bucket(endpoint, "hostile-videos")
+        put_objects(endpoint, "hostile-videos", {"long.mp4": path.read_bytes()})
+        yield path, "s3://hostile-videos/long.mp4", storage.StorageOptions(endpoint_url=endpoint)
 
 
 def test_large_s3_object_is_streamed_frame_exact(s3_video):
@@ -285,7 +286,7 @@ def test_prepare_streams_an_s3_source_and_uploads_from_a_file(s3_video):
     probe = probe_video(path)
     item = {
         "source": uri,
-        "dest": "s3://videos/prepared/long.mp4",
+        "dest": "s3://hostile-videos/prepared/long.mp4",
         "video_id": "long",
         "label": 0,
         "num_frames": probe.num_frames,

@@ -455,10 +455,11 @@ def test_folder_labels_for_every_local_path_form(two_classes, form, monkeypatch)
     assert _labels_by_id(list_entries(src, "folder")) == EXPECTED
 
 
-def test_folder_labels_on_s3(two_classes):
-    from tests.s3server import make_bucket, moto_s3_server, s3_env, upload_dir
+def test_folder_labels_on_s3(two_classes, moto_endpoint):
+    from tests.s3server import make_bucket, s3_env, upload_dir
 
-    with moto_s3_server() as endpoint, s3_env(endpoint):
+    endpoint = moto_endpoint
+    with s3_env(endpoint):
         make_bucket(endpoint, "labels")
         upload_dir(endpoint, two_classes, "labels", "data/videos")
         for src in ("s3://labels/data/videos", "s3://labels/data/videos/"):

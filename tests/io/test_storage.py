@@ -29,7 +29,6 @@ from tests.s3server import (
     boto3_client,
     flaky_s3_proxy,
     make_bucket,
-    moto_s3_server,
     put_objects,
     s3_env,
     upload_dir,
@@ -45,9 +44,10 @@ def fast(endpoint: str | None = None, **kwargs) -> StorageOptions:
 
 
 @pytest.fixture(scope="module")
-def s3():
-    with moto_s3_server() as endpoint, s3_env(endpoint) as env:
-        yield SimpleNamespace(endpoint=endpoint, env=env)
+def s3(moto_endpoint):
+    """The session's moto server (each test makes a bucket of its own: `bucket`)."""
+    with s3_env(moto_endpoint) as env:
+        yield SimpleNamespace(endpoint=moto_endpoint, env=env)
 
 
 @pytest.fixture

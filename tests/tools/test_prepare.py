@@ -4,7 +4,6 @@ s3 -> s3, missing and corrupt objects, and transient errors through a flaky prox
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -50,7 +49,6 @@ from tests.s3server import (
     boto3_client,
     flaky_s3_proxy,
     make_bucket,
-    moto_s3_server,
     s3_env,
     upload_dir,
 )
@@ -334,31 +332,13 @@ def test_prepare_item_failures_are_rows(corpus, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def s3(corpus):
-    """moto S3 with the corpus under s3://bucket/videos, and a Ray whose workers have the
-    AWS variables (the session's Ray, if any, is restarted afterwards without them)."""
-    import ray
-
-    had_ray = ray.is_initialized()
-    ray.shutdown()
-    try:
-        with contextlib.ExitStack() as stack:
-            endpoint = stack.enter_context(moto_s3_server())
-            env = stack.enter_context(s3_env(endpoint))
-            make_bucket(endpoint, "bucket")
-            uris = upload_dir(endpoint, corpus.videos, "bucket", "videos")
-            ray.init(
-                address="local",  # a new instance even if another cluster runs here
-                num_cpus=2,
-                include_dashboard=False,
-                log_to_driver=False,
-                runtime_env={"env_vars": env},
-            )
-            stack.callback(ray.shutdown)
-            yield SimpleNamespace(endpoint=endpoint, env=env, uris=uris)
-    finally:
-        if had_ray:  # as tests/conftest.py's ray_local started it
-            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+def s3(corpus, moto_endpoint, ray_local):
+    """The session's moto S3 with the corpus under s3://bucket/videos, and the session's
+    Ray (its head's workers carry the same S3 environment; nothing is restarted)."""
+    with s3_env(moto_endpoint) as env:
+        make_bucket(moto_endpoint, "bucket")
+        uris = upload_dir(moto_endpoint, corpus.videos, "bucket", "videos")
+        yield SimpleNamespace(endpoint=moto_endpoint, env=env, uris=uris)
 
 
 def local_copy(corpus, uri: str) -> Path:
@@ -489,8 +469,9 @@ def test_transient_errors_are_retried_then_reported_redacted(s3):
     assert FAKE_ACCESS_KEY_ID not in row["error_detail"]
 
 
-def test_prepare_job_entry_point_runs(tmp_path):
-    """`python jobs/prepare.py` as users run it (its own local Ray), on a tiny corpus."""
+def test_prepare_job_entry_point_runs(ray_head, tmp_path):
+    """`python jobs/prepare.py` as users run it on a cluster (RAY_ADDRESS: the session's
+    head), on a tiny corpus."""
     import json
     import os
     import subprocess
@@ -499,7 +480,7 @@ def test_prepare_job_entry_point_runs(tmp_path):
     from tests.conftest import ROOT, make_dataset
 
     manifest = make_dataset(tmp_path / "src", num_videos=4, num_frames=24, val_fraction=0.0)
-    env = dict(os.environ, RAY_ADDRESS="local", RAY_AUTH_MODE="disabled")
+    env = dict(os.environ, RAY_ADDRESS=ray_head.address, RAY_AUTH_MODE="disabled")
     out = subprocess.run(
         [
             sys.executable,

@@ -25,7 +25,7 @@ from rayssl.tools.score import SCORE_COLUMNS, make_score_spec, parts_uri, run_sc
 from rayssl.tools.synthetic import generate_dataset, write_video
 from rayssl.train.curriculum import order_by_difficulty
 from tests.conftest import ROOT
-from tests.s3server import make_bucket, moto_s3_server, s3_env
+from tests.s3server import make_bucket, s3_env
 
 NUM_GOOD, NUM_FRAMES = 6, 20
 GARBAGE = np.random.default_rng(11).bytes(3000)
@@ -269,22 +269,23 @@ def test_run_score_refuses_to_overwrite_its_input(corpus):
         run_score(str(corpus.manifest), str(corpus.root / "scored"))
 
 
-def test_run_score_writes_to_s3(ray_local, corpus):
+def test_run_score_writes_to_s3(ray_local, corpus, moto_endpoint):
     # The manifest and the output on S3 (the videos stay local: workers only read them).
-    with moto_s3_server() as endpoint, s3_env(endpoint):
-        make_bucket(endpoint, "bucket")
-        write_manifest(corpus.table, "s3://bucket/in/manifest.parquet")
-        out = "s3://bucket/out/scored.parquet"
-        summary = run_score("s3://bucket/in/manifest.parquet", out, **FAST)
+    endpoint = moto_endpoint  # the session's: its Ray workers have its address
+    with s3_env(endpoint):
+        make_bucket(endpoint, "score-bucket")
+        write_manifest(corpus.table, "s3://score-bucket/in/manifest.parquet")
+        out = "s3://score-bucket/out/scored.parquet"
+        summary = run_score("s3://score-bucket/in/manifest.parquet", out, **FAST)
         assert (summary["ok"], summary["failed"], summary["manifest"]) == (NUM_GOOD, 4, out)
         assert summary["parts_written"] >= 1 and summary["parts_removed"]
-        assert storage.list_files("s3://bucket/out") == [
+        assert storage.list_files("s3://score-bucket/out") == [
             storage.FileInfo(out, storage.size(out))
         ]  # the parts are gone
         scored = read_manifest(out)
         assert scored.num_rows == corpus.table.num_rows
         assert np.isfinite(scored["difficulty"].to_numpy()).sum() == NUM_GOOD
-        again = run_score("s3://bucket/in/manifest.parquet", out, **FAST)
+        again = run_score("s3://score-bucket/in/manifest.parquet", out, **FAST)
         assert (again["scored"], again["reused"]) == (0, NUM_GOOD)
 
 

@@ -13,8 +13,6 @@ trained.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -25,8 +23,9 @@ import pytest
 
 from rayssl.checkpoint import EpochProgress
 from rayssl.clips.pipeline import epoch_order, epoch_rows, usable_videos
+from rayssl.localhead import submit_job
 from tests.conftest import ROOT, tiny_overrides
-from tests.train.test_pretrain import DEBUG, _history, _job_env, _result_line, _runs
+from tests.train.test_pretrain import DEBUG, _history, _result_line, _runs
 
 EVERY = 3  # train.checkpoint_every_steps
 
@@ -54,7 +53,7 @@ def _kept_draws(lines: list[dict], epoch: int, attempts: list[set[int]], starts:
 
 
 @pytest.mark.slow
-def test_kill_mid_epoch_resumes_every_draw_exactly_once(tiny_manifest, tmp_path):
+def test_kill_mid_epoch_resumes_every_draw_exactly_once(ray_head, tiny_manifest, tmp_path):
     tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
     trace = tmp_path / "trace"
     trace.mkdir()
@@ -72,28 +71,28 @@ def test_kill_mid_epoch_resumes_every_draw_exactly_once(tiny_manifest, tmp_path)
     ]
     kill = tmp_path / "kill.txt"
     # rank 1 dies before step 5 of epoch 2 (checkpoint after step 3: steps 3-4 are lost)
-    env = _job_env(tmp_path, RAYSSL_TEST_KILL_WORKER=f"{kill}:1:5:1", RAYSSL_TEST_TRACE=str(trace))
-    cmd = [sys.executable, str(ROOT / "jobs" / "pretrain.py"), "--config", DEBUG]
-    first = subprocess.run(
-        [*cmd, *base, "train.num_workers=2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
+    env = {
+        "RAYSSL_TEST_KILL_WORKER": f"{kill}:1:5:1",
+        "RAYSSL_TEST_TRACE": str(trace),
+    }
+    # `ray job submit` to the session's head, as users submit a run: the hooks reach the
+    # train workers through the job's runtime env
+    cmd = ["python", "jobs/pretrain.py", "--config", DEBUG]
+    first = submit_job(
+        ray_head, [*cmd, *base, "train.num_workers=2"], ROOT, env, 600, submission_id="mid-1"
     )
     assert kill.exists(), first.stdout[-3000:] + first.stderr[-3000:]
     assert first.returncode != 0, "a dead worker without max_failures fails the job"
-    second = subprocess.run(
+    second = submit_job(
+        ray_head,
         # a changed batch size is a changed run: resuming under it takes run.resume=force
         [*cmd, *base, "train.num_workers=1", "train.batch_size=2", "run.resume=force"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
+        ROOT,
+        env,
+        600,
+        submission_id="mid-2",
     )
-    assert second.returncode == 0, second.stderr[-4000:]
+    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     assert _result_line(second.stdout)["metrics"]["epoch"] == 1
     assert "epoch 2: resuming after 12 of 36 draws (3 steps)" in second.stdout
 

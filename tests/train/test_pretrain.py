@@ -1,7 +1,7 @@
 """Pre-training end to end: real Ray Train, real videos, a real MLflow sqlite store.
 
-The local-mode tests run in-process. A job run the way users do (`python
-jobs/pretrain.py`, 2 workers), with workers killed mid-epoch, restarted by Ray Train and
+The local-mode tests run in-process. A job submitted the way users do (`ray job submit
+-- python jobs/pretrain.py`, 2 workers), with a worker killed mid-epoch and the job
 resubmitted, is tests/train/test_midepoch.py. Stopping and resubmitting a `ray job
 submit` job (its driver killed) and resuming from the checkpoint is
 tests/train/test_pretrain_s3.py.
@@ -10,8 +10,6 @@ tests/train/test_pretrain_s3.py.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -69,18 +67,6 @@ def test_local_mode_pretrain_logs_run_to_mlflow(ray_local, tiny_manifest, tmp_pa
         a.path for a in mlflow.MlflowClient(tracking).list_artifacts(run["run_id"], "weights")
     }
     assert "weights/backbone.pt" in artifacts
-
-
-def _job_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        RAY_ADDRESS="local",
-        RAYSSL_NUM_CPUS="4",
-        RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
 
 
 def _result_line(stdout: str) -> dict:

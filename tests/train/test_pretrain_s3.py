@@ -26,17 +26,16 @@ from s3server import (
     FAKE_SECRET_ACCESS_KEY,
     boto3_client,
     make_bucket,
-    moto_s3_server,
     s3_env,
     upload_dir,
 )
 
 from rayssl.cli import main as cli
 from rayssl.io.manifest import read_manifest
-from rayssl.localhead import local_ray_head, stop_job, submit_job
-from tests.conftest import ROOT, make_dataset
+from rayssl.localhead import stop_job, submit_job
+from tests.conftest import ROOT, settle_jobs
 
-BUCKET = "rayssl-test"
+BUCKET = "rayssl-test-s3-pretrain"  # the session's moto server: a bucket of its own
 
 
 def _checkpoint_keys(endpoint: str, prefix: str) -> list[str]:
@@ -53,11 +52,15 @@ def _epoch_of(endpoint: str, key: str) -> int:
 
 
 @pytest.mark.slow
-def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(tmp_path):
-    local = tmp_path / "data"
-    make_dataset(local, num_videos=12, num_frames=40)
+def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(
+    ray_head, moto_endpoint, tiny_manifest, tmp_path
+):
+    """On the session's head and moto server: the head's environment has the server's
+    address and credentials (`ray_head_session`), as a real cluster's nodes would."""
+    local = tiny_manifest.parent  # its 12 generated videos (the manifest is made again on S3)
     tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    with moto_s3_server() as endpoint, s3_env(endpoint) as env:
+    endpoint = moto_endpoint
+    with s3_env(endpoint):
         make_bucket(endpoint, BUCKET)
         upload_dir(endpoint, local / "videos", BUCKET, "videos")
         manifest = f"s3://{BUCKET}/manifest.parquet"
@@ -105,41 +108,44 @@ def test_s3_job_submit_stop_resubmit_resumes_from_s3_checkpoint(tmp_path):
             "RAYSSL_TEST_PAUSE": f"{pause}:1",
         }
         # Credentials reach the job through the head's environment, as on a real cluster.
-        with local_ray_head(num_cpus=4, env={**env, **job_env}, stop_grace_s=2) as head:
-            out0 = submit_job(head, score, ROOT, env_vars=job_env, submission_id="s3-score")
-            assert out0.returncode == 0, (out0.stdout + out0.stderr)[-4000:]
-            scored_table = read_manifest(scored)
-            train_scores = [
-                d
-                for d, s in zip(
-                    scored_table["difficulty"].to_pylist(),
-                    scored_table["split"].to_pylist(),
-                    strict=True,
-                )
-                if s == "train"
-            ]
-            assert len(train_scores) == 9 and all(0.0 < d <= 1.0 for d in train_scores)
-            out1 = submit_job(
-                head,
-                entry,
-                ROOT,
-                env_vars=job_env,
-                submission_id="s3-first",
-                wait=False,
-                timeout_s=120,
+        head = ray_head
+        out0 = submit_job(head, score, ROOT, env_vars=job_env, submission_id="s3-score")
+        assert out0.returncode == 0, (out0.stdout + out0.stderr)[-4000:]
+        scored_table = read_manifest(scored)
+        train_scores = [
+            d
+            for d, s in zip(
+                scored_table["difficulty"].to_pylist(),
+                scored_table["split"].to_pylist(),
+                strict=True,
             )
-            assert out1.returncode == 0, out1.stderr[-3000:]
-            deadline = time.monotonic() + 300
-            while not (pause / "paused").exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert (pause / "paused").exists(), "the job never reached epoch 1's checkpoint"
-            stop_job(head, "s3-first")
-            done = _epoch_of(endpoint, _checkpoint_keys(endpoint, "runs/s3run/")[-1])
-            assert done == 1
-            logs1 = _job_logs(head, "s3-first")
+            if s == "train"
+        ]
+        assert len(train_scores) == 9 and all(0.0 < d <= 1.0 for d in train_scores)
+        out1 = submit_job(
+            head,
+            entry,
+            ROOT,
+            env_vars=job_env,
+            submission_id="s3-first",
+            wait=False,
+            timeout_s=120,
+        )
+        assert out1.returncode == 0, out1.stderr[-3000:]
+        deadline = time.monotonic() + 300
+        while not (pause / "paused").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (pause / "paused").exists(), "the job never reached epoch 1's checkpoint"
+        stop_job(head, "s3-first")
+        # stopped, and its train workers gone (still paused: none trains on) before the
+        # resubmission starts on the same head
+        settle_jobs(head)
+        done = _epoch_of(endpoint, _checkpoint_keys(endpoint, "runs/s3run/")[-1])
+        assert done == 1
+        logs1 = _job_logs(head, "s3-first")
 
-            out2 = submit_job(head, entry, ROOT, env_vars=job_env, submission_id="s3-second")
-            assert out2.returncode == 0, (out2.stdout + out2.stderr)[-4000:]
+        out2 = submit_job(head, entry, ROOT, env_vars=job_env, submission_id="s3-second")
+        assert out2.returncode == 0, (out2.stdout + out2.stderr)[-4000:]
         result = json.loads(
             [ln for ln in out2.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:]
         )

@@ -11,8 +11,8 @@ submitted as the README submits it (no RAY_ADDRESS of its own) must finish.
 The failing order: a job on one head (loopback, no token), paused after its first
 checkpoint with its placement group live, then a second head started; the job is
 released and must end SUCCEEDED with its placement group never removed while it ran.
-This test starts two Ray clusters on purpose (run it under the machine's Ray lock) and
-stops both by pid.
+This test runs the job on the session's head and starts a second cluster on purpose (run
+it under the machine's Ray lock), stopping it by pid.
 """
 
 from __future__ import annotations
@@ -60,7 +60,11 @@ def _train_groups(head: Head) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_job_finishes_when_a_second_cluster_starts_while_it_trains(tiny_manifest, tmp_path):
+def test_a_job_finishes_when_a_second_cluster_starts_while_it_trains(
+    ray_head, tiny_manifest, tmp_path
+):
+    """The first cluster is the session's head (a `ray start` head like any); the second
+    is this test's own: a second cluster starting while a run trains is the subject."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     pause, logs = tmp_path / "pause", tmp_path / "logs"
@@ -75,37 +79,37 @@ def test_a_job_finishes_when_a_second_cluster_starts_while_it_trains(tiny_manife
         # Every worker waits after epoch 0's checkpoint until pause/release exists.
         "RAYSSL_TEST_PAUSE": f"{pause}:0",
     }
-    with local_ray_head(num_cpus=2, log_path=logs / "first.log", stop_grace_s=2) as first:
-        client = JobSubmissionClient(first.dashboard_url)
-        # As the README submits a run: no RAY_ADDRESS in the job's runtime env.
-        job_id = client.submit_job(
-            entrypoint=shlex.join(entry),
-            runtime_env={"working_dir": str(ROOT), "env_vars": env},
-        )
-        try:
-            _wait_for_file(pause / "paused", client, job_id)
-            before = _train_groups(first)
-            live = [g for g, state in before.items() if state == "CREATED"]
-            assert live, f"no live placement group while the run trains: {before}"
-            with local_ray_head(num_cpus=1, log_path=logs / "second.log", stop_grace_s=2):
-                # The second head is now the machine's newest cluster (its address is
-                # in ray_current_cluster): watch the run's group through the cleaner's
-                # checks, then let the run finish while the second head is still up.
-                for _ in range(CLEANER_CHECKS):
-                    time.sleep(1.0)
-                    states = _train_groups(first)
-                    assert all(states.get(g) == "CREATED" for g in live), (
-                        f"the run's placement group was removed: {states}\n" + _logs(client, job_id)
-                    )
-                (pause / "release").write_text("")
-                deadline = time.monotonic() + 300
-                status = client.get_job_status(job_id)
-                while not status.is_terminal() and time.monotonic() < deadline:
-                    time.sleep(0.5)
-                    status = client.get_job_status(job_id)
-            assert status == JobStatus.SUCCEEDED, f"{status}:\n{_logs(client, job_id)}"
-            assert '"epoch": 1' in client.get_job_logs(job_id)
-        finally:
+    first = ray_head
+    client = JobSubmissionClient(first.dashboard_url)
+    # As the README submits a run: no RAY_ADDRESS in the job's runtime env.
+    job_id = client.submit_job(
+        entrypoint=shlex.join(entry),
+        runtime_env={"working_dir": str(ROOT), "env_vars": env},
+    )
+    try:
+        _wait_for_file(pause / "paused", client, job_id)
+        before = _train_groups(first)
+        live = [g for g, state in before.items() if state == "CREATED"]
+        assert live, f"no live placement group while the run trains: {before}"
+        with local_ray_head(num_cpus=1, log_path=logs / "second.log", stop_grace_s=2):
+            # The second head is now the machine's newest cluster (its address is
+            # in ray_current_cluster): watch the run's group through the cleaner's
+            # checks, then let the run finish while the second head is still up.
+            for _ in range(CLEANER_CHECKS):
+                time.sleep(1.0)
+                states = _train_groups(first)
+                assert all(states.get(g) == "CREATED" for g in live), (
+                    f"the run's placement group was removed: {states}\n" + _logs(client, job_id)
+                )
             (pause / "release").write_text("")
-            if not client.get_job_status(job_id).is_terminal():
-                client.stop_job(job_id)
+            deadline = time.monotonic() + 300
+            status = client.get_job_status(job_id)
+            while not status.is_terminal() and time.monotonic() < deadline:
+                time.sleep(0.5)
+                status = client.get_job_status(job_id)
+        assert status == JobStatus.SUCCEEDED, f"{status}:\n{_logs(client, job_id)}"
+        assert '"epoch": 1' in client.get_job_logs(job_id)
+    finally:
+        (pause / "release").write_text("")
+        if not client.get_job_status(job_id).is_terminal():
+            client.stop_job(job_id)

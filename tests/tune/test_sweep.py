@@ -33,7 +33,7 @@ from rayssl.tune.sweep import (
     trial_config,
     trials,
 )
-from tests.conftest import ROOT, make_dataset
+from tests.conftest import ROOT, make_dataset, settle_jobs
 
 SWEEP = ROOT / "configs" / "sweep_debug.yaml"
 
@@ -228,11 +228,15 @@ def _tiny_sweep(path: Path, manifest: Path, storage: Path, study: str) -> Path:
 
 
 @pytest.mark.slow
-def test_sweep_job_killed_and_resubmitted_resumes_without_redoing_trials(tmp_path):
+def test_sweep_job_killed_and_resubmitted_resumes_without_redoing_trials(
+    ray_head, tiny_manifest, tmp_path
+):
+    """On the session's head: the hook and the tracking URI reach the trials through the
+    job's runtime env."""
     from rayssl.cli import main as cli
-    from rayssl.localhead import job_status, local_ray_head, submit_job
+    from rayssl.localhead import job_status, submit_job
 
-    manifest = make_dataset(tmp_path / "data", num_videos=12, num_frames=40)
+    manifest = tiny_manifest  # 12 videos of 40 frames, 9 of them for training
     tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
     pause = tmp_path / "pause"
     pause.mkdir()
@@ -243,43 +247,42 @@ def test_sweep_job_killed_and_resubmitted_resumes_without_redoing_trials(tmp_pat
     # The last trial waits after its results reached MLflow, before Tune hears of them:
     # the worst moment for a driver to die (Tune's saved state lags MLflow).
     env = {"MLFLOW_TRACKING_URI": tracking, testhooks.SWEEP_PAUSE: f"{pause}:{last}:logged"}
-    with local_ray_head(
-        num_cpus=4, env=env, log_path=tmp_path / "head.log", stop_grace_s=2
-    ) as head:
-        submit_job(head, entry, ROOT, env_vars=env, submission_id="sweep-1", wait=False)
-        deadline = time.monotonic() + 500
-        polls = 0
-        first = "fraction-0.5_backbone-c3d_seed-0"
-        reported = tmp_path / "runs" / study / first / "result.json"  # Tune writes it
-        while time.monotonic() < deadline and not (
-            (pause / "paused").exists() and reported.exists() and reported.stat().st_size
-        ):
-            time.sleep(1)
-            polls += 1
-            if polls % 15 == 0:  # `ray job status` costs a CLI start: rarely
-                state = job_status(head, "sweep-1")
-                assert state in ("PENDING", "RUNNING", ""), f"the sweep job ended: {state}"
-        assert (pause / "paused").exists(), "the last trial never finished its work"
-        pids = _driver_pids(str(sweep))
-        assert len(pids) == 1, pids
-        os.kill(pids[0], signal.SIGKILL)  # the driver dies; the paused trial with it
-        mlflow.set_tracking_uri(tracking)
-        parent = mlflow.search_runs(
-            experiment_names=["rayssl-sweeps"], filter_string="tags.`rayssl.sweep.role` = 'study'"
-        )
-        assert len(parent) == 1
-        parent_id = parent.iloc[0]["run_id"]
-        before = {
-            r.data.tags["rayssl.sweep.trial"]: r.info.run_id for r in _children(tracking, parent_id)
-        }
-        assert sorted(before) == [first, last]  # both trials' work is in MLflow
+    head = ray_head
+    submit_job(head, entry, ROOT, env_vars=env, submission_id="sweep-1", wait=False)
+    deadline = time.monotonic() + 500
+    polls = 0
+    first = "fraction-0.5_backbone-c3d_seed-0"
+    reported = tmp_path / "runs" / study / first / "result.json"  # Tune writes it
+    while time.monotonic() < deadline and not (
+        (pause / "paused").exists() and reported.exists() and reported.stat().st_size
+    ):
+        time.sleep(1)
+        polls += 1
+        if polls % 15 == 0:  # `ray job status` costs a CLI start: rarely
+            state = job_status(head, "sweep-1")
+            assert state in ("PENDING", "RUNNING", ""), f"the sweep job ended: {state}"
+    assert (pause / "paused").exists(), "the last trial never finished its work"
+    pids = _driver_pids(str(sweep))
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)  # the driver dies; the paused trial with it
+    settle_jobs(head)  # the job has ended and its trials' actors are gone
+    mlflow.set_tracking_uri(tracking)
+    parent = mlflow.search_runs(
+        experiment_names=["rayssl-sweeps"], filter_string="tags.`rayssl.sweep.role` = 'study'"
+    )
+    assert len(parent) == 1
+    parent_id = parent.iloc[0]["run_id"]
+    before = {
+        r.data.tags["rayssl.sweep.trial"]: r.info.run_id for r in _children(tracking, parent_id)
+    }
+    assert sorted(before) == [first, last]  # both trials' work is in MLflow
 
-        second = submit_job(head, entry, ROOT, env_vars=env, log_path=tmp_path / "job2.log")
-        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-        assert "resuming" in second.stdout
-        # Tune restored the paused trial as unfinished (the other too, if its state
-        # lagged): MLflow says both are done, so nothing is trained or evaluated again.
-        assert f"trial {last}: finished earlier" in second.stdout
+    second = submit_job(head, entry, ROOT, env_vars=env, log_path=tmp_path / "job2.log")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming" in second.stdout
+    # Tune restored the paused trial as unfinished (the other too, if its state
+    # lagged): MLflow says both are done, so nothing is trained or evaluated again.
+    assert f"trial {last}: finished earlier" in second.stdout
 
     children = _children(tracking, parent_id)
     by_trial = {r.data.tags["rayssl.sweep.trial"]: r for r in children}
@@ -317,7 +320,8 @@ def test_sweep_job_killed_and_resubmitted_resumes_without_redoing_trials(tmp_pat
 
 @pytest.mark.slow
 def test_sweep_on_a_2_cpu_head_finishes_and_a_stage_that_cannot_fit_is_not_retried(tmp_path):
-    """The reproduced hang: a 2-CPU head, a trial holding 0.05 CPU, a 1-CPU model actor
+    """(A head of its own: a 2-CPU head is what it tests; the session's has 4 CPUs.)
+    The reproduced hang: a 2-CPU head, a trial holding 0.05 CPU, a 1-CPU model actor
     and 1-CPU decode tasks as configured. The evaluation is sized to the trial's share
     and the study finishes. Then a suite asking for 3 model actors cannot fit: the trial
     fails with the stage and its resources in one line, and is not pre-trained again."""
