@@ -220,11 +220,24 @@ def cmd_features(args: argparse.Namespace) -> int:
     cfg = resolve_paths(suite.as_config())
     source = resolve_checkpoint(args.checkpoint, cfg)
     backbone = build_backbone_from(source)
+    from rayssl.models.heads import check_feature_layers  # lazy: see the module docstring
+
+    try:  # the backbone's own layer names, before any work
+        check_feature_layers(backbone, suite.features.layers, "--layers (features.layers)")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     table = load_manifest(cfg.data.manifest, cfg.data)
     start_ray()
     t0 = time.perf_counter()
     inference = replace(suite.features.inference)
-    feats = extract_features(backbone, table, cfg.data, inference, suite.features.layers)
+    feats = extract_features(
+        backbone,
+        table,
+        cfg.data,
+        inference,
+        suite.features.layers,
+        token_grid=suite.features.token_grid,
+    )
     options = storage_options(cfg.data.endpoint_url)
     write_features(feats, args.out, options=options)
     print(

@@ -8,7 +8,10 @@ An evaluation (`Evaluation`) declares:
     -> layers), the manifest splits (`splits`; None = every video), the labelled splits
     (`labels`), and the other paths it reads (`paths`, checked to exist first);
   * how it runs (`run`, given a `RunContext`) and the files it writes (`files`), each
-    named through `RunFiles.path` so only this run's files are logged.
+    named through `RunFiles.path` so only this run's files are logged;
+  * optionally, how its settings depend on the backbone (`bind`: e.g. the attentive
+    probe's default token layer) and which config keys name its layers (`layer_keys`:
+    the suite checks them against the backbone's `feature_layers` first).
 
 `register` adds one to `EVALUATIONS`; `rayssl.evaluate.suite` builds the suite's config
 class from the registry and loops over it (it never branches on an evaluation's name).
@@ -102,6 +105,21 @@ class Evaluation(abc.ABC):
     def paths(self, s: Any, suite_dir: Path | None) -> dict[str, str]:
         """Other paths `run` reads, by key of its section (checked before extraction)."""
         return {}
+
+    def bind(self, s: Any, backbone: Any) -> Any:
+        """Settings `s` made concrete for `backbone` (e.g. a default layer chosen from its
+        `feature_layers`), before its layers are checked; unchanged by default."""
+        return s
+
+    def layer_keys(self, s: Any, suite: Any) -> dict[str, list[str]]:
+        """Config key -> the layers `run` reads under it, each checked against the
+        backbone's `feature_layers` before anything is extracted. By default the layers
+        of `features`, under "<name>.layers" (or "features.layers" when the section has
+        an empty `layers`, the suite's default)."""
+        layers = list(dict.fromkeys(x for ls in self.features(s, suite).values() for x in ls))
+        own = getattr(s, "layers", None)
+        key = "features.layers" if own is not None and not own else f"{self.name}.layers"
+        return {key: layers} if layers else {}
 
     @abc.abstractmethod
     def run(self, s: Any, ctx: RunContext) -> Outcome:
