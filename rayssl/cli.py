@@ -223,7 +223,8 @@ def cmd_features(args: argparse.Namespace) -> int:
     from rayssl.models.heads import check_feature_layers  # lazy: see the module docstring
 
     try:  # the backbone's own layer names, before any work
-        check_feature_layers(backbone, suite.features.layers, "--layers (features.layers)")
+        key = "--layers (features.layers)"
+        check_feature_layers(backbone, suite.features.layers, key, name=source.model.backbone)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     table = load_manifest(cfg.data.manifest, cfg.data)

@@ -195,12 +195,12 @@ def baseline_suite(suite: EvalSuite, source: BackboneSource) -> EvalSuite:
 # --------------------------------------------------------------------------- checks
 
 
-def bind_to_backbone(suite: EvalSuite, backbone: Any) -> EvalSuite:
+def bind_to_backbone(suite: EvalSuite, backbone: Any, name: str = "") -> EvalSuite:
     """The suite with each enabled evaluation's settings made concrete for `backbone`
     (`Evaluation.bind`: e.g. the attentive probe's token layer), and every layer an
     enabled evaluation reads checked against the backbone's `feature_layers`: a
     ConfigError naming the key and listing the layers the backbone has, before anything
-    is extracted."""
+    is extracted. `name`: the backbone's registered name, for the messages."""
     for evaluation, settings in suite.enabled():
         bound = evaluation.bind(settings, backbone)
         if bound is not settings:
@@ -208,7 +208,7 @@ def bind_to_backbone(suite: EvalSuite, backbone: Any) -> EvalSuite:
     for evaluation, settings in suite.enabled():
         for key, layers in evaluation.layer_keys(settings, suite).items():
             try:
-                check_feature_layers(backbone, layers, key)
+                check_feature_layers(backbone, layers, key, name=name)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
     return suite
@@ -334,7 +334,7 @@ def _prepare(
     check_suite_paths(suite, suite_dir)
     source = resolve_checkpoint(checkpoint, cfg)
     backbone = build_backbone_from(source)
-    suite = bind_to_backbone(suite, backbone)
+    suite = bind_to_backbone(suite, backbone, source.model.backbone)
     table = load_manifest(suite.data.manifest, suite.data)
     check_labels(suite, table)
     table = needed_videos(suite, table)

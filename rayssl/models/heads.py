@@ -63,12 +63,17 @@ def feature_layers_of(backbone: nn.Module) -> tuple[str, ...]:
 
 
 def check_feature_layers(
-    backbone: nn.Module, layers: Sequence[str], key: str = "layers", allow_empty: bool = False
+    backbone: nn.Module,
+    layers: Sequence[str],
+    key: str = "layers",
+    allow_empty: bool = False,
+    name: str = "",
 ) -> None:
     """ValueError naming `key` when `layers` is empty (unless `allow_empty`) or names a
-    layer `backbone` does not produce; the message lists the layers it has."""
+    layer `backbone` (called `name`, default its class) does not produce; the message
+    lists the layers it has."""
     have = feature_layers_of(backbone)
-    name = type(backbone).__name__
+    name = name or type(backbone).__name__
     if not layers and not allow_empty:
         raise ValueError(f"{key}: no layer named; backbone {name} has {list(have)}")
     bad = [x for x in layers if x not in have]
