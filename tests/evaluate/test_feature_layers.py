@@ -150,7 +150,9 @@ def test_suite_layers_are_checked_against_the_chosen_backbone():
     with pytest.raises(ConfigError, match=r"linear.layers: \['pool9'\].*pool5_vcop"):
         bind_to_backbone(_suite("linear.layers=[pool9]"), c3d)
     with pytest.raises(ConfigError, match=r"attentive_probe.layer: \['tokens'\]"):
-        bind_to_backbone(_suite("attentive_probe.enabled=true", "attentive_probe.layer=tokens"), c3d)
+        bind_to_backbone(
+            _suite("attentive_probe.enabled=true", "attentive_probe.layer=tokens"), c3d
+        )
     # a disabled evaluation's layers are not checked
     bind_to_backbone(_suite("linear.layers=[pool9]", "linear.enabled=false"), c3d)
 
