@@ -27,6 +27,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from rayssl.vocabulary import (
     BACKBONE_NAMES,
     CLIP_LABELLING_PRETEXTS,
+    CNN_BACKBONE_NAMES,
     PACINGS,
     POOL_LAYERS,
     PRETEXT_NAMES,
@@ -794,6 +795,12 @@ class Config:
     def validate(self) -> Config:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate(f.name)
+        if self.model.backbone in CNN_BACKBONE_NAMES and self.monitor.layer not in POOL_LAYERS:
+            # other backbones' layers are checked when the monitor builds its model
+            raise ConfigError(
+                f"monitor.layer: {self.monitor.layer!r} is not a vector layer of backbone "
+                f"{self.model.backbone}; one of {list(POOL_LAYERS)}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

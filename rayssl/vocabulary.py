@@ -8,6 +8,9 @@ them. Each registry is keyed by these names (`rayssl.models.BACKBONES`,
 from __future__ import annotations
 
 BACKBONE_NAMES = ("c3d", "r3d", "r21d", "s3dg")
+#: The `VideoBackbone` CNNs: their feature layers are `CNN_FEATURE_LAYERS`, known here
+#: without building them (the config checks `monitor.layer` against them at load time).
+CNN_BACKBONE_NAMES = ("c3d", "r3d", "r21d", "s3dg")
 PRETEXT_NAMES = ("multitask", "pace", "pace_contrastive", "statistics", "supervised")
 #: The pretexts whose targets come from any clip's pixels (`Pretext.labels_any_clip`): in
 #: a multitask run they label the clips the first task plans.

@@ -260,3 +260,13 @@ def test_every_evaluation_runs_on_a_vit_like_backbone(ray_local, tiny_manifest, 
         feats.outputs["tokens"].mean(axis=1), feats.outputs["block2"], rtol=1e-4, atol=1e-5
     )
     assert any(line.startswith("attentive probe (tokens: 8 tokens of 16") for line in report)
+
+
+def test_monitor_layer_of_a_cnn_is_checked_when_the_config_loads():
+    from rayssl.config import load_config
+
+    cfg = ROOT / "configs" / "debug.yaml"
+    assert load_config(cfg, ["monitor.layer=pool4"]).monitor.layer == "pool4"
+    for bad in ("pool9", "pool5_map"):  # unknown; a token map is no retrieval vector
+        with pytest.raises(ConfigError, match=rf"monitor.layer: '{bad}' is not a vector layer"):
+            load_config(cfg, [f"monitor.layer={bad}"])
