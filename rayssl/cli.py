@@ -535,7 +535,13 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("features", help="per-video features of a manifest (Ray Data) to Parquet")
     x.add_argument("--checkpoint", required=True, help="path, s3://, runs:/<id> or random")
     x.add_argument("--manifest", required=True, help="manifest (.parquet, local or s3://)")
-    x.add_argument("--layers", nargs="+", default=None, help="pool1..pool5 (default pool3-5)")
+    x.add_argument(
+        "--layers",
+        nargs="+",
+        default=None,
+        help="the backbone's layers: CNNs pool1..pool5, pool5_vcop, pool5_map; ViTs block<i>, "
+        "tokens (default pool3-5)",
+    )
     x.add_argument("--clips", default=None, help="uniform:N or sliding:L:O (default uniform:10)")
     x.add_argument("--out", required=True, help="features Parquet (local or s3://)")
     x.add_argument("--config", default=None, help="suite YAML for data sizes / model settings")

@@ -152,6 +152,14 @@ def ordered() -> list[Evaluation]:
     return sorted(EVALUATIONS.values(), key=lambda e: e.order)
 
 
+def vectors(f: Any, layer: str) -> Any:
+    """Per-video vectors (N, D) of `layer` in features `f` (`VideoOutputs`): a token
+    layer's (N, G, D) is averaged over its tokens, so the vector evaluations (retrieval,
+    kNN, linear probe, similarity) take any layer."""
+    x = f.outputs[layer]
+    return x.mean(axis=1) if x.ndim == 3 else x
+
+
 def layers_or(own: list[str], suite: Any) -> list[str]:
     """An evaluation's own layers, or the suite's `features.layers`."""
     return list(own) or list(suite.features.layers)

@@ -20,6 +20,7 @@ from rayssl.evaluate.registry import (
     clips_or,
     layers_or,
     register,
+    vectors,
 )
 from rayssl.knn import weighted_knn_accuracy
 
@@ -79,9 +80,9 @@ class WeightedKnn(Evaluation):
             cells = []
             for k in s.ks:
                 acc = weighted_knn_accuracy(
-                    f.outputs[layer][q],
+                    vectors(f, layer)[q],
                     f.labels[q],
-                    f.outputs[layer][g],
+                    vectors(f, layer)[g],
                     f.labels[g],
                     k,
                     s.temperature,

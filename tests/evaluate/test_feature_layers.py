@@ -270,3 +270,14 @@ def test_monitor_layer_of_a_cnn_is_checked_when_the_config_loads():
     for bad in ("pool9", "pool5_map"):  # unknown; a token map is no retrieval vector
         with pytest.raises(ConfigError, match=rf"monitor.layer: '{bad}' is not a vector layer"):
             load_config(cfg, [f"monitor.layer={bad}"])
+
+
+def test_vector_evaluations_average_a_token_layer_over_its_tokens():
+    from rayssl.evaluate.registry import vectors
+
+    tokens = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
+    f = VideoOutputs(
+        ["a", "b"], np.zeros(2), ["", ""], np.ones(2), {"tokens": tokens, "v": tokens[:, 0]}
+    )
+    assert np.array_equal(vectors(f, "tokens"), tokens.mean(axis=1))
+    assert vectors(f, "v") is f.outputs["v"]
