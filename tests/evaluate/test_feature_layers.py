@@ -164,7 +164,9 @@ def test_a_backbone_without_token_layers_or_grid_is_named():
         def forward_features(self, x, layers):
             return {"emb": x.flatten(1)}
 
-    suite = _suite("features.layers=[emb]", "similarity.enabled=false")
+    suite = _suite(
+        "features.layers=[emb]", "similarity.enabled=false", "attentive_probe.enabled=false"
+    )
     with pytest.raises(ConfigError, match="attention: backbone VectorsOnly has no conv stages"):
         bind_to_backbone(suite, VectorsOnly())
     with pytest.raises(ConfigError, match=r"attentive_probe.layer: .* no token layer.*\['emb'\]"):
