@@ -59,7 +59,8 @@ def pool_tokens(
         t, h, w = (int(v) for v in grid)
         if t * h * w != n:
             raise ValueError(f"token map of {n} tokens does not fit its grid {(t, h, w)}")
-        out = tuple(min(g, int(c)) for g, c in zip((t, h, w), cap, strict=True))
+        ct, ch, cw = (int(c) for c in cap)
+        out = (min(t, ct), min(h, ch), min(w, cw))
         if out == (t, h, w):
             return tokens
         maps = tokens.transpose(1, 2).reshape(b, d, t, h, w)
