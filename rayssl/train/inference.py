@@ -389,7 +389,8 @@ def aggregate(
         for i in np.flatnonzero(valid):
             acc = sums.setdefault(ids[i], {})
             for k in keys:
-                v = b[k][i].astype(np.float64)
+                # vectors summed in float64; token maps (G, D) in float32 (half the memory)
+                v = b[k][i].astype(np.float64 if b[k][i].ndim == 1 else np.float32)
                 acc[k] = acc[k] + v if k in acc else v.copy()
             counts[ids[i]] += 1
     order = [v for v in videos["video_id"].to_pylist() if v in sums]
