@@ -14,7 +14,7 @@ toy token sets); the evaluation at the end trains on `train_split` and scores
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -210,11 +210,15 @@ class AttentiveProbeEval(Evaluation):
     files = ("attentive_probe.txt",)
 
     def bind(self, s: ProbeSettings, backbone: Any) -> ProbeSettings:
-        if s.layer:
-            return s
-        from dataclasses import replace
-
-        return replace(s, layer=default_token_layer(backbone))
+        if not s.layer:
+            s = replace(s, layer=default_token_layer(backbone))
+        dim = getattr(backbone, "out_dim", None)  # the width of its token layers
+        if s.layer in TOKEN_LAYERS and isinstance(dim, int) and dim % s.heads:
+            raise ConfigError(
+                f"attentive_probe.heads: {s.heads} does not divide the width {dim} of the "
+                f"{s.layer} tokens of backbone {type(backbone).__name__}"
+            )
+        return s
 
     def layer_keys(self, s: ProbeSettings, suite: Any) -> dict[str, list[str]]:
         return {"attentive_probe.layer": [s.layer]} if s.layer else {}

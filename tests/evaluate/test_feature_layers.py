@@ -153,6 +153,8 @@ def test_suite_layers_are_checked_against_the_chosen_backbone():
         bind_to_backbone(
             _suite("attentive_probe.enabled=true", "attentive_probe.layer=tokens"), c3d
         )
+    with pytest.raises(ConfigError, match="attentive_probe.heads: 3 does not divide the width 64"):
+        bind_to_backbone(_suite("attentive_probe.enabled=true", "attentive_probe.heads=3"), c3d)
     # a disabled evaluation's layers are not checked
     bind_to_backbone(_suite("linear.layers=[pool9]", "linear.enabled=false"), c3d)
 
