@@ -225,11 +225,25 @@ def cmd_features(args: argparse.Namespace) -> int:
     cfg = resolve_paths(suite.as_config())
     source = resolve_checkpoint(args.checkpoint, cfg)
     backbone = build_backbone_from(source)
+    from rayssl.models.heads import check_feature_layers  # lazy: see the module docstring
+
+    try:  # the backbone's own layer names, before any work
+        key = "--layers (features.layers)"
+        check_feature_layers(backbone, suite.features.layers, key, name=source.model.backbone)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     table = load_manifest(cfg.data.manifest, cfg.data)
     start_ray()
     t0 = time.perf_counter()
     inference = replace(suite.features.inference)
-    feats = extract_features(backbone, table, cfg.data, inference, suite.features.layers)
+    feats = extract_features(
+        backbone,
+        table,
+        cfg.data,
+        inference,
+        suite.features.layers,
+        token_grid=suite.features.token_grid,
+    )
     options = storage_options(cfg.data.endpoint_url)
     write_features(feats, args.out, options=options)
     print(
@@ -562,7 +576,13 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("features", help="per-video features of a manifest (Ray Data) to Parquet")
     x.add_argument("--checkpoint", required=True, help="path, s3://, runs:/<id> or random")
     x.add_argument("--manifest", required=True, help="manifest (.parquet, local or s3://)")
-    x.add_argument("--layers", nargs="+", default=None, help="pool1..pool5 (default pool3-5)")
+    x.add_argument(
+        "--layers",
+        nargs="+",
+        default=None,
+        help="the backbone's layers: CNNs pool1..pool5, pool5_vcop, pool5_map; ViTs block<i>, "
+        "tokens (default pool3-5)",
+    )
     x.add_argument("--clips", default=None, help="uniform:N or sliding:L:O (default uniform:10)")
     x.add_argument("--out", required=True, help="features Parquet (local or s3://)")
     x.add_argument("--config", default=None, help="suite YAML for data sizes / model settings")

@@ -28,6 +28,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from rayssl.vocabulary import (
     BACKBONE_NAMES,
     CLIP_LABELLING_PRETEXTS,
+    CNN_BACKBONE_NAMES,
     PACINGS,
     POOL_LAYERS,
     PRETEXT_NAMES,
@@ -664,12 +665,19 @@ def _check_clips(key: str, value: str) -> None:
         raise ConfigError(f"{key}: {e}") from None
 
 
+_LAYER_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
 def _check_layers(key: str, layers: list[str], allow_empty: bool = False) -> None:
+    """Layer names as names (each backbone has its own: `feature_layers`, checked against
+    the chosen backbone before anything is extracted; e.g. the CNNs' POOL_LAYERS)."""
     if not layers and not allow_empty:
-        raise ConfigError(f"{key}: expected at least one layer of {list(POOL_LAYERS)}")
-    bad = [x for x in layers if x not in POOL_LAYERS]
+        raise ConfigError(f"{key}: expected at least one layer (CNNs: {list(POOL_LAYERS)})")
+    bad = [x for x in layers if not isinstance(x, str) or not _LAYER_NAME_RE.match(x)]
     if bad:
-        raise ConfigError(f"{key}: unknown layers {bad}; valid: {list(POOL_LAYERS)}")
+        raise ConfigError(
+            f"{key}: {bad} are not layer names (letters, digits, '_'; e.g. pool5, block12)"
+        )
     if len(set(layers)) != len(layers):
         raise ConfigError(f"{key}: duplicate layers in {layers}")
 
@@ -853,6 +861,12 @@ class Config:
             raise ConfigError(
                 "train.fsdp: the retrieval monitor runs the backbone on rank 0 alone, which a "
                 "sharded model cannot; set monitor.every_epochs=0 (evaluate afterwards)"
+            )
+        if self.model.backbone in CNN_BACKBONE_NAMES and self.monitor.layer not in POOL_LAYERS:
+            # other backbones' layers are checked when the monitor builds its model
+            raise ConfigError(
+                f"monitor.layer: {self.monitor.layer!r} is not a vector layer of backbone "
+                f"{self.model.backbone}; one of {list(POOL_LAYERS)}"
             )
         return self
 

@@ -1,6 +1,7 @@
 """Nearest-neighbour retrieval maths on feature vectors (numpy only): cosine similarity,
-top-k accuracy, nearest neighbours. Used by the retrieval evaluation
-(`rayssl.evaluate.retrieval`) and by the pre-training monitor (`rayssl.train.monitor`).
+top-k accuracy, nearest neighbours, and the weighted kNN classifier. Used by the retrieval
+evaluation (`rayssl.evaluate.retrieval`), the kNN classifier evaluation
+(`rayssl.evaluate.weighted_knn`) and the pre-training monitor (`rayssl.train.monitor`).
 
 A query scores a hit at k when ANY of its k nearest gallery vectors shares its class,
 and top-k accuracy is hits / number of queries. Ties in similarity go to the lower
@@ -153,3 +154,88 @@ def nearest_neighbours(
         sim = _unit_rows(query[start : start + chunk_size]) @ gallery_unit.T
         out[start : start + chunk_size] = np.argsort(-sim, axis=1, kind="stable")[:, :k]
     return out
+
+
+def weighted_knn_scores(
+    query: np.ndarray,
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    k: int,
+    temperature: float,
+    num_classes: int,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> np.ndarray:
+    """Class votes of the weighted kNN classifier (Wu et al. 2018, InstDisc; DINO's
+    `knn_classifier`): each query's k most cosine-similar gallery vectors vote for their
+    class with weight exp(sim / temperature).
+
+    Args:
+        query: (Nq, D) features; gallery: (Ng, D) features.
+        gallery_labels: (Ng,) class ids in [0, num_classes).
+        k: neighbours per query (>= 1; clipped to Ng). Ties in similarity go to the lower
+            gallery index, as in `nearest_neighbours`.
+        temperature: > 0; small values approach a vote of the nearest neighbour alone,
+            large ones a plain majority vote of the k.
+        num_classes: columns of the result.
+        chunk_size: queries handled per block.
+
+    Returns:
+        (Nq, num_classes) float64 votes; the prediction is the argmax (ties: lower class).
+    """
+    query, gallery = _check_features(query, gallery)
+    gallery_labels = _check_labels(gallery_labels, gallery.shape[0], "gallery").astype(np.int64)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if gallery_labels.size and (gallery_labels.min() < 0 or gallery_labels.max() >= num_classes):
+        raise ValueError(
+            f"gallery labels must be in [0, {num_classes}), got "
+            f"[{gallery_labels.min()}, {gallery_labels.max()}]"
+        )
+    _check_chunk_size(chunk_size)
+    k = min(k, gallery.shape[0])
+    gallery_unit = _unit_rows(gallery)
+    votes = np.zeros((query.shape[0], num_classes), np.float64)
+    for start in range(0, query.shape[0], chunk_size):
+        sim = _unit_rows(query[start : start + chunk_size]) @ gallery_unit.T  # (c, Ng)
+        top = np.argsort(-sim, axis=1, kind="stable")[:, :k]  # (c, k)
+        top_sim = np.take_along_axis(sim, top, axis=1)
+        # exp((s - 1) / T): the same ratios as exp(s / T) (s <= 1), never overflows
+        weights = np.exp((top_sim - 1.0) / temperature)
+        rows = np.repeat(np.arange(len(top)), k)
+        np.add.at(
+            votes[start : start + len(top)],
+            (rows, gallery_labels[top].reshape(-1)),
+            weights.reshape(-1),
+        )
+    return votes
+
+
+def weighted_knn_accuracy(
+    query: np.ndarray,
+    query_labels: np.ndarray,
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    k: int,
+    temperature: float,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of the weighted kNN classifier (`weighted_knn_scores`):
+    a query is right at top-n when its class is among the n classes with most votes
+    (classes with equal votes rank by lower id; a class without votes never counts)."""
+    query_labels = _check_labels(query_labels, np.asarray(query).shape[0], "query")
+    gallery_labels = np.asarray(gallery_labels)
+    num_classes = int(max(gallery_labels.max(initial=-1), query_labels.max(initial=-1))) + 1
+    votes = weighted_knn_scores(
+        query, gallery, gallery_labels, k, temperature, num_classes, chunk_size=chunk_size
+    )
+    order = np.argsort(-votes, axis=1, kind="stable")
+    ranked_votes = np.take_along_axis(votes, order, axis=1)
+    hit = (order == query_labels[:, None]) & (ranked_votes > 0)
+    return {
+        "top1": float(hit[:, :1].any(axis=1).mean()),
+        "top5": float(hit[:, :5].any(axis=1).mean()),
+    }

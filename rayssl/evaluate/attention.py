@@ -1,6 +1,8 @@
 """Activation-based attention maps (Zagoruyko & Komodakis 2017), as in thesis Fig. 2.8,
 3.7 and 4.8: the sum over channels of the squared conv5 activations, upsampled to the
 clip (trilinear in time and space), min-max normalised per clip, overlaid on frames.
+On a backbone without conv stages (a ViT) the activations are a token layer's (`tokens`)
+laid out on the backbone's token grid (`token_grid`): the same sum over channels per token.
 
 `attention_from_activations` and `overlay` are plain numpy/torch (unit-tested);
 `attention_grid_png` decodes the chosen videos' centre clips in-process (a handful of
@@ -10,7 +12,7 @@ videos, no Ray) and writes one PNG: a row per video, frames across the clip.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayssl.config import DataConfig, _in_range
+from rayssl.config import ConfigError, DataConfig, _check_layers, _in_range
 from rayssl.evaluate.registry import Evaluation, Outcome, RunContext, register
 from rayssl.train.inference import DecodeSpec, clips_to_input, decode_eval_row, usable
 
@@ -39,9 +41,35 @@ def attention_from_activations(act: torch.Tensor, size: tuple[int, int, int]) ->
     return ((a - lo.view(-1, 1, 1, 1)) / scale.view(-1, 1, 1, 1)).clamp(0, 1)
 
 
+def has_conv_stages(backbone: nn.Module) -> bool:
+    """Whether `backbone` is a five-stage CNN (`VideoBackbone`: stages, last_stage_parts)."""
+    return hasattr(backbone, "stages") and callable(getattr(backbone, "last_stage_parts", None))
+
+
+def token_activations(backbone: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """Token layer `layer` of clips x as activations on the backbone's token grid,
+    (B, D, T', H', W'); ValueError when the backbone has no grid for its tokens."""
+    model = cast(Any, backbone)
+    grid_of = getattr(model, "token_grid", None)
+    if not callable(grid_of):
+        raise ValueError(
+            f"attention: backbone {type(backbone).__name__} has no conv stages and no "
+            "token_grid to lay its tokens out in space and time"
+        )
+    tokens = model.forward_features(x, [layer])[layer]
+    if tokens.dim() != 3:
+        raise ValueError(f"attention.layer: {layer} gives {tuple(tokens.shape)}, not tokens")
+    t, h, w = grid_of(tuple(x.shape[2:]))
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], t, h, w)
+
+
 @torch.no_grad()
-def attention_maps(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Attention of clips x (B, 3, T, H, W) at the last conv stage (conv5): (B, T, H, W)."""
+def attention_maps(backbone: nn.Module, x: torch.Tensor, layer: str = "") -> torch.Tensor:
+    """Attention of clips x (B, 3, T, H, W) at the last conv stage (conv5), or with a
+    `layer` of tokens at that layer: (B, T, H, W)."""
+    if layer or not has_conv_stages(backbone):
+        act = token_activations(backbone, x, layer or "tokens")
+        return attention_from_activations(act, tuple(x.shape[2:]))  # type: ignore[arg-type]
     model = cast(Any, backbone)
     h = x
     for stage in list(model.stages)[:-1]:
@@ -130,6 +158,7 @@ def attention_grid_png(
     num_videos: int = 4,
     split: str = "",
     num_frames: int = 4,
+    layer: str = "",
 ) -> list[str]:
     """Write the attention grid of the chosen usable videos of `table` to `path`; returns
     the video ids shown (videos that cannot be read are left out)."""
@@ -144,7 +173,7 @@ def attention_grid_png(
         raise ValueError("attention: none of the chosen videos could be read")
     batch = np.stack(clips)
     backbone.eval()
-    maps = attention_maps(backbone, clips_to_input(batch, torch.device("cpu"))).numpy()
+    maps = attention_maps(backbone, clips_to_input(batch, torch.device("cpu")), layer).numpy()
     img = grid_image(batch, maps, titles, num_frames)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
@@ -159,6 +188,9 @@ class AttentionSettings:
     """Activation-based attention maps of conv5 overlaid on frames (a PNG grid)."""
 
     enabled: bool = True
+    layer: str = ""
+    """'' = the last conv stage (conv5) of a CNN, the "tokens" of a backbone without
+    conv stages (a ViT); or a token layer of the backbone (e.g. pool5_map)."""
     videos: list[str] = field(default_factory=list)
     """Video ids to show; [] = the first video of each class of `split`."""
     num_videos: int = 4
@@ -166,6 +198,8 @@ class AttentionSettings:
     num_frames: int = 4
 
     def validate(self, prefix: str) -> None:
+        if self.layer:
+            _check_layers(f"{prefix}.layer", [self.layer])
         _in_range(f"{prefix}.num_videos", self.num_videos, 1, None)
         _in_range(f"{prefix}.num_frames", self.num_frames, 1, None)
 
@@ -182,6 +216,19 @@ class Attention(Evaluation):
     def splits(self, s: AttentionSettings) -> set[str] | None:
         return {s.split} if s.split else None
 
+    def bind(self, s: AttentionSettings, backbone: Any) -> AttentionSettings:
+        if s.layer or has_conv_stages(backbone):
+            return s
+        if not callable(getattr(backbone, "token_grid", None)):
+            raise ConfigError(
+                f"attention: backbone {type(backbone).__name__} has no conv stages and no "
+                "token_grid to lay its tokens out (attention.enabled=false to skip it)"
+            )
+        return replace(s, layer="tokens")
+
+    def layer_keys(self, s: AttentionSettings, suite: Any) -> dict[str, list[str]]:
+        return {"attention.layer": [s.layer]} if s.layer else {}
+
     def run(self, s: AttentionSettings, ctx: RunContext) -> Outcome:
         path = ctx.out.path("attention.png")
         shown = attention_grid_png(
@@ -193,5 +240,6 @@ class Attention(Evaluation):
             num_videos=s.num_videos,
             split=s.split,
             num_frames=s.num_frames,
+            layer=s.layer,
         )
         return Outcome({}, [f"attention maps of {len(shown)} videos: {path}"])

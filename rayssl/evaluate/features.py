@@ -8,9 +8,12 @@
 
 Clip positions are `uniform:N` (N uniformly spaced clips: retrieval and the fine-tuning
 test) or `sliding:L:O` (L-frame clips overlapping by O: dynamic scenes, action
-similarity). pool1-pool4 maps are global-average-pooled to vectors before averaging over
-the clips (pool5 is the backbone's global average; pool5_vcop VCOP's max-pooled, flattened
-conv5, `rayssl.vocabulary.POOL_LAYERS`). A video that cannot be read is a counted skip
+similarity). The layers are the backbone's (`feature_layers`): maps (pool1-pool4) are
+global-average-pooled to vectors before averaging over the clips (pool5 is the backbone's
+global average; pool5_vcop VCOP's max-pooled, flattened conv5; a ViT's block<i> its
+mean-pooled tokens); token maps (a ViT's tokens, a CNN's pool5_map) are pooled to at most
+a (T', H', W') grid per clip, then averaged over the clips: a (G, D) array per video,
+stored as a list of G fixed-size lists. A video that cannot be read is a counted skip
 (by reason), never an error.
 
 The pieces (eval rows, decoding, FeatureModel, per-video means) are in
@@ -37,6 +40,7 @@ from rayssl.io import storage
 from rayssl.io.manifest import read_manifest
 from rayssl.raystart import quiet_ray_data
 from rayssl.train.inference import (
+    DEFAULT_TOKEN_GRID,
     DecodeSpec,
     FeatureModel,
     VideoOutputs,
@@ -153,9 +157,13 @@ def extract_features(
     data: DataConfig,
     inference: InferenceSettings,
     layers: Sequence[str],
+    token_grid: Sequence[int] = DEFAULT_TOKEN_GRID,
 ) -> VideoOutputs:
-    """Per-video features of every usable video of a manifest `table`, per layer."""
-    return run_inference(FeatureModel(backbone, layers), table, data, inference)
+    """Per-video features of every usable video of a manifest `table`, per layer (token
+    layers pooled to at most `token_grid` tokens per clip, `FeatureModel`). The layers
+    are checked against the backbone's `feature_layers` before anything runs."""
+    model = FeatureModel(backbone, layers, token_grid)
+    return run_inference(model, table, data, inference)
 
 
 def write_features(features: VideoOutputs, uri: str, options=None) -> None:

@@ -26,6 +26,7 @@ from rayssl.evaluate.registry import (
     clips_or,
     layers_or,
     register,
+    vectors,
 )
 
 LINEAR_PROTOCOLS = ("split", "loo", "kfold")
@@ -242,7 +243,7 @@ class Linear(Evaluation):
         results, lines = {}, []
         for layer in layers_or(s.layers, ctx.suite):
             r = linear_eval(
-                f.outputs[layer][keep],
+                vectors(f, layer)[keep],
                 f.labels[keep],
                 protocol=s.protocol,
                 train_mask=f.split_mask(s.train_split)[keep],

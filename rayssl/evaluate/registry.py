@@ -8,7 +8,10 @@ An evaluation (`Evaluation`) declares:
     -> layers), the manifest splits (`splits`; None = every video), the labelled splits
     (`labels`), and the other paths it reads (`paths`, checked to exist first);
   * how it runs (`run`, given a `RunContext`) and the files it writes (`files`), each
-    named through `RunFiles.path` so only this run's files are logged.
+    named through `RunFiles.path` so only this run's files are logged;
+  * optionally, how its settings depend on the backbone (`bind`: e.g. the attentive
+    probe's default token layer) and which config keys name its layers (`layer_keys`:
+    the suite checks them against the backbone's `feature_layers` first).
 
 `register` adds one to `EVALUATIONS`; `rayssl.evaluate.suite` builds the suite's config
 class from the registry and loops over it (it never branches on an evaluation's name).
@@ -111,6 +114,21 @@ class Evaluation(abc.ABC):
         """Other paths `run` reads, by key of its section (checked before extraction)."""
         return {}
 
+    def bind(self, s: Any, backbone: Any) -> Any:
+        """Settings `s` made concrete for `backbone` (e.g. a default layer chosen from its
+        `feature_layers`), before its layers are checked; unchanged by default."""
+        return s
+
+    def layer_keys(self, s: Any, suite: Any) -> dict[str, list[str]]:
+        """Config key -> the layers `run` reads under it, each checked against the
+        backbone's `feature_layers` before anything is extracted. By default the layers
+        of `features`, under "<name>.layers" (or "features.layers" when the section has
+        an empty `layers`, the suite's default)."""
+        layers = list(dict.fromkeys(x for ls in self.features(s, suite).values() for x in ls))
+        own = getattr(s, "layers", None)
+        key = "features.layers" if own is not None and not own else f"{self.name}.layers"
+        return {key: layers} if layers else {}
+
     @abc.abstractmethod
     def run(self, s: Any, ctx: RunContext) -> Outcome:
         """Run on the suite's features (`ctx`): the results and report lines."""
@@ -140,6 +158,14 @@ def register(cls: type[Evaluation]) -> type[Evaluation]:
 def ordered() -> list[Evaluation]:
     """The registered evaluations by `order` (then registration)."""
     return sorted(EVALUATIONS.values(), key=lambda e: e.order)
+
+
+def vectors(f: Any, layer: str) -> Any:
+    """Per-video vectors (N, D) of `layer` in features `f` (`VideoOutputs`): a token
+    layer's (N, G, D) is averaged over its tokens, so the vector evaluations (retrieval,
+    kNN, linear probe, similarity) take any layer."""
+    x = f.outputs[layer]
+    return x.mean(axis=1) if x.ndim == 3 else x
 
 
 def layers_or(own: list[str], suite: Any) -> list[str]:

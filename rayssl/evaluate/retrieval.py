@@ -22,6 +22,7 @@ from rayssl.evaluate.registry import (
     clips_or,
     layers_or,
     register,
+    vectors,
 )
 from rayssl.knn import DEFAULT_KS, topk_accuracy
 
@@ -139,9 +140,8 @@ class Retrieval(Evaluation):
         table: dict[str, dict[int, float]] = {}
         results = {}
         for layer in layers_or(s.layers, ctx.suite):
-            acc = topk_accuracy(
-                f.outputs[layer][q], f.labels[q], f.outputs[layer][g], f.labels[g], s.ks
-            )
+            x = vectors(f, layer)
+            acc = topk_accuracy(x[q], f.labels[q], x[g], f.labels[g], s.ks)
             table[layer] = acc
             results.update({f"retrieval/{layer}/top{k}": v for k, v in acc.items()})
         plot_topk(

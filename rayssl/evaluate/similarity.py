@@ -78,7 +78,7 @@ from typing import Any
 import numpy as np
 
 from rayssl.config import _check_clips, _check_layers, _in_range
-from rayssl.evaluate.registry import Evaluation, Outcome, RunContext, register
+from rayssl.evaluate.registry import Evaluation, Outcome, RunContext, register, vectors
 from rayssl.io import storage
 from rayssl.io.manifest import ManifestError
 
@@ -851,9 +851,8 @@ class Similarity(Evaluation):
     def run(self, s: SimilaritySettings, ctx: RunContext) -> Outcome:
         f = ctx.features.get(s.clips)
         pairs, dropped = filter_pairs(self._pairs(s, f, ctx), set(f.video_ids))
-        index = {v: i for i, v in enumerate(f.video_ids)}
         per_layer = {
-            layer: {v: f.outputs[layer][index[v]] for v in f.video_ids} for layer in s.layers
+            layer: dict(zip(f.video_ids, vectors(f, layer), strict=True)) for layer in s.layers
         }
         desc = pair_descriptors(per_layer, pairs, layers=s.layers)
         r = similarity_eval(desc, pairs["same"], pairs["fold"], C=s.C, seed=ctx.suite.run.seed)

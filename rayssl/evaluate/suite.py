@@ -49,7 +49,15 @@ from rayssl.config import (
 )
 
 # The built-in evaluations: importing their modules registers them.
-from rayssl.evaluate import attention, finetune, linear, retrieval, similarity  # noqa: F401
+from rayssl.evaluate import (  # noqa: F401
+    attention,
+    finetune,
+    linear,
+    probe,
+    retrieval,
+    similarity,
+    weighted_knn,
+)
 from rayssl.evaluate.features import VideoOutputs, extract_features, load_manifest, write_features
 from rayssl.evaluate.registry import (
     Evaluation,
@@ -63,10 +71,11 @@ from rayssl.evaluate.registry import (
 from rayssl.evaluate.results import ARTIFACT_SUFFIXES, comparison_table, log_to_mlflow
 from rayssl.io import storage
 from rayssl.io.manifest import require_labels
-from rayssl.models.heads import POOL_LAYERS
+from rayssl.models.heads import check_feature_layers, feature_layers_of
 from rayssl.preflight import resolve_paths
 from rayssl.raystart import start_ray
 from rayssl.tracking_uri import real_tracking_uri
+from rayssl.train.inference import DEFAULT_TOKEN_GRID
 
 __all__ = [
     "ARTIFACT_SUFFIXES",
@@ -74,6 +83,7 @@ __all__ = [
     "FeatureSettings",
     "RunFiles",
     "baseline_suite",
+    "bind_to_backbone",
     "check_labels",
     "check_suite_paths",
     "comparison_table",
@@ -96,12 +106,22 @@ def _layers_default() -> list[str]:
 @dataclass
 class FeatureSettings:
     layers: list[str] = field(default_factory=_layers_default)
-    """Layers extracted for every evaluation that does not name its own."""
+    """Layers extracted for every evaluation that does not name its own (names of the
+    backbone's `feature_layers`: pool1..pool5, pool5_vcop, pool5_map for the CNNs;
+    block<i>, tokens for the ViTs)."""
     inference: InferenceSettings = field(default_factory=InferenceSettings)
+    token_grid: list[int] = field(default_factory=lambda: list(DEFAULT_TOKEN_GRID))
+    """A token layer (tokens, pool5_map) is stored per clip pooled to at most this
+    (T', H', W') grid (adaptive average pooling), then averaged over the video's clips:
+    at most T'H'W' x D floats per video."""
 
     def validate(self, prefix: str) -> None:
         _check_layers(f"{prefix}.layers", self.layers)
         self.inference.validate(f"{prefix}.inference")
+        if len(self.token_grid) != 3 or min(self.token_grid) < 1:
+            raise ConfigError(
+                f"{prefix}.token_grid: expected [T, H, W], each >= 1, got {self.token_grid}"
+            )
 
 
 def _eval_run() -> RunSettings:
@@ -181,6 +201,25 @@ def baseline_suite(suite: EvalSuite, source: BackboneSource) -> EvalSuite:
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def bind_to_backbone(suite: EvalSuite, backbone: Any, name: str = "") -> EvalSuite:
+    """The suite with each enabled evaluation's settings made concrete for `backbone`
+    (`Evaluation.bind`: e.g. the attentive probe's token layer), and every layer an
+    enabled evaluation reads checked against the backbone's `feature_layers`: a
+    ConfigError naming the key and listing the layers the backbone has, before anything
+    is extracted. `name`: the backbone's registered name, for the messages."""
+    for evaluation, settings in suite.enabled():
+        bound = evaluation.bind(settings, backbone)
+        if bound is not settings:
+            suite = replace(suite, **{evaluation.name: bound})
+    for evaluation, settings in suite.enabled():
+        for key, layers in evaluation.layer_keys(settings, suite).items():
+            try:
+                check_feature_layers(backbone, layers, key, name=name)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+    return suite
 
 
 def check_labels(suite: EvalSuite, table: pa.Table) -> None:
@@ -265,10 +304,19 @@ class FeatureStore:
         if clips not in self.wanted:
             raise KeyError(f"features of clips {clips!r}: no evaluation declared them")
         if clips not in self.cache:
-            layers = [x for x in POOL_LAYERS if x in self.wanted[clips]]
+            have = feature_layers_of(self.backbone)
+            layers = [x for x in have if x in self.wanted[clips]]
+            layers += sorted(self.wanted[clips] - set(have))  # refused by FeatureModel
             inference = replace(self.suite.features.inference, clips=clips)
             t0 = time.perf_counter()
-            feats = extract_features(self.backbone, self.table, self.suite.data, inference, layers)
+            feats = extract_features(
+                self.backbone,
+                self.table,
+                self.suite.data,
+                inference,
+                layers,
+                token_grid=self.suite.features.token_grid,
+            )
             self.seconds += time.perf_counter() - t0
             name = f"features-{clips.replace(':', '-')}.parquet"
             write_features(feats, str(self.out.path(name)))
@@ -289,6 +337,7 @@ def _prepare(
     check_suite_paths(suite, suite_dir)
     source = resolve_checkpoint(checkpoint, cfg)
     backbone = build_backbone_from(source)
+    suite = bind_to_backbone(suite, backbone, source.model.backbone)
     table = load_manifest(suite.data.manifest, suite.data)
     check_labels(suite, table)
     table = needed_videos(suite, table)

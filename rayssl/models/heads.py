@@ -3,6 +3,17 @@
 Shared pieces: `scale_channels` (the `width` option), `init_weights` (the weight
 initialisation of every model here) and `VideoBackbone` (five stages, global average
 pooling, `forward` / `forward_features`).
+
+The feature-layer interface every backbone offers (CNNs here, ViTs in `vit.py`), on
+which the evaluations rely and nothing else:
+  * `feature_layers: tuple[str, ...]`: the names of the outputs it can produce;
+  * `forward_features(x, layers) -> {name: tensor}` for clips x (B, 3, T, H, W), in the
+    order asked: a vector (B, D), a map (B, C, T', H', W') (averaged to a vector by the
+    feature extraction) or a token map (B, N, D) (the attentive probe's input);
+  * optionally `token_grid(clip_shape) -> (T', H', W')`: the grid of its token maps'
+    N = T'H'W' tokens (raster order: time, then rows, then columns) for clips of
+    `clip_shape` = (T, H, W), so they can be pooled to a coarser grid in space and time.
+`check_feature_layers` refuses names a backbone does not have, listing the ones it has.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayssl.vocabulary import POOL_LAYERS
+from rayssl.vocabulary import CNN_FEATURE_LAYERS, POOL_LAYERS
 
 #: The clips' per-channel normalisation after scaling to [0, 1] (the thesis's reference
 #: code): every backbone here is trained and evaluated on (x / 255 - MEAN) / STD.
@@ -44,6 +55,37 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def feature_layers_of(backbone: nn.Module) -> tuple[str, ...]:
+    """The layer names `backbone` can produce (its `feature_layers`); ValueError for a
+    module without the feature-layer interface."""
+    layers = getattr(backbone, "feature_layers", None)
+    if layers is None or not callable(getattr(backbone, "forward_features", None)):
+        raise ValueError(
+            f"backbone {type(backbone).__name__} has no feature layers (it needs "
+            "`feature_layers` and `forward_features(x, layers)`)"
+        )
+    return tuple(layers)
+
+
+def check_feature_layers(
+    backbone: nn.Module,
+    layers: Sequence[str],
+    key: str = "layers",
+    allow_empty: bool = False,
+    name: str = "",
+) -> None:
+    """ValueError naming `key` when `layers` is empty (unless `allow_empty`) or names a
+    layer `backbone` (called `name`, default its class) does not produce; the message
+    lists the layers it has."""
+    have = feature_layers_of(backbone)
+    name = name or type(backbone).__name__
+    if not layers and not allow_empty:
+        raise ValueError(f"{key}: no layer named; backbone {name} has {list(have)}")
+    bad = [x for x in layers if x not in have]
+    if bad:
+        raise ValueError(f"{key}: {bad} not a layer of backbone {name}; it has {list(have)}")
+
+
 class VideoBackbone(nn.Module):
     """Base of the video backbones: five stages, then global average pooling.
 
@@ -53,15 +95,18 @@ class VideoBackbone(nn.Module):
     stage's output globally average-pooled to (B, out_dim), which is also what
     `forward` returns; "pool5_vcop" is the last stage's convolution output (before a
     pool the stage may end with, `last_stage_parts`) max-pooled by `VCOP_POOL` and
-    flattened to (B, out_dim * T' * H' * W').
+    flattened to (B, out_dim * T' * H' * W'); "pool5_map" is the last stage's output
+    before global pooling (what "pool5" averages) as tokens, (B, T'H'W', out_dim).
     """
 
     stages: nn.ModuleList
     out_dim: int
+    feature_layers: tuple[str, ...] = CNN_FEATURE_LAYERS
 
     def __init__(self) -> None:
         super().__init__()
         self.global_pool = nn.AdaptiveAvgPool3d(1)
+        self._token_grids: dict[tuple[int, ...], tuple[int, int, int]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, out_dim) of clips x (B, 3, T, H, W)."""
@@ -84,11 +129,9 @@ class VideoBackbone(nn.Module):
         self, x: torch.Tensor, layers: Sequence[str] = ("pool5",)
     ) -> dict[str, torch.Tensor]:
         """Intermediate outputs of clips x (B, 3, T, H, W), keyed by the names in
-        `layers` (a subset of `POOL_LAYERS`, in the order given). Stages after the
+        `layers` (a subset of `feature_layers`, in the order given). Stages after the
         deepest requested layer are not run."""
-        unknown = [name for name in layers if name not in POOL_LAYERS]
-        if unknown:
-            raise ValueError(f"unknown layers {unknown}; valid: {list(POOL_LAYERS)}")
+        check_feature_layers(self, layers, allow_empty=True)
         wanted = set(layers)
         outputs: dict[str, torch.Tensor] = {}
         for name, stage in zip(POOL_LAYERS[:4], self.stages[:4], strict=True):
@@ -97,16 +140,36 @@ class VideoBackbone(nn.Module):
             x = stage(x)
             if name in wanted:
                 outputs[name] = x
-        if wanted & {"pool5", "pool5_vcop"}:
+        if wanted & {"pool5", "pool5_vcop", "pool5_map"}:
             convs, pool = self.last_stage_parts()
             x = convs(x)
             if "pool5_vcop" in wanted:
                 vcop = F.max_pool3d(x, kernel_size=VCOP_POOL, stride=VCOP_POOL)
                 outputs["pool5_vcop"] = torch.flatten(vcop, 1)
+            x = pool(x) if pool is not None else x
+            if "pool5_map" in wanted:
+                outputs["pool5_map"] = x.flatten(2).transpose(1, 2)
             if "pool5" in wanted:
-                x = pool(x) if pool is not None else x
                 outputs["pool5"] = torch.flatten(self.global_pool(x), 1)
         return {name: outputs[name] for name in layers}
+
+    def token_grid(self, clip_shape: Sequence[int]) -> tuple[int, int, int]:
+        """(T', H', W') of "pool5_map" for clips of `clip_shape` = (T, H, W): its tokens
+        are that grid in raster order. Found once per shape by a forward pass of a
+        blank clip in eval mode (the running statistics are left alone)."""
+        key = tuple(int(v) for v in clip_shape)
+        if key not in self._token_grids:
+            param = next(self.parameters())
+            was_training = self.training
+            self.eval()
+            try:
+                with torch.no_grad():
+                    x = torch.zeros(1, 3, *key, device=param.device, dtype=param.dtype)
+                    t, h, w = self.forward_map(x).shape[2:]
+            finally:
+                self.train(was_training)
+            self._token_grids[key] = (int(t), int(h), int(w))
+        return self._token_grids[key]
 
 
 class ClassifierHead(nn.Module):

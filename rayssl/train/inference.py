@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rayssl.clips.pipeline import RowSkip, read_row_frames
@@ -30,6 +31,7 @@ from rayssl.clips.sampling import clip_indices
 from rayssl.clips.transforms import center_crop_params, crop_clip
 from rayssl.config import AugmentSettings, ClipSpec, DataConfig, parse_clip_spec
 from rayssl.io import storage
+from rayssl.models.heads import check_feature_layers
 from rayssl.train.step import DeviceSettings, clip_to_input
 
 EVAL_ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts", "label", "split")
@@ -38,18 +40,69 @@ EVAL_ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts"
 # --------------------------------------------------------------------------- models
 
 
-class FeatureModel(nn.Module):
-    """Backbone → {layer: (B, D) vector}: pool1-pool4 maps global-average-pooled, pool5
-    and pool5_vcop as the backbone returns them."""
+#: Default cap on a token map's grid (T', H', W') when features are stored per video.
+DEFAULT_TOKEN_GRID = (2, 4, 4)
 
-    def __init__(self, backbone: nn.Module, layers: Sequence[str]) -> None:
+
+def pool_tokens(
+    tokens: torch.Tensor, grid: Sequence[int] | None, cap: Sequence[int]
+) -> torch.Tensor:
+    """Token map (B, N, D) pooled to at most prod(`cap`) tokens (B, G, D).
+
+    With the backbone's `grid` (T', H', W'; N = T'H'W', raster order) the map is
+    average-pooled adaptively to min(grid, cap) per axis (`adaptive_avg_pool3d`): each
+    output token is the mean of a block of neighbouring tokens in space and time. Without
+    a grid, runs of consecutive tokens are averaged (`adaptive_avg_pool1d`) down to
+    prod(`cap`). A map already that small is returned as is."""
+    b, n, d = tokens.shape
+    if grid is not None:
+        t, h, w = (int(v) for v in grid)
+        if t * h * w != n:
+            raise ValueError(f"token map of {n} tokens does not fit its grid {(t, h, w)}")
+        ct, ch, cw = (int(c) for c in cap)
+        out = (min(t, ct), min(h, ch), min(w, cw))
+        if out == (t, h, w):
+            return tokens
+        maps = tokens.transpose(1, 2).reshape(b, d, t, h, w)
+        return F.adaptive_avg_pool3d(maps, out).flatten(2).transpose(1, 2)
+    size = math.prod(int(c) for c in cap)
+    if n <= size:
+        return tokens
+    return F.adaptive_avg_pool1d(tokens.transpose(1, 2), size).transpose(1, 2)
+
+
+class FeatureModel(nn.Module):
+    """Backbone → {layer: per-clip output}: vectors (B, D) as the backbone returns them
+    (pool5, pool5_vcop, a ViT's block<i>); maps (B, C, T', H', W') (pool1-pool4)
+    global-average-pooled to (B, C); token maps (B, N, D) (a ViT's tokens, a CNN's
+    pool5_map) pooled to at most `token_grid` (T', H', W') tokens (`pool_tokens`), (B, G, D).
+
+    The layers are checked against the backbone's `feature_layers` here, on the driver,
+    before any clip is decoded."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        layers: Sequence[str],
+        token_grid: Sequence[int] = DEFAULT_TOKEN_GRID,
+    ) -> None:
         super().__init__()
+        check_feature_layers(backbone, layers)
         self.backbone = backbone
         self.layers = list(layers)
+        self.token_grid = tuple(int(v) for v in token_grid)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = cast(Any, self.backbone).forward_features(x, self.layers)
-        return {k: v.flatten(2).mean(2) if v.dim() > 2 else v for k, v in maps.items()}
+        out = {}
+        for k, v in maps.items():
+            if v.dim() == 3:
+                grid_of = getattr(self.backbone, "token_grid", None)
+                grid = grid_of(tuple(x.shape[2:])) if callable(grid_of) else None
+                out[k] = pool_tokens(v, grid, self.token_grid)
+            else:
+                out[k] = v.flatten(2).mean(2) if v.dim() > 2 else v
+        return out
 
 
 class ProbabilityModel(nn.Module):
@@ -266,7 +319,7 @@ class VideoOutputs:
             "num_clips": pa.array(self.num_clips, pa.int64()),
         }
         for k, v in self.outputs.items():
-            cols[k] = pa.array(list(v.astype(np.float32)), pa.list_(pa.float32()))
+            cols[k] = _column(np.asarray(v, np.float32))
         meta = {"rayssl.skipped": ",".join(f"{r}={n}" for r, n in sorted(self.skipped.items()))}
         return pa.table(cols).replace_schema_metadata(meta)
 
@@ -276,11 +329,7 @@ class VideoOutputs:
         missing = fixed - set(table.column_names)
         if missing:
             raise ValueError(f"not a features table: missing columns {sorted(missing)}")
-        outputs = {
-            name: np.array(table[name].to_pylist(), dtype=np.float32)
-            for name in table.column_names
-            if name not in fixed
-        }
+        outputs = {name: _array(table[name]) for name in table.column_names if name not in fixed}
         meta = (table.schema.metadata or {}).get(b"rayssl.skipped", b"").decode()
         skipped = {k: int(v) for k, v in (p.split("=") for p in meta.split(",") if p)}
         return cls(
@@ -291,6 +340,28 @@ class VideoOutputs:
             outputs=outputs,
             skipped=skipped,
         )
+
+
+def _column(v: np.ndarray) -> pa.Array:
+    """A feature column: (N, D) as list<float32> rows; (N, G, D) token maps as lists of
+    G fixed-size lists of D floats."""
+    if v.ndim == 3:
+        n, g, d = v.shape
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), d)
+        return pa.ListArray.from_arrays(pa.array(np.arange(n + 1) * g, pa.int32()), inner)
+    return pa.array(list(v), pa.list_(pa.float32()))
+
+
+def _array(column: pa.ChunkedArray) -> np.ndarray:
+    """The array a `_column` holds: (N, D) or (N, G, D) float32."""
+    if pa.types.is_list(column.type) and pa.types.is_fixed_size_list(column.type.value_type):
+        n = len(column)
+        flat = pa.concat_arrays([c.flatten().flatten() for c in column.chunks]) if n else None
+        d = column.type.value_type.list_size
+        if flat is None:
+            return np.zeros((0, 0, d), np.float32)
+        return flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, -1, d)
+    return np.array(column.to_pylist(), dtype=np.float32)
 
 
 def aggregate(
@@ -318,7 +389,8 @@ def aggregate(
         for i in np.flatnonzero(valid):
             acc = sums.setdefault(ids[i], {})
             for k in keys:
-                v = b[k][i].astype(np.float64)
+                # vectors summed in float64; token maps (G, D) in float32 (half the memory)
+                v = b[k][i].astype(np.float64 if b[k][i].ndim == 1 else np.float32)
                 acc[k] = acc[k] + v if k in acc else v.copy()
             counts[ids[i]] += 1
     order = [v for v in videos["video_id"].to_pylist() if v in sums]

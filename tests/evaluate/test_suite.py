@@ -33,8 +33,8 @@ def test_suite_config_is_strict():
         load_suite(SUITE, ["retrieval.kz=[1]"])
     with pytest.raises(ConfigError, match="features.inference.clips: bad clip spec"):
         load_suite(SUITE, ["features.inference.clips=every:2"])
-    with pytest.raises(ConfigError, match="unknown layers"):
-        load_suite(SUITE, ["linear.layers=[pool9]"])
+    with pytest.raises(ConfigError, match="linear.layers: .* not layer names"):
+        load_suite(SUITE, ["linear.layers=[pool-9]"])  # names; the backbone's are checked later
     assert load_suite(SUITE, ["retrieval.layers=[pool4,pool5_vcop]"]).retrieval.layers == [
         "pool4",
         "pool5_vcop",
@@ -65,8 +65,22 @@ def test_labelled_evaluations_refuse_unlabelled_manifests(tiny_manifest):
     with pytest.raises(ManifestError, match="split 'test' has no usable video"):
         check_labels(load_suite(SUITE, ["retrieval.query_split=test", "data.manifest=m"]), table)
     only_linear = load_suite(SUITE, ["retrieval.enabled=false", "data.manifest=m"])
+    with pytest.raises(ManifestError, match="knn .query."):  # the next labelled one
+        check_labels(only_linear, unlabelled)
+    only_linear = load_suite(
+        SUITE, ["retrieval.enabled=false", "knn.enabled=false", "data.manifest=m"]
+    )
     with pytest.raises(ManifestError, match="linear .train."):
         check_labels(only_linear, unlabelled)
+    only_probe = load_suite(
+        SUITE,
+        [
+            "data.manifest=m",
+            *(f"{e}.enabled=false" for e in ("retrieval", "knn", "linear", "similarity")),
+        ],
+    )
+    with pytest.raises(ManifestError, match="attentive probe .train."):
+        check_labels(only_probe, unlabelled)
 
 
 def test_comparison_table():
@@ -147,6 +161,8 @@ def test_evaluate_whole_debug_suite_on_cpu(ray_local, tiny_manifest, tmp_path, c
         ),
         *(f"linear/{layer}/accuracy" for layer in ("pool3", "pool4", "pool5")),
         "similarity/pool3-pool4-pool5/accuracy",
+        *(f"knn/{layer}/k{k}_top1" for layer in ("pool3", "pool4", "pool5") for k in (5, 10)),
+        "attentive_probe/pool5_map/accuracy",
         "finetune/classifier/video_top1",
         "finetune/classifier/clip_top1",
     }
@@ -359,7 +375,13 @@ def test_evaluate_job_entry_point(ray_local, tiny_manifest, tmp_path, monkeypatc
     assert "retrieval/pool5/top1" in result["results"] and result["mlflow_run_id"]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
     artifacts = {a.path for a in client.list_artifacts(result["mlflow_run_id"])}
-    assert artifacts == {"results.json", "report.txt", "retrieval.txt", "retrieval_topk.png"}
+    assert artifacts == {
+        *("results.json", "report.txt", "retrieval.txt", "retrieval_topk.png"),
+        *("knn.txt", "attentive_probe.txt"),
+    }
+    metrics = client.get_run(result["mlflow_run_id"]).data.metrics
+    for key in ("knn/pool5/k10_top1", "knn/pool3/k5_top5", "attentive_probe/pool5_map/accuracy"):
+        assert metrics[key] == pytest.approx(result["results"][key])
     assert (tmp_path / "ev" / "notes.txt").exists()  # left alone, not uploaded
 
 

@@ -136,8 +136,32 @@ def test_pool5_vcop_has_vcops_9216_dims(name: str) -> None:
 
 
 def test_forward_features_rejects_unknown_layer(clips: torch.Tensor) -> None:
-    with pytest.raises(ValueError, match="fc6"):
+    with pytest.raises(ValueError, match=r"\['fc6'\] not a layer of backbone ResNet3d; it has"):
         build_backbone("r3d", width=TINY_WIDTH).forward_features(clips, layers=("fc6",))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_backbone_offers_the_feature_layer_interface(name: str) -> None:
+    """feature_layers names what forward_features gives; "pool5_map" is the map "pool5"
+    averages, as (B, T'H'W', C) tokens in raster order on the grid `token_grid` gives."""
+    model = build_backbone(name, width=TINY_WIDTH).eval()
+    assert set(POOL_LAYERS) | {"pool5_map"} <= set(model.feature_layers)
+    x = torch.randn(2, 3, 16, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x, ["pool5_map", "pool5"])
+        fmap = model.forward_map(x)
+    b, c, t, h, w = fmap.shape
+    assert model.token_grid((16, 64, 64)) == (t, h, w)
+    assert feats["pool5_map"].shape == (b, t * h * w, c)
+    for i, (ti, hi, wi) in enumerate(torch.cartesian_prod(*map(torch.arange, (t, h, w)))):
+        assert torch.equal(feats["pool5_map"][:, i], fmap[:, :, ti, hi, wi])
+    torch.testing.assert_close(feats["pool5_map"].mean(dim=1), feats["pool5"])
+    if model.training is False:  # token_grid left the mode (and running stats) alone
+        model.train()
+        before = [b.clone() for b in model.buffers()]
+        model.token_grid((16, 48, 48))
+        assert model.training
+        assert all(torch.equal(x, y) for x, y in zip(before, model.buffers(), strict=True))
 
 
 @pytest.mark.parametrize("name", NAMES)
