@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from rayssl.models.heads import VCOP_POOL, scale_channels
+from rayssl.vocabulary import CNN_FEATURE_LAYERS
 
 #: torchvision's Kinetics-400 input normalisation (RGB, after scaling to [0, 1]).
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
-FEATURE_LAYERS = ("pool1", "pool2", "pool3", "pool4", "pool5", "pool5_vcop")
+FEATURE_LAYERS = CNN_FEATURE_LAYERS  # pool1..pool5, pool5_vcop, pool5_map: as rayssl's CNNs
 #: torchvision's classifier keys, dropped when its state dict becomes a backbone's.
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 
@@ -91,9 +92,31 @@ class _TorchvisionBackbone(nn.Module):
         if "pool5_vcop" in wanted:
             vcop = nn.functional.max_pool3d(x, kernel_size=VCOP_POOL, stride=VCOP_POOL)
             outputs["pool5_vcop"] = torch.flatten(vcop, 1)
+        if "pool5_map" in wanted:
+            outputs["pool5_map"] = x.flatten(2).transpose(1, 2)
         if "pool5" in wanted:
             outputs["pool5"] = torch.flatten(nn.functional.adaptive_avg_pool3d(x, 1), 1)
         return {name: outputs[name] for name in layers}
+
+    def token_grid(self, clip_shape: Sequence[int]) -> tuple[int, int, int]:
+        """(T', H', W') of "pool5_map" for clips of `clip_shape` = (T, H, W), found once per
+        shape by a blank clip in eval mode (as `VideoBackbone.token_grid`)."""
+        grids: dict[tuple[int, ...], tuple[int, int, int]] = self.__dict__.setdefault(
+            "_token_grids", {}
+        )
+        key = tuple(int(v) for v in clip_shape)
+        if key not in grids:
+            param = next(self.parameters())
+            was_training = self.training
+            self.eval()
+            try:
+                with torch.no_grad():
+                    x = torch.zeros(1, 3, *key, device=param.device, dtype=param.dtype)
+                    t, h, w = self.forward_map(x).shape[2:]
+            finally:
+                self.train(was_training)
+            grids[key] = (int(t), int(h), int(w))
+        return grids[key]
 
 
 # ------------------------------------------------------------------------- VideoResNet
