@@ -82,9 +82,11 @@ def parse_clip_spec(text: str) -> ClipSpec:
 
 def check_tasks(tasks: list[str]) -> None:
     """ValueError unless the first task plans clips and the others label any clip."""
-    unknown = [t for t in tasks if t not in PRETEXT_NAMES or t in ("multitask", "supervised")]
+    # the masked pretexts run the encoder on their own token subsets: not combinable
+    alone = ("multitask", "supervised", "videomae", "vjepa")
+    unknown = [t for t in tasks if t not in PRETEXT_NAMES or t in alone]
     if unknown:
-        choices = sorted(set(PRETEXT_NAMES) - {"multitask", "supervised"})
+        choices = sorted(set(PRETEXT_NAMES) - set(alone))
         raise ValueError(f"unknown or unsupported tasks {unknown}; choose among {choices}")
     first, *rest = tasks
     if first in CLIP_LABELLING_PRETEXTS:

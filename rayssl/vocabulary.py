@@ -7,8 +7,16 @@ them. Each registry is keyed by these names (`rayssl.models.BACKBONES`,
 
 from __future__ import annotations
 
-BACKBONE_NAMES = ("c3d", "r3d", "r21d", "s3dg")
-PRETEXT_NAMES = ("multitask", "pace", "pace_contrastive", "statistics", "supervised")
+BACKBONE_NAMES = ("c3d", "r3d", "r21d", "s3dg", "vit_tiny", "vit_s16", "vit_b16", "vit_l16")
+PRETEXT_NAMES = (
+    "multitask",
+    "pace",
+    "pace_contrastive",
+    "statistics",
+    "supervised",
+    "videomae",
+    "vjepa",
+)
 #: The pretexts whose targets come from any clip's pixels (`Pretext.labels_any_clip`): in
 #: a multitask run they label the clips the first task plans.
 CLIP_LABELLING_PRETEXTS = ("statistics",)

@@ -17,12 +17,17 @@ from rayssl.models.resnet3d import (
     set_conv_impl,
 )
 from rayssl.models.s3dg import S3DG, s3dg
+from rayssl.models.vit import VideoViT, vit_b16, vit_l16, vit_s16, vit_tiny
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "c3d": c3d_bn,
     "r3d": r3d_vcop,
     "r21d": r2plus1d_vcop,
     "s3dg": s3dg,
+    "vit_tiny": vit_tiny,
+    "vit_s16": vit_s16,
+    "vit_b16": vit_b16,
+    "vit_l16": vit_l16,
 }
 
 
@@ -47,6 +52,7 @@ __all__ = [
     "ResNet3d",
     "S3DG",
     "VideoBackbone",
+    "VideoViT",
     "build_backbone",
     "c3d_bn",
     "r2plus1d_vcop",
