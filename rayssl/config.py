@@ -908,6 +908,11 @@ class Config:
             )
         if not vit:
             return
+        if self.model.width != 1.0:
+            raise ConfigError(
+                f"model.width: a ViT has no width multiplier (got {self.model.width:g}); "
+                "pick its size by model.backbone"
+            )
         if self.data.clip_len % 2:
             raise ConfigError(
                 f"data.clip_len: a ViT needs a multiple of its 2-frame tubelets, "

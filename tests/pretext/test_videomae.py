@@ -214,6 +214,8 @@ def test_config_checks() -> None:
         _cfg("model.backbone=c3d")
     with pytest.raises(ConfigError, match="multiples of its 16-pixel"):
         _cfg("data.augment.crop=[40,40]")
+    with pytest.raises(ConfigError, match="no width multiplier"):
+        _cfg("model.width=0.5")
     with pytest.raises(ConfigError, match="tubelets"):
         _cfg("data.clip_len=7")
     with pytest.raises(ConfigError, match="decoder_heads"):
