@@ -121,11 +121,14 @@ def token_grid(clip_shape: Sequence[int]) -> tuple[int, int, int]:
 class VideoViT(nn.Module):
     """A video ViT on clips (B, 3, T, H, W); see the module docstring."""
 
+    #: a transformers VideoMAEModel (typed Any: the library's classes are untyped here)
+    model: Any
+
     def __init__(self, model: nn.Module, name: str = "vit") -> None:
         super().__init__()
-        self.model = model  # a transformers VideoMAEModel
+        self.model = model
         self.name = name
-        config = model.config
+        config: Any = model.config
         self.out_dim: int = int(config.hidden_size)
         self.depth: int = int(config.num_hidden_layers)
         self.feature_layers: tuple[str, ...] = (
@@ -281,9 +284,10 @@ def load_videomae_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], di
     config = VideoMAEConfig.from_pretrained(folder, local_files_only=True)
     if getattr(config, "model_type", "videomae") != "videomae":
         raise ValueError(f"{folder}: a {config.model_type!r} model, not a VideoMAE one")
-    model, info = VideoMAEModel.from_pretrained(
+    loaded: Any = VideoMAEModel.from_pretrained(
         folder, config=config, local_files_only=True, output_loading_info=True
     )
+    model, info = loaded
     # the library would leave weights it did not find at their random init, with a
     # warning: here that is an error naming them
     missing = sorted(info.get("missing_keys", ()))

@@ -58,6 +58,8 @@ def momentum(step: int, start: float, end: float, steps: int) -> float:
 class VJEPAHead(nn.Module):
     """The predictor and the EMA target encoder (set by `attach`)."""
 
+    ema_steps: torch.Tensor
+
     def __init__(self, in_dim: int, dim: int, depth: int, heads: int) -> None:
         super().__init__()
         self.embed = nn.Linear(in_dim, dim)
@@ -90,7 +92,7 @@ class VJEPAHead(nn.Module):
                 t.copy_(o)
             else:
                 t.mul_(m).add_(o.to(t.dtype), alpha=1.0 - m)
-        self.ema_steps += 1
+        self.ema_steps.add_(1)
 
     def forward(
         self, context: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor, n: int
@@ -171,7 +173,7 @@ class VJEPAPretext(Pretext):
         s = self.settings
         return VJEPAHead(feature_dim, s.predictor_dim, s.predictor_depth, s.predictor_heads)
 
-    def attach(self, backbone: nn.Module, head: nn.Module) -> None:
+    def attach(self, backbone: nn.Module, head: VJEPAHead) -> None:  # type: ignore[override]
         """The target encoder starts as a copy of the backbone."""
         head.set_target(backbone)
 
@@ -209,6 +211,8 @@ class VJEPAPretext(Pretext):
         return loss, {
             "loss_sum": (per_sample.detach() * valid).sum(),
             "num_valid": num_valid.float(),
+            # no accuracy: the loop logs every task's "acc"; 0 here
+            "correct": torch.zeros((), device=loss.device),
             # the momentum of this step's EMA update, per valid sample ("train/ema_momentum")
             "ema_momentum_sum": m * num_valid,
         }
