@@ -204,3 +204,29 @@ def test_hostile_pretrained_folders_are_one_line_errors(tmp_path) -> None:
     (tmp_path / "other" / "config.json").write_text(json.dumps(conf))
     with pytest.raises(CheckpointError, match="not a VideoMAE"):
         resolve_checkpoint(str(tmp_path / "other"), cfg)
+
+
+def test_the_cnn_pretexts_run_on_a_vit() -> None:
+    """pace reads the pooled features, statistics the feature map: both on a ViT."""
+    from rayssl.pretext import build_pretext
+    from rayssl.pretext.base import Features
+    from rayssl.train.step import build_model
+
+    for name in ("pace", "statistics"):
+        cfg = load_config(
+            None,
+            [
+                "model.backbone=vit_tiny",
+                f"pretext.name={name}",
+                "data.clip_len=4",
+                "data.augment.crop=[32,32]",
+                "data.augment.resize=[32,43]",
+            ],
+        )
+        model = build_model(cfg, build_pretext(cfg.pretext, 4))
+        x = torch.randn(2, 3, 4, 32, 32)
+        with torch.no_grad():
+            direct = Features(model.backbone, x).pooled  # the plain forward
+            features = Features(model.backbone, x)
+            assert features.map.shape == (2, 192, 2, 2, 2)
+            torch.testing.assert_close(features.pooled, direct)
