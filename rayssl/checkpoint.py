@@ -496,7 +496,7 @@ class BackboneSource:
 
     spec: str
     kind: str  # "random" | "ray_checkpoint" | "backbone_file" | "mlflow_run" | "exported"
-    #   | "mlflow_model" | "torchvision"
+    #   | "mlflow_model" | "torchvision" | "pretrained_folder"
     model: ModelConfig
     seed: int
     backbone_state: dict[str, torch.Tensor] | None = None  # None = random init
@@ -754,9 +754,41 @@ def resolve_checkpoint(spec: str, cfg: Config) -> BackboneSource:
         return _from_backbone_file(spec, "backbone_file", where, read(spec, options), cfg)
     if not storage.is_s3(spec) and not Path(storage.listing_root(spec)).exists():
         raise CheckpointError(f"checkpoint {where!r} does not exist")
+    if _is_pretrained_folder(spec, options):
+        return _from_pretrained_folder(spec, where, cfg, options)
     state_uri = latest_state_uri(spec, options)
     state = read(state_uri, options)
     return _from_training_state(spec, storage.redact(state_uri), state, cfg)
+
+
+def _is_pretrained_folder(spec: str, options: storage.StorageOptions) -> bool:
+    """A folder (local or S3) holding a model in the `transformers` format."""
+    from rayssl.models.vit import PRETRAINED_FILES
+
+    return all(storage.exists(storage.join(spec, f), options) for f in PRETRAINED_FILES)
+
+
+def _from_pretrained_folder(
+    spec: str, where: str, cfg: Config, options: storage.StorageOptions
+) -> BackboneSource:
+    """A VideoMAE encoder saved by `transformers` (config.json + model.safetensors; an S3
+    folder is copied to a temporary one first): no pickle is read, nothing downloaded
+    from the hub. The backbone is the ViT preset of the folder's shape."""
+    from rayssl.models.vit import PRETRAINED_FILES, load_videomae_state, preset_of
+
+    with tempfile.TemporaryDirectory() as d:
+        folder = spec
+        if storage.is_s3(spec):
+            folder = d
+            for name in PRETRAINED_FILES:
+                (Path(d) / name).write_bytes(storage.read_bytes(storage.join(spec, name), options))
+        try:
+            state, config = load_videomae_state(folder)
+            backbone = preset_of(config)
+        except (ValueError, OSError) as e:
+            raise CheckpointError(f"model.init {where!r}: {e}") from e
+    model = replace(cfg.model, backbone=backbone, width=1.0)
+    return BackboneSource(spec, "pretrained_folder", model, cfg.run.seed, state)
 
 
 def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

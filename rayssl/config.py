@@ -84,9 +84,11 @@ def parse_clip_spec(text: str) -> ClipSpec:
 
 def check_tasks(tasks: list[str]) -> None:
     """ValueError unless the first task plans clips and the others label any clip."""
-    unknown = [t for t in tasks if t not in PRETEXT_NAMES or t in ("multitask", "supervised")]
+    # the masked pretexts run the encoder on their own token subsets: not combinable
+    alone = ("multitask", "supervised", "videomae", "vjepa")
+    unknown = [t for t in tasks if t not in PRETEXT_NAMES or t in alone]
     if unknown:
-        choices = sorted(set(PRETEXT_NAMES) - {"multitask", "supervised"})
+        choices = sorted(set(PRETEXT_NAMES) - set(alone))
         raise ValueError(f"unknown or unsupported tasks {unknown}; choose among {choices}")
     first, *rest = tasks
     if first in CLIP_LABELLING_PRETEXTS:
@@ -389,6 +391,108 @@ class MultitaskSettings:
 
 
 @dataclass
+class VideoMAESettings:
+    """Masked video modelling by pixel reconstruction (VideoMAE, Tong et al. 2022):
+    tube masking, the encoder on the visible tokens only, a narrow decoder, MSE on the
+    per-patch normalised pixels of the masked tubes."""
+
+    mask_ratio: float = 0.9
+    """Share of each frame's patches masked (the same patches on every frame: tubes)."""
+    decoder_dim: int = 384
+    decoder_depth: int = 4
+    decoder_heads: int = 6
+    norm_pix: bool = True
+    """Targets are each patch's pixels normalised by the patch's mean and std (per
+    channel); false = the input pixels as they are."""
+    frame_stride: int = 4
+    """Frames between a clip's frames (VideoMAE on Kinetics: 16 frames, stride 4)."""
+    thesis_augment: bool = False
+    """true = the thesis pipeline (`data.augment`: crop, flip, colour jitter); false =
+    VideoMAE's multi-scale crop (`scales`) + flip, no colour jitter."""
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
+    """Multi-scale crop: crop sides are these shares of the frame's short side (height
+    and width drawn independently, at most one scale step apart), resized to
+    `data.augment.crop`."""
+
+    def validate(self, prefix: str) -> None:
+        _in_range(f"{prefix}.mask_ratio", self.mask_ratio, 0.0, 0.99)
+        for name in ("decoder_dim", "decoder_depth", "decoder_heads", "frame_stride"):
+            _in_range(f"{prefix}.{name}", getattr(self, name), 1, None)
+        if self.decoder_dim % self.decoder_heads:
+            raise ConfigError(
+                f"{prefix}.decoder_dim: {self.decoder_dim} is not a multiple of "
+                f"decoder_heads {self.decoder_heads}"
+            )
+        _check_scales(f"{prefix}.scales", self.scales)
+
+
+@dataclass
+class VJEPASettings:
+    """Latent prediction of masked regions (V-JEPA, Bardes et al. 2024): 3D multi-block
+    masks, a context encoder on the visible tokens, a narrow predictor, an EMA target
+    encoder, L1 loss in latent space."""
+
+    short_blocks: int = 8
+    """Short-range mask: this many blocks of `short_scale` of the frame each, union."""
+    short_scale: float = 0.15
+    long_blocks: int = 2
+    """Long-range mask: this many blocks of `long_scale` of the frame each, union."""
+    long_scale: float = 0.7
+    aspect_ratio: list[float] = field(default_factory=lambda: [0.75, 1.5])
+    """A block's height / width is drawn log-uniformly in this range."""
+    temporal_scale: float = 1.0
+    """Share of the clip's token frames a block spans (1 = all: tubes)."""
+    predictor_dim: int = 384
+    predictor_depth: int = 12
+    predictor_heads: int = 12
+    momentum_start: float = 0.998
+    """EMA momentum of the target encoder at the first step ..."""
+    momentum_end: float = 1.0
+    """... rising linearly to this over `momentum_steps` optimiser steps, then constant."""
+    momentum_steps: int = 0
+    """Steps of the linear rise (0: momentum_start throughout). V-JEPA rises over the
+    whole run: set it to epochs x steps per epoch."""
+    frame_stride: int = 4
+    """Frames between a clip's frames (V-JEPA: 16 frames, stride 4)."""
+    thesis_augment: bool = False
+    """As videomae.thesis_augment."""
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
+    """As videomae.scales."""
+
+    def validate(self, prefix: str) -> None:
+        _in_range(f"{prefix}.short_blocks", self.short_blocks, 0, None)
+        _in_range(f"{prefix}.long_blocks", self.long_blocks, 0, None)
+        if self.short_blocks + self.long_blocks == 0:
+            raise ConfigError(f"{prefix}.short_blocks: no mask blocks at all")
+        _in_range(f"{prefix}.short_scale", self.short_scale, 1e-3, 1.0)
+        _in_range(f"{prefix}.long_scale", self.long_scale, 1e-3, 1.0)
+        _in_range(f"{prefix}.temporal_scale", self.temporal_scale, 1e-3, 1.0)
+        if len(self.aspect_ratio) != 2 or not 0 < self.aspect_ratio[0] <= self.aspect_ratio[1]:
+            raise ConfigError(
+                f"{prefix}.aspect_ratio: expected [low, high] with 0 < low <= high, "
+                f"got {self.aspect_ratio}"
+            )
+        for name in ("predictor_dim", "predictor_depth", "predictor_heads", "frame_stride"):
+            _in_range(f"{prefix}.{name}", getattr(self, name), 1, None)
+        if self.predictor_dim % self.predictor_heads:
+            raise ConfigError(
+                f"{prefix}.predictor_dim: {self.predictor_dim} is not a multiple of "
+                f"predictor_heads {self.predictor_heads}"
+            )
+        _in_range(f"{prefix}.momentum_start", self.momentum_start, 0.0, 1.0)
+        _in_range(f"{prefix}.momentum_end", self.momentum_end, 0.0, 1.0)
+        _in_range(f"{prefix}.momentum_steps", self.momentum_steps, 0, None)
+        _check_scales(f"{prefix}.scales", self.scales)
+
+
+def _check_scales(key: str, scales: list[float]) -> None:
+    if not scales:
+        raise ConfigError(f"{key}: expected at least one scale")
+    for v in scales:
+        _in_range(key, v, 0.05, 1.0)
+
+
+@dataclass
 class PretextConfig:
     """The self-supervised task and its settings."""
 
@@ -405,8 +509,12 @@ class PretextConfig:
     statistics: StatisticsSettings = field(default_factory=StatisticsSettings)
     contrastive: ContrastiveSettings = field(default_factory=ContrastiveSettings)
     multitask: MultitaskSettings = field(default_factory=MultitaskSettings)
+    videomae: VideoMAESettings = field(default_factory=VideoMAESettings)
+    vjepa: VJEPASettings = field(default_factory=VJEPASettings)
 
     def validate(self, prefix: str) -> None:
+        self.videomae.validate(f"{prefix}.videomae")
+        self.vjepa.validate(f"{prefix}.vjepa")
         _in_range(f"{prefix}.num_classes", self.num_classes, 0, None)
         _in_range(f"{prefix}.backwards_prob", self.backwards_prob, 0.0, 1.0)
         self.statistics.validate(f"{prefix}.statistics")
@@ -868,7 +976,35 @@ class Config:
                 f"monitor.layer: {self.monitor.layer!r} is not a vector layer of backbone "
                 f"{self.model.backbone}; one of {list(POOL_LAYERS)}"
             )
+        self._check_vit_clips()
         return self
+
+    def _check_vit_clips(self) -> None:
+        """A ViT cuts clips into 2x16x16 tubelets; the masked pretexts need a ViT."""
+        vit = self.model.backbone.startswith("vit")
+        if self.pretext.name in ("videomae", "vjepa") and not vit:
+            raise ConfigError(
+                f"pretext.name: {self.pretext.name} masks ViT tokens; model.backbone "
+                f"{self.model.backbone!r} is not a ViT (vit_tiny, vit_s16, vit_b16, vit_l16)"
+            )
+        if not vit:
+            return
+        if self.model.width != 1.0:
+            raise ConfigError(
+                f"model.width: a ViT has no width multiplier (got {self.model.width:g}); "
+                "pick its size by model.backbone"
+            )
+        if self.data.clip_len % 2:
+            raise ConfigError(
+                f"data.clip_len: a ViT needs a multiple of its 2-frame tubelets, "
+                f"got {self.data.clip_len}"
+            )
+        crop = self.data.augment.crop if self.data.augment.enabled else self.data.augment.resize
+        if crop and (crop[0] % 16 or crop[1] % 16):
+            raise ConfigError(
+                f"data.augment.crop: a ViT needs sides that are multiples of its 16-pixel "
+                f"patches, got {crop}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

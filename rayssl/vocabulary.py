@@ -11,11 +11,21 @@ BACKBONE_NAMES: tuple[str, ...] = ("c3d", "r3d", "r21d", "s3dg")
 #: The `VideoBackbone` CNNs: their feature layers are `CNN_FEATURE_LAYERS`, known here
 #: without building them (the config checks `monitor.layer` against them at load time).
 CNN_BACKBONE_NAMES = ("c3d", "r3d", "r21d", "s3dg")
+#: Vision Transformers on transformers' VideoMAE classes (`rayssl.models.vit`).
+VIT_BACKBONE_NAMES = ("vit_tiny", "vit_s16", "vit_b16", "vit_l16")
 #: torchvision's video models in its layout (`rayssl.models.torchvision_video`): the
 #: supervised Kinetics-400 baselines, loaded from the user's own weights file.
 TORCHVISION_BACKBONE_NAMES = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d")
-BACKBONE_NAMES = BACKBONE_NAMES + TORCHVISION_BACKBONE_NAMES
-PRETEXT_NAMES = ("multitask", "pace", "pace_contrastive", "statistics", "supervised")
+BACKBONE_NAMES = BACKBONE_NAMES + VIT_BACKBONE_NAMES + TORCHVISION_BACKBONE_NAMES
+PRETEXT_NAMES = (
+    "multitask",
+    "pace",
+    "pace_contrastive",
+    "statistics",
+    "supervised",
+    "videomae",
+    "vjepa",
+)
 #: The pretexts whose targets come from any clip's pixels (`Pretext.labels_any_clip`): in
 #: a multitask run they label the clips the first task plans.
 CLIP_LABELLING_PRETEXTS = ("statistics",)

@@ -541,7 +541,7 @@ def test_config_vocabulary_matches_the_registries():
     assert sorted(BACKBONES) == sorted(vocabulary.BACKBONE_NAMES)
     assert sorted(PRETEXTS) == sorted(vocabulary.PRETEXT_NAMES)
     labelling = sorted(n for n, cls in PRETEXTS.items() if cls.labels_any_clip)
-    combinable = set(vocabulary.PRETEXT_NAMES) - {"multitask", "supervised"}
+    combinable = set(vocabulary.PRETEXT_NAMES) - {"multitask", "supervised", "videomae", "vjepa"}
     assert set(TASKS) == combinable  # what check_tasks allows, multitask builds
     assert all(TASKS[n] is PRETEXTS[n] for n in TASKS)
     assert labelling == sorted(vocabulary.CLIP_LABELLING_PRETEXTS)

@@ -20,12 +20,17 @@ from rayssl.models.resnet3d import (
 )
 from rayssl.models.s3dg import S3DG, s3dg
 from rayssl.models.torchvision_video import TORCHVISION_BACKBONES
+from rayssl.models.vit import VideoViT, vit_b16, vit_l16, vit_s16, vit_tiny
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "c3d": c3d_bn,
     "r3d": r3d_vcop,
     "r21d": r2plus1d_vcop,
     "s3dg": s3dg,
+    "vit_tiny": vit_tiny,
+    "vit_s16": vit_s16,
+    "vit_b16": vit_b16,
+    "vit_l16": vit_l16,
 }
 BACKBONES.update(TORCHVISION_BACKBONES)  # r3d_18, mc3_18, r2plus1d_18, s3d (Kinetics baselines)
 
@@ -63,6 +68,7 @@ __all__ = [
     "S3DG",
     "VideoBackbone",
     "backbone_options",
+    "VideoViT",
     "build_backbone",
     "c3d_bn",
     "r2plus1d_vcop",

@@ -7,6 +7,8 @@ from rayssl.pretext.pace import PacePretext
 from rayssl.pretext.pace_contrastive import PaceContrastivePretext
 from rayssl.pretext.statistics import StatisticsPretext
 from rayssl.pretext.supervised import SupervisedTask
+from rayssl.pretext.videomae import VideoMAEPretext
+from rayssl.pretext.vjepa import VJEPAPretext
 
 PRETEXTS: dict[str, type[Pretext]] = {
     "multitask": MultitaskPretext,
@@ -14,6 +16,8 @@ PRETEXTS: dict[str, type[Pretext]] = {
     "pace_contrastive": PaceContrastivePretext,
     "statistics": StatisticsPretext,
     "supervised": SupervisedTask,
+    "videomae": VideoMAEPretext,
+    "vjepa": VJEPAPretext,
 }
 
 
@@ -35,5 +39,7 @@ __all__ = [
     "Pretext",
     "StatisticsPretext",
     "SupervisedTask",
+    "VJEPAPretext",
+    "VideoMAEPretext",
     "build_pretext",
 ]

@@ -179,6 +179,12 @@ class Pretext(ABC):
     def build_head(self, feature_dim: int, dropout: float = 0.0):  # -> torch.nn.Module
         """The task's head on top of the pooled backbone features (`model.dropout`)."""
 
+    def attach(self, backbone, head) -> None:
+        """Called once the backbone and the head exist (`train.step.build_model`), before
+        any weights are loaded: a task whose head holds a copy of the backbone (vjepa's
+        EMA target encoder) makes it here. Default: nothing."""
+        return None
+
     def inputs(self, batch: dict):
         """The clips the backbone runs on, (N, 3, T, H, W)."""
         return batch["clip"]

@@ -45,6 +45,7 @@ def build_model(cfg: Config, pretext: Pretext) -> PretextModel:
     backbone = build_backbone(cfg.model.backbone, width=cfg.model.width, **options)
     # every backbone sets out_dim: int
     head = pretext.build_head(cast(int, backbone.out_dim), dropout=cfg.model.dropout)
+    pretext.attach(backbone, head)  # e.g. vjepa's target encoder: a copy of the backbone
     return PretextModel(backbone, head, pretext)
 
 
