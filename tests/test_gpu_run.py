@@ -74,3 +74,79 @@ def test_gpu_run_script_runs_both_benchmarks_with_only_torch(tmp_path):
     assert "torch" in (out / "gpu.txt").read_text()
     assert "train_throughput: exit 0" in done.stdout
     assert "loss_curves: exit 0" in done.stdout
+
+
+# ------------------------------- `rayssl capacity` picks the benchmark mode of the config
+
+
+@pytest.mark.parametrize(
+    "overrides, mode, note",
+    [
+        ([], "rayssl", None),  # the defaults: bf16, channels_last, prefetch, eager
+        (["optim.fused=true"], "fused", None),
+        (["train.conv_impl=conv2d"], "conv2d", None),
+        (["optim.fused=true", "train.conv_impl=conv2d", "train.compile=true"], "best", None),
+        (["train.compile=true"], "best", "differs in optim.fused=False, train.conv_impl=conv3d"),
+        (["optim.fused=true", "train.conv_impl=conv2d"], "fused", "train.conv_impl=conv2d"),
+        (["train.device_prefetch=0"], "inline", None),
+        (["train.bf16=false"], "tf32", None),
+        (["train.bf16=false", "train.compile=true"], "tf32", "only with bf16"),
+        (["train.channels_last=false"], "rayssl", "channels_last=false"),
+        # C3D has no factorised convs: conv_impl does not apply to it
+        (["model.backbone=c3d", "train.conv_impl=conv2d"], "rayssl", None),
+    ],
+)
+def test_config_speed_settings_pick_the_benchmark_mode(overrides, mode, note):
+    from rayssl.capacity import config_mode
+    from rayssl.config import load_config
+
+    picked, notes = config_mode(load_config(None, overrides))
+    assert picked == mode
+    if note is None:
+        assert notes == []
+    else:
+        assert any(note in n for n in notes), notes
+
+
+def _anchor_file(path: Path) -> Path:
+    rows = [
+        {"model": "r21d", "mode": m, "clips_s": rate}
+        for m, rate in (("bf16cl", 100.0), ("rayssl", 90.0), ("fused", 95.0), ("best", 180.0))
+    ]
+    path.write_text(json.dumps({"device": "test card", "torch": "x", "train": rows}))
+    return path
+
+
+def test_capacity_reads_the_mode_of_the_config_and_precision_overrides(
+    tiny_manifest, tmp_path, capsys
+):
+    from rayssl.cli import main
+
+    anchor = _anchor_file(tmp_path / "anchor.json")
+    base = ["capacity", "--manifest", str(tiny_manifest), "--clips", "2", "--seconds", "60"]
+    base += ["model.width=0.0625", "data.augment.resize=[32,43]", "data.augment.crop=[32,32]"]
+
+    def run(*argv: str) -> dict:
+        assert main([*base, *argv, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    fast = ["optim.fused=true", "train.conv_impl=conv2d", "train.compile=true"]
+    r = run("--anchor", str(anchor), *fast)
+    assert (r["train"]["mode"], r["train"]["clips_per_s"]) == ("best", 180.0)
+    assert r["train"]["mode_from"] == "config"
+    assert run("--anchor", str(anchor))["train"]["clips_per_s"] == 90.0  # defaults: rayssl
+    assert run("--anchor", str(anchor), "optim.fused=true")["train"]["mode"] == "fused"
+    # --precision stays the override
+    r = run("--anchor", str(anchor), "--precision", "bf16", *fast)
+    assert (r["train"]["mode"], r["train"]["clips_per_s"]) == ("bf16cl", 100.0)
+    assert r["train"]["mode_from"] == "--precision"
+    # a mode the file lacks (conv2d): the anchor's own bf16 row, said in a note
+    r = run("--anchor", str(anchor), "train.conv_impl=conv2d")
+    assert (r["train"]["mode"], r["train"]["clips_per_s"]) == ("bf16cl", 100.0)
+    assert any("no r21d/conv2d row" in n for n in r["notes"]), r["notes"]
+    # the shipped H100 anchor has only the eager modes: the config's compile falls back
+    r = run(*fast)
+    assert r["train"]["mode"] == "bf16cl"
+    assert any("no r21d/best row" in n for n in r["notes"]), r["notes"]
+    assert main([*base, "--anchor", str(anchor), *fast]) == 0
+    assert "best, mode of the config's speed settings" in capsys.readouterr().out
