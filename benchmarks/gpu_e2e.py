@@ -36,6 +36,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,9 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--num-frames", type=int, default=72)
     ap.add_argument("--num-cpus", type=int, default=0, help="Ray head CPUs (0 = all)")
     ap.add_argument("--cpus-per-worker", type=float, default=2.0)
-    ap.add_argument("--head-timeout", type=float, default=90.0)
-    ap.add_argument("--pretrain-timeout", type=float, default=150.0)
-    ap.add_argument("--eval-timeout", type=float, default=100.0)
+    ap.add_argument("--head-timeout", type=float, default=60.0)
+    ap.add_argument("--pretrain-timeout", type=float, default=110.0)
+    ap.add_argument("--eval-timeout", type=float, default=60.0)
     ap.add_argument("--suite", default=str(ROOT / "benchmarks" / "gpu_e2e_eval.yaml"))
     ap.add_argument("overrides", nargs="*", help="extra key=value for the pre-training config")
     return ap.parse_args(argv)
@@ -363,26 +364,41 @@ def main(argv: list[str] | None = None) -> int:
         speed=speed,
         work=str(work),
     )
+    # A SIGTERM (gpu_run.sh's timeout) unwinds the context managers: the Ray head this
+    # started is stopped, and the figures so far are written.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sampler = GpuSampler()
-    manifest: Path | None = None
-    with report.part("corpus") as entry:
-        manifest = make_corpus(work, args)
-        entry["videos"] = args.num_videos
-    tracking = f"sqlite:///{work / 'mlruns.db'}"
-    run_name = f"gpu-e2e-{time.strftime('%Y%m%d-%H%M%S')}"
-    if manifest is None:
-        for name in ("ray_head", "pretrain", "evaluate"):
-            report.skip(name, "no corpus")
-    else:
-        run_jobs(
-            args, report, sampler, work, manifest, tracking, run_name, device, gpus, speed, shape
-        )
-    sampler.stop()
-    report.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    report.save()
-    text = summary(report.data)
-    (out / "e2e.txt").write_text(text + "\n")
-    print(text, flush=True)
+    try:
+        manifest: Path | None = None
+        with report.part("corpus") as entry:
+            manifest = make_corpus(work, args)
+            entry["videos"] = args.num_videos
+        tracking = f"sqlite:///{work / 'mlruns.db'}"
+        run_name = f"gpu-e2e-{time.strftime('%Y%m%d-%H%M%S')}"
+        if manifest is None:
+            for name in ("ray_head", "pretrain", "evaluate"):
+                report.skip(name, "no corpus")
+        else:
+            run_jobs(
+                args,
+                report,
+                sampler,
+                work,
+                manifest,
+                tracking,
+                run_name,
+                device,
+                gpus,
+                speed,
+                shape,
+            )
+    finally:
+        sampler.stop()
+        report.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        report.save()
+        text = summary(report.data)
+        (out / "e2e.txt").write_text(text + "\n")
+        print(text, flush=True)
     ok = all(p.get("status") == "ok" for p in report.data["parts"].values())
     return 0 if ok else 1
 
@@ -402,10 +418,11 @@ def run_jobs(
 ) -> str | None:
     from rayssl.localhead import local_ray_head, submit_job
 
+    # The head's environment is this one (PYTHONPATH with the unpacked site included):
+    # its workers and jobs inherit it.
     job_env = {"MLFLOW_TRACKING_URI": tracking, "PYTHONUNBUFFERED": "1"}
-    for key in ("TORCHINDUCTOR_CACHE_DIR", "PYTHONPATH"):
-        if os.environ.get(key):
-            job_env[key] = os.environ[key]
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        job_env["TORCHINDUCTOR_CACHE_DIR"] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
     num_cpus = args.num_cpus or os.cpu_count() or 4
     checkpoint: str | None = None
     stack = contextlib.ExitStack()
