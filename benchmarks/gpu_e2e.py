@@ -35,6 +35,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -291,6 +292,14 @@ def mlflow_figures(tracking: str, run_id: str) -> dict[str, Any]:
     }
 
 
+def job_error(done: subprocess.CompletedProcess) -> str:
+    """The job's exit status and its last error line (the whole output is in the log)."""
+    lines = (done.stdout + "\n" + done.stderr).splitlines()
+    errors = [x.strip() for x in lines if re.search(r"\w(Error|Exception)\b.*:", x)]
+    last = errors[-1] if errors else (lines[-1] if lines else "")
+    return f"the job exited {done.returncode}: {last[-400:]}"
+
+
 def result_of(stdout: str) -> dict[str, Any]:
     lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
     return json.loads(lines[-1][len("RESULT ") :]) if lines else {}
@@ -483,9 +492,7 @@ def run_jobs(
             )
             entry["nvidia_smi"] = sampler.window(t0, time.monotonic())
             if done.returncode != 0:
-                raise RuntimeError(
-                    f"the job exited {done.returncode}: {(done.stdout + done.stderr)[-600:]}"
-                )
+                raise RuntimeError(job_error(done))
             result = result_of(done.stdout)
             checkpoint = result.get("checkpoint")
             entry["checkpoint"] = checkpoint
@@ -524,9 +531,7 @@ def run_jobs(
             )
             entry["nvidia_smi"] = sampler.window(t0, time.monotonic())
             if done.returncode != 0:
-                raise RuntimeError(
-                    f"the job exited {done.returncode}: {(done.stdout + done.stderr)[-600:]}"
-                )
+                raise RuntimeError(job_error(done))
             entry["results"] = json.loads((eval_dir / "results.json").read_text())
     return checkpoint
 

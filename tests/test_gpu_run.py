@@ -156,9 +156,9 @@ def test_gpu_run_end_to_end_part_with_the_images_packages_and_the_carried_site(t
         "GPU_RUN_PARTS": "throughput gputests e2e",
         # a model-only row for C3D at the e2e's settings: the job runs in its fastest mode
         "TT_ARGS": "--device cpu --models c3d --size 32 --width 0.0625 --batch-size 4 "
-        "--clip-len 8 --steps 1 --warmup 0 --modes bf16cl rayssl fused",
-        "E2E_ARGS": "--device cpu --backbone c3d --num-videos 12 --clips-per-video 1 "
-        "--video-size 48 64 --num-frames 40 --num-cpus 3 --cpus-per-worker 1 "
+        "--steps 1 --warmup 0 --modes bf16cl rayssl fused",
+        "E2E_ARGS": "--device cpu --backbone c3d --num-videos 16 --clips-per-video 1 "
+        "--video-size 48 64 --num-frames 64 --num-cpus 3 --cpus-per-worker 1 "
         "--pretrain-timeout 400 --eval-timeout 300 train.torch_threads=1",
         "E2E_TIMEOUT": "800",
         "PT_TIMEOUT": "300",
@@ -183,7 +183,7 @@ def test_gpu_run_end_to_end_part_with_the_images_packages_and_the_carried_site(t
     fastest = max((r for r in rows if r["mode"] in ("rayssl", "fused")), key=lambda r: r["clips_s"])
     assert report["speed"]["mode"] == fastest["mode"]
     assert report["speed"]["model_only_clips_s"] == fastest["clips_s"]
-    assert report["shape"] == {"batch_size": 4, "clip_len": 8, "size": 32, "width": 0.0625}
+    assert report["shape"] == {"batch_size": 4, "clip_len": 16, "size": 32, "width": 0.0625}
     assert "train.batch_size=4" in parts["pretrain"]["command"]
     assert ("optim.fused=true" in parts["pretrain"]["command"]) == (fastest["mode"] == "fused")
     figures = parts["pretrain"]["figures"]
