@@ -86,6 +86,43 @@ def test_gpu_run_script_runs_both_benchmarks_with_only_torch(tmp_path):
     }
 
 
+def test_e2e_runs_the_benchmarks_fastest_step_mode_at_its_shape():
+    from tests.conftest import load_benchmark
+
+    e2e = load_benchmark("gpu_e2e")
+    rows = [
+        {"model": "r21d", "mode": "bf16cl", "clips_s": 100.0},
+        {"model": "r21d", "mode": "rayssl", "clips_s": 110.0},
+        {"model": "r21d", "mode": "best", "clips_s": 190.0},
+        {"model": "r21d", "mode": "best2x", "clips_s": 260.0},  # another batch: not it
+        {"model": "r21d", "mode": "conv2d", "clips_s": float("nan")},
+        {"model": "c3d", "mode": "fused", "clips_s": 500.0},
+    ]
+    report = {"train": rows, "config": {"batch_size": 30, "clip_len": 16, "size": 112}}
+    picked = e2e.pick_mode(report, "r21d")
+    assert (picked["mode"], picked["model_only_clips_s"]) == ("best", 190.0)
+    assert picked["bf16cl_clips_s"] == 100.0
+    assert e2e.MODE_OVERRIDES["best"] == [
+        "optim.fused=true",
+        "train.conv_impl=conv2d",
+        "train.compile=true",
+    ]
+    none = e2e.pick_mode({}, "r21d")  # no benchmark: bf16 + channels_last, no figure
+    assert (none["mode"], none["model_only_clips_s"]) == ("rayssl", None)
+    args = e2e.parse_args(["--out", "x", "--batch-size", "12"])
+    assert e2e.shape_settings(args, report) == {
+        "batch_size": 12,  # given
+        "clip_len": 16,
+        "size": 112,
+        "width": 1.0,  # the benchmark did not record it
+    }
+    assert e2e.resize_of(112) == "[128,171]"
+    # a report with every part failed still prints its table, with dashes
+    text = e2e.summary({"parts": {"corpus": {"status": "failed", "seconds": 1.0, "error": "E"}}})
+    assert "real loop clips/s (last epoch)             -" in text
+    assert "part corpus    failed   1.0 s  E" in text
+
+
 # ------------------------------------------ the end-to-end part, rehearsed on the CPU
 
 
