@@ -19,7 +19,8 @@ repository included. The wheels are ~145 MB (Ray 79, PyAV 36, botocore 17). So:
 * Ray's three binaries (gcs_server, raylet, _raylet.so) lose their symbol tables
   (`strip --strip-unneeded`; other libraries are left as they are: auditwheel's patched
   ones may not survive strip);
-* tarred and xz-compressed (56.4 MiB on 2026-12-07): the script fails when the archive is over --limit-mib.
+* tarred and xz-compressed (56.4 MiB on 2026-12-07): the script fails when the archive
+  is over --limit-mib.
 """
 
 from __future__ import annotations
