@@ -651,7 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         default=None,
         help="anchor mode: fp32 | tf32 | bf16, or a rayssl mode of a GPU benchmark run "
-        "(rayssl, fused, conv2d, best, best2x) (default: config's)",
+        "(rayssl, inline, fused, conv2d, best, best2x) (default: the mode matching the "
+        "config's train.bf16/channels_last/device_prefetch/conv_impl/compile, optim.fused)",
     )
     k.add_argument("--device", default="auto", help="--measure-train device: auto | cpu | cuda")
     k.add_argument("--train-steps", type=int, default=3, help="--measure-train timed steps")

@@ -44,6 +44,15 @@ def _bin_dir() -> str:
     return str(Path(sys.executable).parent)
 
 
+def _ray_cli() -> list[str]:
+    """The `ray` command: the script beside this interpreter, or (Ray installed with
+    `pip install --target`, as on the lent GPU machine: benchmarks/gpu_run.sh) its module."""
+    script = Path(_bin_dir()) / "ray"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "ray.scripts.scripts"]
+
+
 @contextmanager
 def local_ray_head(
     num_cpus: int = 4,
@@ -69,7 +78,7 @@ def local_ray_head(
     full_env["PATH"] = _bin_dir() + os.pathsep + full_env.get("PATH", "")
     full_env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cmd = [
-        str(Path(_bin_dir()) / "ray"),
+        *_ray_cli(),
         "start",
         "--head",
         "--block",
@@ -84,7 +93,7 @@ def local_ray_head(
         f"--ray-client-server-port={free_port()}",
         "--disable-usage-stats",
     ]
-    if num_gpus is not None:
+    if num_gpus is not None:  # None: Ray detects them
         cmd.append(f"--num-gpus={num_gpus}")
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
@@ -158,7 +167,7 @@ def submit_job(
     """
 
     cmd = [
-        str(Path(_bin_dir()) / "ray"),
+        *_ray_cli(),
         "job",
         "submit",
         f"--address={head.dashboard_url}",
@@ -224,7 +233,7 @@ def _ray_job(
     """`ray job COMMAND --address=<head> SUBMISSION_ID`."""
     return subprocess.run(
         [
-            str(Path(_bin_dir()) / "ray"),
+            *_ray_cli(),
             "job",
             command,
             f"--address={head.dashboard_url}",

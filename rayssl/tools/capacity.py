@@ -52,7 +52,7 @@ from rayssl.train.step import (
 #: `--precision` names -> the modes of benchmarks/train_throughput.py.
 PRECISIONS = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16cl", "bf16cl": "bf16cl"}
 # rayssl's own step and speed settings (benchmarks/train_throughput.py's other modes)
-PRECISIONS |= {m: m for m in ("rayssl", "fused", "conv2d", "best", "best2x")}
+PRECISIONS |= {m: m for m in ("rayssl", "inline", "fused", "conv2d", "best", "best2x")}
 
 #: The reference training measurement shipped with the repository.
 DEFAULT_ANCHOR = Path(__file__).resolve().parents[1] / "benchmarks" / "h100-anchor.json"
@@ -345,9 +345,93 @@ def measure_train(
 
 
 def default_precision(cfg: Config) -> str:
-    """The anchor mode the config trains in on CUDA: bf16 autocast (+ channels_last) or,
-    without bf16, PyTorch's default (cuDNN convolutions in TF32)."""
+    """The anchor's own mode nearest the config on CUDA: bf16 autocast (+ channels_last)
+    or, without bf16, PyTorch's default (cuDNN convolutions in TF32). The fallback of
+    `config_mode` for an anchor that has no row of rayssl's step (h100-anchor.json)."""
     return "bf16cl" if cfg.train.bf16 else "tf32"
+
+
+#: What each rayssl mode of benchmarks/train_throughput.py runs, as config settings
+#: (docs/PERFORMANCE.md section 5): (optim.fused, train.conv_impl, train.compile).
+_STEP_MODES = {
+    "rayssl": (False, "conv3d", False),
+    "fused": (True, "conv3d", False),
+    "conv2d": (False, "conv2d", False),
+    "best": (True, "conv2d", True),
+}
+
+
+def config_mode(cfg: Config) -> tuple[str, list[str]]:
+    """The benchmark mode that trains as `cfg` does on CUDA, read from its speed settings
+    (train.bf16, channels_last, device_prefetch, conv_impl, compile, optim.fused), and a
+    note for each setting the chosen mode does not share (no benchmark mode has it).
+
+    Without bf16 the step runs in TF32 (`tf32`: the benchmark has no fp32 mode of rayssl's
+    step). With bf16: `inline` for train.device_prefetch=0, else the mode of `_STEP_MODES`
+    that differs from the config in the fewest of (fused, conv_impl, compile), compile
+    weighing most (ties: the one without the extra setting)."""
+    t = cfg.train
+    notes: list[str] = []
+    if not t.bf16:
+        speed = [
+            k for k, on in (("train.compile", t.compile), ("optim.fused", cfg.optim.fused)) if on
+        ]
+        if t.conv_impl != "conv3d":
+            speed.append(f"train.conv_impl={t.conv_impl}")
+        if speed:
+            notes.append(
+                "the benchmark times " + ", ".join(speed) + " only with bf16: the tf32 "
+                "rate is of the eager fp32/TF32 step"
+            )
+        return "tf32", notes
+    conv = t.conv_impl if cfg.model.backbone == "r21d" else "conv3d"  # others have none
+    if t.device_prefetch == 0 and not (t.compile or cfg.optim.fused or conv != "conv3d"):
+        mode = "inline"
+    else:
+        ours = (bool(cfg.optim.fused), conv, bool(t.compile))
+
+        def distance(m: str) -> tuple[int, int]:
+            f, c, k = _STEP_MODES[m]
+            return (3 * (k != ours[2]) + (f != ours[0]) + (c != ours[1]), f + (c != "conv3d"))
+
+        mode = min(_STEP_MODES, key=distance)
+        f, c, k = _STEP_MODES[mode]
+        names = ("optim.fused", "train.conv_impl", "train.compile")
+        off = [f"{n}={v}" for n, v, w in zip(names, ours, (f, c, k), strict=True) if v != w]
+        if off:
+            notes.append(
+                f"no benchmark mode has this config's speed settings; {mode!r} is the "
+                f"nearest (it differs in {', '.join(off)})"
+            )
+        if t.device_prefetch == 0:
+            notes.append(f"train.device_prefetch=0: {mode!r} copies one step ahead")
+    if not t.channels_last:
+        notes.append(f"train.channels_last=false: {mode!r} runs channels_last_3d")
+    return mode, notes
+
+
+def anchor_mode(cfg: Config, path: str | Path, precision: str | None) -> tuple[str, list[str]]:
+    """The mode to read from the anchor file: `precision` when given (the override), else
+    the config's (`config_mode`); where the file has no row of that mode for the config's
+    backbone (an anchor measured before rayssl's step was benchmarked, like
+    h100-anchor.json), the anchor's own nearest mode (`default_precision`), with a note."""
+    if precision:
+        return precision, []
+    mode, notes = config_mode(cfg)
+    try:
+        rows = json.loads(Path(path).read_text()).get("train", [])
+        have = {r.get("mode") for r in rows if r.get("model") == cfg.model.backbone}
+    except (OSError, ValueError, AttributeError):
+        return mode, notes  # anchor_rate reports the unreadable file
+    if mode not in have:
+        fallback = default_precision(cfg)
+        notes.append(
+            f"the anchor has no {cfg.model.backbone}/{mode} row (the config's speed settings): "
+            f"read its {PRECISIONS[fallback]} row instead (the eager step on float clips "
+            "already on the GPU); run benchmarks/gpu_run.sh for the config's own mode"
+        )
+        mode = fallback
+    return mode, notes
 
 
 def anchor_rate(path: str | Path, backbone: str, precision: str) -> tuple[float, dict[str, Any]]:
@@ -465,11 +549,13 @@ def run_capacity(
             )
     else:
         path = Path(anchor) if anchor else DEFAULT_ANCHOR
-        mode = precision or default_precision(cfg)
+        mode, mode_notes = anchor_mode(cfg, path, precision)
+        notes += mode_notes
         per_clip, info = anchor_rate(path, cfg.model.backbone, mode)
         t = per_clip / decode.clips_per_sample
         shown = str(path) if anchor else "benchmarks/h100-anchor.json"
         train = {"source": "anchor", "anchor": shown, "clips_per_s": t, **info}
+        train["mode_from"] = "--precision" if precision else "config"
         if not info["config_known"]:
             train["config_assumed"] = True
         mismatch = _anchor_mismatch(cfg, info, per_worker_batch)
@@ -600,7 +686,8 @@ def format_report(r: dict[str, Any]) -> str:
         )
     else:
         assumed = ", settings assumed" if tr.get("config_assumed") else ""
-        source = f"anchor {tr['anchor']}: {tr['device']}, {tr['mode']}{assumed}"
+        picked = {"config": ", mode of the config's speed settings"}.get(tr.get("mode_from"), "")
+        source = f"anchor {tr['anchor']}: {tr['device']}, {tr['mode']}{picked}{assumed}"
     lines += [
         f"training clips/s per GPU         {_num(r['train_clips_per_s_per_gpu'])}   ({source})",
         f"CPU cores one GPU needs          {_num(r['decode_cores_per_gpu'])}   decode cores "
