@@ -275,8 +275,8 @@ def test_gpu_run_end_to_end_part_with_the_images_packages_and_the_carried_site(t
     ],
 )
 def test_config_speed_settings_pick_the_benchmark_mode(overrides, mode, note):
-    from rayssl.tools.capacity import config_mode
     from rayssl.config import load_config
+    from rayssl.tools.capacity import config_mode
 
     picked, notes = config_mode(load_config(None, overrides))
     assert picked == mode

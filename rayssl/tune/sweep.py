@@ -163,8 +163,33 @@ class Trial:
     values: dict[str, Any]  # axis key -> value
 
     @property
-    def overrides(self) -> list[str]:
-        return [f"{k}={_yaml_value(v)}" for k, v in self.values.items()]
+    def patch(self) -> dict[str, Any]:
+        """The trial's config values as a nested mapping of typed values (`load_config`'s
+        patch); the `pretrain` axis names a config file instead (`pretrain_file`)."""
+        out: dict[str, Any] = {}
+        for key, value in self.values.items():
+            if key == PRETRAIN_AXIS:
+                continue
+            *parents, leaf = key.split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return out
+
+    def pretrain_file(self, default: str) -> str:
+        """The pre-training config this trial starts from."""
+        return str(self.values.get(PRETRAIN_AXIS, default))
+
+
+#: An axis over whole pre-training configs (e.g. one per pretext on its natural backbone):
+#: its values are config files, relative to the sweep file.
+PRETRAIN_AXIS = "pretrain"
+
+
+def _slug_value(key: str, v: Any) -> str:
+    # a pretrain axis is named by its file's stem (pretrain-videomae_vitb_k400)
+    return Path(str(v)).stem if key == PRETRAIN_AXIS else _yaml_value(v)
 
 
 def _yaml_value(v: Any) -> str:
@@ -185,7 +210,18 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if not p.exists():
             raise ConfigError(f"{name}: {p} does not exist")
         setattr(cfg, name, str(p))
+    for i, axis in enumerate(cfg.axes):
+        if axis.key == PRETRAIN_AXIS:
+            axis.values = [_config_file(f"axes[{i}].values", v, base) for v in axis.values]
     return cfg
+
+
+def _config_file(key: str, value: Any, base: Path) -> str:
+    p = Path(str(value))
+    p = p if p.is_absolute() else base / p
+    if not p.is_file():
+        raise ConfigError(f"{key}: {p} does not exist")
+    return str(p)
 
 
 def trials(cfg: SweepConfig) -> list[Trial]:
@@ -193,7 +229,7 @@ def trials(cfg: SweepConfig) -> list[Trial]:
     out = []
     for combo in itertools.product(*(a.values for a in cfg.axes)):
         values = {a.key: v for a, v in zip(cfg.axes, combo, strict=True)}
-        slug = "_".join(f"{k.split('.')[-1]}-{_yaml_value(v)}" for k, v in values.items())
+        slug = "_".join(f"{k.split('.')[-1]}-{_slug_value(k, v)}" for k, v in values.items())
         out.append(Trial(slug.replace("/", "-").replace(" ", ""), values))
     if len({t.slug for t in out}) != len(out):
         raise ConfigError("axes: two trials get the same name; use distinct values")
@@ -206,7 +242,7 @@ def trial_config(cfg: SweepConfig, trial: Trial, parent_run_id: str = "") -> Con
     strings), then what the study sets, as typed fields."""
     study = cfg.study
     try:
-        base = load_config(cfg.pretrain, [*cfg.pretrain_overrides, *trial.overrides])
+        base = load_config(trial.pretrain_file(cfg.pretrain), cfg.pretrain_overrides, trial.patch)
         run = replace(
             base.run,
             name=f"{study.name}-{trial.slug}",

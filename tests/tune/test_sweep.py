@@ -424,3 +424,39 @@ def test_a_failing_trial_is_reported_not_retried_and_the_study_ends_failed(
     assert parent["metrics.sweep/trials_failed"] == 1 and parent["metrics.sweep/trials_done"] == 0
     # one pre-training: the deterministic error was not retried
     assert len(_children(tracking, parent["run_id"])) == 1
+
+
+def test_an_axis_over_whole_pretrain_configs_pairs_each_pretext_with_its_backbone(tmp_path):
+    """`pretrain` as an axis: each value is a config file (relative to the sweep file),
+    crossed with the other axes, whose values reach the trial as typed values."""
+    sweep, configs = tmp_path / "sweep.yaml", ROOT / "configs"
+    sweep.write_text(
+        f"pretrain: {configs / 'debug.yaml'}\n"
+        f"evaluation: {configs / 'eval_debug.yaml'}\n"
+        "axes:\n"
+        "  - key: pretrain\n"
+        f"    values: [{configs / 'debug.yaml'}, {configs / 'videomae_vit_debug.yaml'}]\n"
+        "  - key: data.fraction\n"
+        "    values: [0.5, 1.0]\n"
+        f"study: {{storage_path: {tmp_path / 'study'}}}\n"
+    )
+    cfg = load_sweep(sweep)
+    grid = trials(cfg)
+    assert [t.slug for t in grid] == [
+        "pretrain-debug_fraction-0.5",
+        "pretrain-debug_fraction-1.0",
+        "pretrain-videomae_vit_debug_fraction-0.5",
+        "pretrain-videomae_vit_debug_fraction-1.0",
+    ]
+    pace, masked = trial_config(cfg, grid[0]), trial_config(cfg, grid[3])
+    assert (pace.pretext.name, pace.data.fraction) == ("pace", 0.5)
+    assert (masked.pretext.name, masked.model.backbone, masked.data.fraction) == (
+        "videomae",
+        "vit_tiny",
+        1.0,
+    )
+    assert grid[0].patch == {"data": {"fraction": 0.5}}  # typed values, no key=value text
+    gone = sweep.read_text().replace("videomae_vit_debug.yaml", "nowhere.yaml")
+    sweep.write_text(gone)
+    with pytest.raises(ConfigError, match=r"axes\[0\].values: .*nowhere.yaml does not exist"):
+        load_sweep(sweep)
