@@ -55,7 +55,7 @@ PRECISIONS = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16cl", "bf16cl": "bf16c
 PRECISIONS |= {m: m for m in ("rayssl", "inline", "fused", "conv2d", "best", "best2x")}
 
 #: The reference training measurement shipped with the repository.
-DEFAULT_ANCHOR = Path(__file__).resolve().parents[1] / "benchmarks" / "h100-anchor.json"
+DEFAULT_ANCHOR = Path(__file__).resolve().parents[2] / "benchmarks" / "h100-anchor.json"
 
 #: What benchmarks/train_throughput.py measures on CUDA without options (an anchor file
 #: written before it recorded its settings, like h100-anchor.json, was run with these).

@@ -98,7 +98,7 @@ def test_evaluation_suite_is_checked_against_the_manifest_before_any_trial(tmp_p
     with pytest.raises(ConfigError) as err:
         check_evaluation_world(cfg, check_sweep(cfg))
     assert str(err.value) == (
-        "evaluation eval_debug.yaml: linear (test): split 'val' has no usable video in the "
+        "evaluation eval_debug.yaml: knn (query): split 'val' has no usable video in the "
         "manifest (splits present: ['train'])"
     )
     pairs = load_sweep(
