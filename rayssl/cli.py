@@ -168,10 +168,12 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from rayssl.launch import pretrain  # lazy: see the module docstring
+    from rayssl.tracking_uri import default_tracking_uri  # lazy: see the module docstring
 
     cfg = load_config(args.config, args.overrides)
     result = pretrain(cfg)
     print(json.dumps(result, default=str))
+    _print_run_view(default_tracking_uri(cfg), result.get("mlflow_run_id", ""))
     return 0
 
 
@@ -224,6 +226,12 @@ def cmd_features(args: argparse.Namespace) -> int:
     )
     cfg = resolve_paths(suite.as_config())
     source = resolve_checkpoint(args.checkpoint, cfg)
+    from rayssl.clip_geometry import choose_geometry  # lazy: see the module docstring
+
+    # the checkpoint's own clips unless --config / an override sets them
+    geometry = choose_geometry(source, cfg.data, _explicit_geometry(args.config, args.overrides))
+    cfg = replace(cfg, data=geometry.apply(cfg.data))
+    print(geometry.line(), flush=True)
     backbone = build_backbone_from(source)
     from rayssl.models.heads import check_feature_layers  # lazy: see the module docstring
 
@@ -243,6 +251,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         inference,
         suite.features.layers,
         token_grid=suite.features.token_grid,
+        normalisation=geometry.renormalise,
     )
     options = storage_options(cfg.data.endpoint_url)
     write_features(feats, args.out, options=options)
@@ -254,12 +263,29 @@ def cmd_features(args: argparse.Namespace) -> int:
                 "skipped": feats.skipped,
                 "layers": {k: v.shape[1] for k, v in feats.outputs.items()},
                 "clips": inference.clips,
+                "clip_len": geometry.clip_len,
+                "crop": list(geometry.crop),
                 "checkpoint": source.label,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
         )
     )
     return 0 if feats.video_ids else 1
+
+
+def _explicit_geometry(config: str | None, overrides: Sequence[str]) -> set[str]:
+    """The clip geometry keys a command's --config file and overrides set."""
+    from rayssl.clip_geometry import explicit_keys  # lazy: see the module docstring
+    from rayssl.config import read_yaml  # lazy: see the module docstring
+
+    return explicit_keys(read_yaml(config) if config else {}, overrides)
+
+
+def _print_run_view(tracking_uri: str, run_id: str) -> None:
+    """The last line of a tracked command: its MLflow run in the model-training view."""
+    from rayssl.tracking_uri import print_run_view  # lazy: see the module docstring
+
+    print_run_view(tracking_uri, run_id)
 
 
 def storage_options(endpoint_url: str):
@@ -295,7 +321,10 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
 
     suite = load_suite(args.suite, args.overrides)
     suite_dir = Path(args.suite).resolve().parent
-    main = evaluate_checkpoint(suite, args.checkpoint, args.out, suite_dir, run_training)
+    explicit = _explicit_geometry(args.suite, args.overrides)
+    main = evaluate_checkpoint(
+        suite, args.checkpoint, args.out, suite_dir, run_training, explicit_geometry=explicit
+    )
     print("\n".join(main["report"]))
     columns = {main["source"].label: main["results"]}
     out = {"results": main["results"], "mlflow_run_id": main["mlflow_run_id"], "out": args.out}
@@ -316,7 +345,12 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    evaluate_from_args(args)
+    from rayssl.evaluate.suite import load_suite  # lazy: see the module docstring
+    from rayssl.tracking_uri import default_tracking_uri  # lazy: see the module docstring
+
+    out = evaluate_from_args(args)
+    uri = default_tracking_uri(load_suite(args.suite, args.overrides).as_config())
+    _print_run_view(uri, out["mlflow_run_id"])
     return 0
 
 
@@ -407,11 +441,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from rayssl.tracking_uri import real_tracking_uri  # lazy: see the module docstring
     from rayssl.tune.sweep import load_sweep, run_sweep  # lazy: see the module docstring
 
     result = run_sweep(load_sweep(args.config, args.overrides))
     print(result.pop("table"))
     print(json.dumps(result, default=str))
+    _print_run_view(real_tracking_uri(result["tracking_uri"]), result["parent_run_id"])
     return 0 if result["trials_done"] == result["trials"] else 1
 
 
