@@ -282,10 +282,11 @@ def _explicit_geometry(config: str | None, overrides: Sequence[str]) -> set[str]
 
 
 def _print_run_view(tracking_uri: str, run_id: str) -> None:
-    """The last line of a tracked command: its MLflow run in the model-training view."""
+    """The last line of a tracked command: its MLflow run in the model-training view, on
+    stderr (stdout's last line stays the command's JSON result, for scripts)."""
     from rayssl.tracking_uri import print_run_view  # lazy: see the module docstring
 
-    print_run_view(tracking_uri, run_id)
+    print_run_view(tracking_uri, run_id, file=sys.stderr)
 
 
 def storage_options(endpoint_url: str):

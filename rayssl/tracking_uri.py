@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from rayssl.config import Config, ConfigError
@@ -116,8 +118,9 @@ def run_view_of(tracking_uri: str, run_id: str) -> RunView | None:
     return run_view(tracking_uri, experiment_id, run_id)
 
 
-def print_run_view(tracking_uri: str, run_id: str) -> None:
-    """Print `RunView.line` of the run (nothing when the store does not know it)."""
+def print_run_view(tracking_uri: str, run_id: str, file: TextIO | None = None) -> None:
+    """Print `RunView.line` of the run to `file` (default stdout; nothing when the store
+    does not know the run)."""
     view = run_view_of(tracking_uri, run_id)
     if view is not None:
-        print(view.line(), flush=True)
+        print(view.line(), file=file or sys.stdout, flush=True)

@@ -151,3 +151,24 @@ def test_feature_model_renormalises_to_the_backbones_statistics():
         plain = FeatureModel(net, ["pool5"])(norm(MEAN, STD))["pool5"]
     assert torch.allclose(got, want, atol=1e-5)
     assert not torch.allclose(plain, want, atol=1e-3)
+
+
+def test_features_command_says_which_geometry_before_any_work(tiny_manifest, tmp_path, capsys):
+    """Through the command line, stopped by a bad layer before Ray starts: the line says
+    the checkpoint's 40 px clips, or the defaults; an override wins."""
+    from rayssl.cli import main as cli_main
+
+    small = _backbone_file(tmp_path / "small" / "backbone.pt", _cfg(SMALL))
+    bare = _backbone_file(tmp_path / "bare" / "backbone.pt", None)
+    base = ["features", "--manifest", str(tiny_manifest), "--layers", "block3"]
+    base += ["--out", str(tmp_path / "f.parquet")]
+    for spec, extra, want in (
+        (small, [], "8 frames, resize 48x64, centre crop 40x40"),
+        (bare, [], "16 frames, resize 128x171, centre crop 112x112"),
+        (small, ["data.augment.crop=[32,32]"], "8 frames, resize 48x64, centre crop 32x32"),
+    ):
+        assert cli_main([*base, "--checkpoint", spec, *extra]) == 2  # block3: not a CNN layer
+        out = capsys.readouterr().out.strip().splitlines()
+        assert len(out) == 1 and out[0].startswith("clip geometry: ") and want in out[0], out
+        assert ("defaults" in out[0]) == (spec == bare)
+    assert not (tmp_path / "f.parquet").exists()

@@ -75,3 +75,19 @@ def test_the_run_is_looked_up_in_its_store(tmp_path, capsys):
     assert run_view_of(uri, "0" * 32) is None
     print_run_view(uri, "0" * 32)
     assert capsys.readouterr().out == ""
+
+
+def test_a_command_prints_the_view_on_stderr(tmp_path, capsys):
+    """stdout's last line stays a command's JSON result; the view goes to stderr."""
+    from rayssl.cli import _print_run_view
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("view-cli", artifact_location=str(tmp_path / "art"))
+    run = client.create_run(exp).info.run_id
+    _print_run_view(uri, run)
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    last = printed.err.strip().splitlines()[-1]  # (MLflow logs its store's creation first)
+    assert last.startswith(f"MLflow run: {DEFAULT_UI_ADDRESS}/#/experiments/{exp}/runs/{run}")
+    assert last.endswith(f"mlflow ui --backend-store-uri {uri})")
