@@ -172,3 +172,24 @@ def test_features_command_says_which_geometry_before_any_work(tiny_manifest, tmp
         assert len(out) == 1 and out[0].startswith("clip geometry: ") and want in out[0], out
         assert ("defaults" in out[0]) == (spec == bare)
     assert not (tmp_path / "f.parquet").exists()
+
+
+@pytest.mark.slow
+def test_features_of_a_40px_checkpoint_are_extracted_at_40px(
+    ray_local, tiny_manifest, tmp_path, capsys
+):
+    """The whole command on the session's Ray: no --config, no override; the checkpoint's
+    8 x 40 x 40 clips are what the backbone is fed."""
+    from rayssl.cli import main as cli_main
+    from rayssl.evaluate.features import read_features
+
+    spec = _backbone_file(tmp_path / "ckpt" / "backbone.pt", _cfg(SMALL))
+    out = tmp_path / "f.parquet"
+    argv = ["features", "--checkpoint", spec, "--manifest", str(tiny_manifest)]
+    argv += ["--layers", "pool5", "--clips", "uniform:1", "--out", str(out)]
+    assert cli_main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("clip geometry: 8 frames, resize 48x64, centre crop 40x40")
+    summary = json.loads(lines[-1])
+    assert (summary["clip_len"], summary["crop"]) == (8, [40, 40])
+    assert len(read_features(str(out)).video_ids) == summary["videos"] > 0
