@@ -309,7 +309,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_from_args(args: argparse.Namespace) -> dict:
-    """Run the suite (and the random-init baseline with --baseline); print the table."""
+    """Run the suite (and the random-init baseline with --baseline, at the same clip
+    geometry); print the table."""
+    from dataclasses import replace
     from pathlib import Path
 
     from rayssl.evaluate.suite import (  # lazy: see the module docstring
@@ -330,8 +332,11 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
     columns = {main["source"].label: main["results"]}
     out = {"results": main["results"], "mlflow_run_id": main["mlflow_run_id"], "out": args.out}
     if args.baseline and main["source"].kind != "random":
+        baseline = baseline_suite(suite, main["source"])
+        if main.get("geometry") is not None:  # the same clips as the checkpoint's
+            baseline = replace(baseline, data=main["geometry"].apply(baseline.data))
         base = evaluate_checkpoint(
-            baseline_suite(suite, main["source"]),
+            baseline,
             "random",
             Path(args.out) / "baseline",
             suite_dir,

@@ -412,4 +412,5 @@ def evaluate_checkpoint(
         "seconds": time.perf_counter() - t0,
         "feature_seconds": feats.seconds,
         "skipped": skipped,
+        "geometry": geometry,  # the checkpoint's clip geometry (ClipGeometry) or None
     }
