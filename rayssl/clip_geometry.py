@@ -81,6 +81,10 @@ class ClipGeometry:
         )
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def _close(a: Sequence[float], b: Sequence[float]) -> bool:
     return len(a) == len(b) and all(
         abs(float(x) - float(y)) < 1e-6 for x, y in zip(a, b, strict=True)
@@ -169,6 +173,14 @@ def choose_geometry(
             f"defaults: checkpoint {source.label} records no clip geometry "
             "(pass --config or data.clip_len / data.augment.* overrides to choose)"
         )
+    if known is not None:  # say where an explicit key departs from what it trained on
+        differ = [
+            f"{k.rsplit('.', 1)[1]} {known[0][k]}"
+            for k in given
+            if known[0].get(k) is not None and _plain(known[0][k]) != _plain(values[k])
+        ]
+        if differ:
+            origin += f" (the checkpoint was trained at {', '.join(differ)})"
     where_ = f"checkpoint {source.label}"
     clip_len = values[CLIP_LEN]
     if not isinstance(clip_len, int) or isinstance(clip_len, bool) or clip_len < 1:

@@ -76,6 +76,9 @@ def test_an_explicit_key_wins_over_the_checkpoint(tmp_path):
     g = choose_geometry(resolve_checkpoint(spec, command), command.data, explicit)
     assert (g.clip_len, g.resize, g.crop) == (8, (48, 64), (32, 32))
     assert "data.augment.crop from the command's config/overrides" in g.line()
+    assert g.line().endswith("(the checkpoint was trained at crop [40, 40])")
+    same = choose_geometry(resolve_checkpoint(spec, command), _cfg(SMALL).data, {CLIP_LEN})
+    assert "trained at" not in same.line()  # an explicit key equal to the checkpoint's
 
 
 def test_explicit_keys_of_a_config_file_and_of_nested_overrides():
