@@ -25,10 +25,11 @@ lazy): torch and Ray take seconds to import, which `rayssl synth`, `manifest` an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rayssl.config import ConfigError, load_config
@@ -173,7 +174,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     result = pretrain(cfg)
     print(json.dumps(result, default=str))
-    _print_run_view(default_tracking_uri(cfg), result.get("mlflow_run_id", ""))
+    _print_run_view(lambda: default_tracking_uri(cfg), result.get("mlflow_run_id", ""))
     return 0
 
 
@@ -281,12 +282,14 @@ def _explicit_geometry(config: str | None, overrides: Sequence[str]) -> set[str]
     return explicit_keys(read_yaml(config) if config else {}, overrides)
 
 
-def _print_run_view(tracking_uri: str, run_id: str) -> None:
+def _print_run_view(tracking_uri: Callable[[], str], run_id: str) -> None:
     """The last line of a tracked command: its MLflow run in the model-training view, on
-    stderr (stdout's last line stays the command's JSON result, for scripts)."""
+    stderr (stdout's last line stays the command's JSON result, for scripts). A hint
+    only: a store it cannot name or reach prints nothing and fails nothing."""
     from rayssl.tracking_uri import print_run_view  # lazy: see the module docstring
 
-    print_run_view(tracking_uri, run_id, file=sys.stderr)
+    with contextlib.suppress(ConfigError, ValueError, OSError):
+        print_run_view(tracking_uri(), run_id, file=sys.stderr)
 
 
 def storage_options(endpoint_url: str):
@@ -355,8 +358,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rayssl.tracking_uri import default_tracking_uri  # lazy: see the module docstring
 
     out = evaluate_from_args(args)
-    uri = default_tracking_uri(load_suite(args.suite, args.overrides).as_config())
-    _print_run_view(uri, out["mlflow_run_id"])
+    suite = load_suite(args.suite, args.overrides)
+    _print_run_view(lambda: default_tracking_uri(suite.as_config()), out["mlflow_run_id"])
     return 0
 
 
@@ -453,7 +456,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = run_sweep(load_sweep(args.config, args.overrides))
     print(result.pop("table"))
     print(json.dumps(result, default=str))
-    _print_run_view(real_tracking_uri(result["tracking_uri"]), result["parent_run_id"])
+    _print_run_view(lambda: real_tracking_uri(result["tracking_uri"]), result["parent_run_id"])
     return 0 if result["trials_done"] == result["trials"] else 1
 
 

@@ -77,7 +77,7 @@ def test_the_run_is_looked_up_in_its_store(tmp_path, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_a_command_prints_the_view_on_stderr(tmp_path, capsys):
+def test_a_command_prints_the_view_on_stderr(tmp_path, capsys, monkeypatch):
     """stdout's last line stays a command's JSON result; the view goes to stderr."""
     from rayssl.cli import _print_run_view
 
@@ -85,9 +85,15 @@ def test_a_command_prints_the_view_on_stderr(tmp_path, capsys):
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("view-cli", artifact_location=str(tmp_path / "art"))
     run = client.create_run(exp).info.run_id
-    _print_run_view(uri, run)
+    _print_run_view(lambda: uri, run)
     printed = capsys.readouterr()
     assert printed.out == ""
     last = printed.err.strip().splitlines()[-1]  # (MLflow logs its store's creation first)
     assert last.startswith(f"MLflow run: {DEFAULT_UI_ADDRESS}/#/experiments/{exp}/runs/{run}")
     assert last.endswith(f"mlflow ui --backend-store-uri {uri})")
+    # a redacted URI without its credentials in the environment: a hint, so nothing
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from rayssl.tracking_uri import real_tracking_uri
+
+    _print_run_view(lambda: real_tracking_uri("http://***@mlflow.example"), run)
+    assert capsys.readouterr().err == ""
