@@ -229,11 +229,12 @@ def cmd_features(args: argparse.Namespace) -> int:
     source = resolve_checkpoint(args.checkpoint, cfg)
     from rayssl.clip_geometry import choose_geometry  # lazy: see the module docstring
 
+    backbone = build_backbone_from(source)
     # the checkpoint's own clips unless --config / an override sets them
-    geometry = choose_geometry(source, cfg.data, _explicit_geometry(args.config, args.overrides))
+    explicit = _explicit_geometry(args.config, args.overrides)
+    geometry = choose_geometry(source, cfg.data, explicit, backbone)
     cfg = replace(cfg, data=geometry.apply(cfg.data))
     print(geometry.line(), flush=True)
-    backbone = build_backbone_from(source)
     from rayssl.models.heads import check_feature_layers  # lazy: see the module docstring
 
     try:  # the backbone's own layer names, before any work

@@ -144,11 +144,13 @@ def checkpoint_normalisation(source: BackboneSource) -> tuple[tuple[float, ...],
 
 
 def choose_geometry(
-    source: BackboneSource, data: DataConfig, explicit: Collection[str] = ()
+    source: BackboneSource, data: DataConfig, explicit: Collection[str] = (), backbone: Any = None
 ) -> ClipGeometry:
     """The geometry to extract `source`'s features at: each of `GEOMETRY_KEYS` from `data`
     (the command's config) where `explicit` names it, else from the checkpoint where it
-    records it, else `data`'s (the defaults unless a config set them)."""
+    records it, else `data`'s (the defaults unless a config set them). The normalisation:
+    an export's, else the built `backbone`'s own `input_mean` / `input_std` (torchvision's
+    Kinetics models), else the pipeline's."""
     configured = {CLIP_LEN: data.clip_len, RESIZE: data.augment.resize, CROP: data.augment.crop}
     known = checkpoint_geometry(source)
     values = dict(configured)
@@ -193,5 +195,10 @@ def choose_geometry(
     if not fits:
         raise ConfigError(f"{where_}: crop {list(crop)} does not fit resize {list(resize)}")
     norm = checkpoint_normalisation(source)
+    if norm is None and hasattr(backbone, "input_mean") and hasattr(backbone, "input_std"):
+        norm = (
+            tuple(float(v) for v in backbone.input_mean),
+            tuple(float(v) for v in backbone.input_std),
+        )
     mean, std = norm if norm is not None else (tuple(MEAN), tuple(STD))
     return ClipGeometry(clip_len, resize, crop, mean, std, origin)

@@ -196,3 +196,20 @@ def test_features_of_a_40px_checkpoint_are_extracted_at_40px(
     summary = json.loads(lines[-1])
     assert (summary["clip_len"], summary["crop"]) == (8, [40, 40])
     assert len(read_features(str(out)).video_ids) == summary["videos"] > 0
+
+
+def test_a_torchvision_model_is_fed_its_kinetics_normalisation(tmp_path):
+    """A `torchvision:` checkpoint records no geometry (the defaults: torchvision's own
+    16 x 112 x 112 clips) but its backbone declares Kinetics statistics: used."""
+    from rayssl.checkpoint import build_backbone_from
+    from rayssl.models.torchvision_video import KINETICS_MEAN, KINETICS_STD
+    from tests.models.test_torchvision_backbones import _reference, reference_state
+
+    keys = {k: tuple(v) for k, v in _reference()["r3d_18"]["keys"].items()}
+    path = tmp_path / "r3d_18.pth"
+    torch.save(reference_state(keys), path)  # torchvision's layout (no torchvision here)
+    source = resolve_checkpoint(f"torchvision:r3d_18={path}", _cfg())
+    assert source.kind == "torchvision"
+    g = choose_geometry(source, DataConfig(), set(), backbone=build_backbone_from(source))
+    assert g.renormalise == (tuple(KINETICS_MEAN), tuple(KINETICS_STD))
+    assert (g.clip_len, g.crop) == (16, (112, 112)) and "defaults" in g.line()

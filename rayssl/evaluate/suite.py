@@ -344,12 +344,12 @@ def _prepare(
     suite = replace(suite, data=cfg.data, run=cfg.run)
     check_suite_paths(suite, suite_dir)
     source = resolve_checkpoint(checkpoint, cfg)
+    backbone = build_backbone_from(source)
     geometry = None
     if explicit_geometry is not None:
-        geometry = choose_geometry(source, suite.data, explicit_geometry)
+        geometry = choose_geometry(source, suite.data, explicit_geometry, backbone)
         suite = replace(suite, data=geometry.apply(suite.data))
         print(geometry.line(), flush=True)
-    backbone = build_backbone_from(source)
     suite = bind_to_backbone(suite, backbone, source.model.backbone)
     table = load_manifest(suite.data.manifest, suite.data)
     check_labels(suite, table)
