@@ -13,6 +13,7 @@ geometry keys a config file's values and the command line's overrides set.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -132,7 +133,11 @@ def checkpoint_normalisation(source: BackboneSource) -> tuple[tuple[float, ...],
         return None
     mean, std = norm.get("mean"), norm.get("std")
     ok = all(
-        isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
+        isinstance(v, list)
+        and len(v) == 3
+        and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
+        )
         for v in (mean, std)
     )
     if not ok or not all(float(x) > 0 for x in std):  # type: ignore[union-attr]

@@ -122,6 +122,8 @@ def test_an_export_without_a_config_gives_its_settings_clip(tmp_path):
         ({"frames": 8, "resize": [48, -1], "crop": [40, 40]}, None, "positive integers"),
         (None, {"mean": [0.4, 0.4, 0.4], "std": [0.2, 0.0, 0.2]}, "positive standard"),
         (None, {"mean": [0.4], "std": [0.2, 0.2, 0.2]}, "3 means"),
+        (None, {"mean": [0.4, float("nan"), 0.4], "std": [0.2, 0.2, 0.2]}, "3 means"),
+        (None, {"mean": [0.4, 0.4, 0.4], "std": [0.2, float("inf"), 0.2]}, "3 means"),
     ],
 )
 def test_a_hostile_export_geometry_is_a_one_line_error(tmp_path, clip, norm, message):
