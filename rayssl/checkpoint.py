@@ -504,6 +504,7 @@ class BackboneSource:
     pretrain_run_id: str = ""  # the MLflow run that trained it ('' if unknown)
     config: dict[str, Any] = field(default_factory=dict)  # its training config, if known
     model_id: str = ""  # the MLflow LoggedModel it is (models:/), '' if none or unknown
+    settings: dict[str, Any] = field(default_factory=dict)  # an export's rayssl_model.json
 
     @property
     def label(self) -> str:
@@ -645,6 +646,7 @@ def _from_exported(
         pretrain_run_id=str(settings.get("pretrain_run_id") or ""),
         config=config,
         model_id=model_id,
+        settings=settings,
     )
 
 

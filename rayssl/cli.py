@@ -25,10 +25,11 @@ lazy): torch and Ray take seconds to import, which `rayssl synth`, `manifest` an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rayssl.config import ConfigError, load_config
@@ -168,10 +169,12 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from rayssl.launch import pretrain  # lazy: see the module docstring
+    from rayssl.tracking_uri import default_tracking_uri  # lazy: see the module docstring
 
     cfg = load_config(args.config, args.overrides)
     result = pretrain(cfg)
     print(json.dumps(result, default=str))
+    _print_run_view(lambda: default_tracking_uri(cfg), result.get("mlflow_run_id", ""))
     return 0
 
 
@@ -224,7 +227,14 @@ def cmd_features(args: argparse.Namespace) -> int:
     )
     cfg = resolve_paths(suite.as_config())
     source = resolve_checkpoint(args.checkpoint, cfg)
+    from rayssl.clip_geometry import choose_geometry  # lazy: see the module docstring
+
     backbone = build_backbone_from(source)
+    # the checkpoint's own clips unless --config / an override sets them
+    explicit = _explicit_geometry(args.config, args.overrides)
+    geometry = choose_geometry(source, cfg.data, explicit, backbone)
+    cfg = replace(cfg, data=geometry.apply(cfg.data))
+    print(geometry.line(), flush=True)
     from rayssl.models.heads import check_feature_layers  # lazy: see the module docstring
 
     try:  # the backbone's own layer names, before any work
@@ -243,6 +253,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         inference,
         suite.features.layers,
         token_grid=suite.features.token_grid,
+        normalisation=geometry.renormalise,
     )
     options = storage_options(cfg.data.endpoint_url)
     write_features(feats, args.out, options=options)
@@ -254,12 +265,32 @@ def cmd_features(args: argparse.Namespace) -> int:
                 "skipped": feats.skipped,
                 "layers": {k: v.shape[1] for k, v in feats.outputs.items()},
                 "clips": inference.clips,
+                "clip_len": geometry.clip_len,
+                "crop": list(geometry.crop),
                 "checkpoint": source.label,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
         )
     )
     return 0 if feats.video_ids else 1
+
+
+def _explicit_geometry(config: str | None, overrides: Sequence[str]) -> set[str]:
+    """The clip geometry keys a command's --config file and overrides set."""
+    from rayssl.clip_geometry import explicit_keys  # lazy: see the module docstring
+    from rayssl.config import read_yaml  # lazy: see the module docstring
+
+    return explicit_keys(read_yaml(config) if config else {}, overrides)
+
+
+def _print_run_view(tracking_uri: Callable[[], str], run_id: str) -> None:
+    """The last line of a tracked command: its MLflow run in the model-training view, on
+    stderr (stdout's last line stays the command's JSON result, for scripts). A hint
+    only: a store it cannot name or reach prints nothing and fails nothing."""
+    from rayssl.tracking_uri import print_run_view  # lazy: see the module docstring
+
+    with contextlib.suppress(ConfigError, ValueError, OSError):
+        print_run_view(tracking_uri(), run_id, file=sys.stderr)
 
 
 def storage_options(endpoint_url: str):
@@ -282,7 +313,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_from_args(args: argparse.Namespace) -> dict:
-    """Run the suite (and the random-init baseline with --baseline); print the table."""
+    """Run the suite (and the random-init baseline with --baseline, at the same clip
+    geometry); print the table."""
+    from dataclasses import replace
     from pathlib import Path
 
     from rayssl.evaluate.suite import (  # lazy: see the module docstring
@@ -295,13 +328,19 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
 
     suite = load_suite(args.suite, args.overrides)
     suite_dir = Path(args.suite).resolve().parent
-    main = evaluate_checkpoint(suite, args.checkpoint, args.out, suite_dir, run_training)
+    explicit = _explicit_geometry(args.suite, args.overrides)
+    main = evaluate_checkpoint(
+        suite, args.checkpoint, args.out, suite_dir, run_training, explicit_geometry=explicit
+    )
     print("\n".join(main["report"]))
     columns = {main["source"].label: main["results"]}
     out = {"results": main["results"], "mlflow_run_id": main["mlflow_run_id"], "out": args.out}
     if args.baseline and main["source"].kind != "random":
+        baseline = baseline_suite(suite, main["source"])
+        if main.get("geometry") is not None:  # the same clips as the checkpoint's
+            baseline = replace(baseline, data=main["geometry"].apply(baseline.data))
         base = evaluate_checkpoint(
-            baseline_suite(suite, main["source"]),
+            baseline,
             "random",
             Path(args.out) / "baseline",
             suite_dir,
@@ -316,7 +355,12 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    evaluate_from_args(args)
+    from rayssl.evaluate.suite import load_suite  # lazy: see the module docstring
+    from rayssl.tracking_uri import default_tracking_uri  # lazy: see the module docstring
+
+    out = evaluate_from_args(args)
+    suite = load_suite(args.suite, args.overrides)
+    _print_run_view(lambda: default_tracking_uri(suite.as_config()), out["mlflow_run_id"])
     return 0
 
 
@@ -407,11 +451,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from rayssl.tracking_uri import real_tracking_uri  # lazy: see the module docstring
     from rayssl.tune.sweep import load_sweep, run_sweep  # lazy: see the module docstring
 
     result = run_sweep(load_sweep(args.config, args.overrides))
     print(result.pop("table"))
     print(json.dumps(result, default=str))
+    _print_run_view(lambda: real_tracking_uri(result["tracking_uri"]), result["parent_run_id"])
     return 0 if result["trials_done"] == result["trials"] else 1
 
 

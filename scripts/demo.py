@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rayssl.localhead import local_ray_head, submit_job  # noqa: E402
+from rayssl.tracking_uri import run_view_of  # noqa: E402
 from rayssl.train.loop import PROGRESS_PREFIX  # noqa: E402
 
 #: Classes of the demo's videos: motion families (each video shows one kind of its
@@ -184,8 +185,12 @@ def main() -> int:
             print(f"demo: evaluation failed (log: {work / 'job-evaluate.log'})", file=sys.stderr)
             return 1
         report(pretrained, eval_dir)
-        print(f"\nresult after {time.time() - t0:.0f}s. Logs: {work}/*.log. Open MLflow with:")
-        print(f"  .venv/bin/mlflow ui --backend-store-uri {tracking}")
+        print(f"\nresult after {time.time() - t0:.0f}s. Logs: {work}/*.log.")
+        # the pre-training run (its evaluations are nested under it) in MLflow's
+        # model-training view, after the `mlflow ui` command a sqlite store needs
+        view = run_view_of(tracking, str(pretrained.get("mlflow_run_id") or ""))
+        if view is not None:
+            print(view.line(), flush=True)
         print("stopping the Ray head this demo started...", flush=True)
     print(f"demo finished in {time.time() - t0:.0f}s.")
     return 0

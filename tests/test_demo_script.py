@@ -63,6 +63,15 @@ def test_demo_runs_both_jobs_and_prints_the_comparison_with_random_init(tmp_path
         m = re.search(re.escape(row) + r"\s+([01]\.\d{3})\s+([01]\.\d{3})", text)
         assert m, (row, text)
     assert text.rstrip().splitlines()[-1].startswith("demo finished in")
+    # the pre-training run in MLflow's model-training view, after the `mlflow ui` command
+    view = re.search(
+        r"^MLflow run: http://127\.0\.0\.1:5000/#/experiments/\d+/runs/([0-9a-f]{32})"
+        r"\?workflowType=machine_learning \(start the UI first: mlflow ui --backend-store-uri "
+        r"(\S+)\)$",
+        text,
+        re.M,
+    )
+    assert view and view.group(2) == tracking, text
     # what the table was read from: this run's results and the baseline's
     ours = json.loads((work / "eval" / "results.json").read_text())
     base = json.loads((work / "eval" / "baseline" / "results.json").read_text())
@@ -74,4 +83,5 @@ def test_demo_runs_both_jobs_and_prints_the_comparison_with_random_init(tmp_path
     assert any(n.startswith("demo-local-") and not n.endswith("-eval") for n in names), names
     pretrain = runs[runs["tags.mlflow.runName"].str.match(r"^demo-local-\d{8}-\d{6}$")]
     assert pretrain["metrics.val/pace_acc"].notna().all()
+    assert view.group(1) in set(pretrain["run_id"])  # the printed run is the pre-training's
     assert len(runs) >= 3, names  # pre-training, its evaluation, the random-init baseline

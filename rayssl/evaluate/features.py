@@ -158,11 +158,14 @@ def extract_features(
     inference: InferenceSettings,
     layers: Sequence[str],
     token_grid: Sequence[int] = DEFAULT_TOKEN_GRID,
+    normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> VideoOutputs:
     """Per-video features of every usable video of a manifest `table`, per layer (token
     layers pooled to at most `token_grid` tokens per clip, `FeatureModel`). The layers
-    are checked against the backbone's `feature_layers` before anything runs."""
-    model = FeatureModel(backbone, layers, token_grid)
+    are checked against the backbone's `feature_layers` before anything runs.
+    `normalisation`: the backbone's (mean, std) when not the pipeline's
+    (`rayssl.clip_geometry.ClipGeometry.renormalise`)."""
+    model = FeatureModel(backbone, layers, token_grid, normalisation)
     return run_inference(model, table, data, inference)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +36,7 @@ from rayssl.checkpoint import (
     build_backbone_from,
     resolve_checkpoint,
 )
+from rayssl.clip_geometry import ClipGeometry, choose_geometry
 from rayssl.config import (
     Config,
     ConfigError,
@@ -295,6 +296,7 @@ class FeatureStore:
         self.wanted: dict[str, set[str]] = {}
         self.cache: dict[str, VideoOutputs] = {}
         self.seconds = 0.0
+        self.normalisation = None  # the checkpoint's (mean, std) if not the pipeline's
 
     def want(self, needs: dict[str, list[str]]) -> None:
         for clips, layers in needs.items():
@@ -316,6 +318,7 @@ class FeatureStore:
                 inference,
                 layers,
                 token_grid=self.suite.features.token_grid,
+                normalisation=self.normalisation,
             )
             self.seconds += time.perf_counter() - t0
             name = f"features-{clips.replace(':', '-')}.parquet"
@@ -328,15 +331,25 @@ class FeatureStore:
 
 
 def _prepare(
-    suite: EvalSuite, checkpoint: str, suite_dir: Path | None
-) -> tuple[EvalSuite, BackboneSource, Any, pa.Table]:
+    suite: EvalSuite,
+    checkpoint: str,
+    suite_dir: Path | None,
+    explicit_geometry: Collection[str] | None = None,
+) -> tuple[EvalSuite, BackboneSource, Any, pa.Table, ClipGeometry | None]:
     """Everything checked before any feature is extracted, then Ray started: the suite
-    with resolved paths, the checkpoint, its backbone and the manifest rows needed."""
+    with resolved paths, the checkpoint, its backbone, the manifest rows needed and the
+    clip geometry taken from the checkpoint (`explicit_geometry` not None:
+    `rayssl.clip_geometry.choose_geometry`; None: the suite's geometry as it is)."""
     cfg = resolve_paths(suite.as_config())
     suite = replace(suite, data=cfg.data, run=cfg.run)
     check_suite_paths(suite, suite_dir)
     source = resolve_checkpoint(checkpoint, cfg)
     backbone = build_backbone_from(source)
+    geometry = None
+    if explicit_geometry is not None:
+        geometry = choose_geometry(source, suite.data, explicit_geometry, backbone)
+        suite = replace(suite, data=geometry.apply(suite.data))
+        print(geometry.line(), flush=True)
     suite = bind_to_backbone(suite, backbone, source.model.backbone)
     table = load_manifest(suite.data.manifest, suite.data)
     check_labels(suite, table)
@@ -344,7 +357,7 @@ def _prepare(
     # the results go to MLflow at the end: an unwritable store must not waste the run
     preflight.check_tracking_uri(real_tracking_uri(suite.run.tracking_uri))
     start_ray()
-    return suite, source, backbone, table
+    return suite, source, backbone, table, geometry
 
 
 def run_evaluations(ctx: RunContext) -> tuple[dict[str, float], list[str]]:
@@ -367,16 +380,22 @@ def evaluate_checkpoint(
     out_dir: str | Path,
     suite_dir: Path | None = None,
     train: TrainingRunner | None = None,
+    explicit_geometry: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Run the enabled evaluations of `suite` on `checkpoint`; write DIR/results.json and
     the plots; log an MLflow run. Returns {"results", "report", "source", "mlflow_run_id"}.
     `suite_dir` (the suite file's folder) resolves a relative fine-tuning config; `train`
-    (`rayssl.launch.run_training`) launches the fine-tuning evaluation's training job."""
+    (`rayssl.launch.run_training`) launches the fine-tuning evaluation's training job.
+    `explicit_geometry`: the geometry keys the suite's file / overrides set; given, the
+    rest come from the checkpoint when it records them (`rayssl.clip_geometry`)."""
     t0 = time.perf_counter()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     out = RunFiles(Path(out_dir))
-    suite, source, backbone, table = _prepare(suite, checkpoint, suite_dir)
+    suite, source, backbone, table, geometry = _prepare(
+        suite, checkpoint, suite_dir, explicit_geometry
+    )
     feats = FeatureStore(suite, backbone, table, out)
+    feats.normalisation = geometry.renormalise if geometry is not None else None
     ctx = RunContext(suite, feats, backbone, table, source, out, suite_dir, train)
     results, report = run_evaluations(ctx)
     skipped = feats.skipped()
@@ -393,4 +412,5 @@ def evaluate_checkpoint(
         "seconds": time.perf_counter() - t0,
         "feature_seconds": feats.seconds,
         "skipped": skipped,
+        "geometry": geometry,  # the checkpoint's clip geometry (ClipGeometry) or None
     }

@@ -31,7 +31,7 @@ from rayssl.clips.sampling import clip_indices
 from rayssl.clips.transforms import center_crop_params, crop_clip
 from rayssl.config import AugmentSettings, ClipSpec, DataConfig, parse_clip_spec
 from rayssl.io import storage
-from rayssl.models.heads import check_feature_layers
+from rayssl.models.heads import MEAN, STD, check_feature_layers
 from rayssl.train.step import DeviceSettings, clip_to_input
 
 EVAL_ROW_COLUMNS = ("uri", "video_id", "num_frames", "keyframes", "keyframe_pts", "label", "split")
@@ -85,14 +85,27 @@ class FeatureModel(nn.Module):
         backbone: nn.Module,
         layers: Sequence[str],
         token_grid: Sequence[int] = DEFAULT_TOKEN_GRID,
+        normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         check_feature_layers(backbone, layers)
         self.backbone = backbone
         self.layers = list(layers)
         self.token_grid = tuple(int(v) for v in token_grid)
+        # (mean, std) of a backbone trained with another normalisation than the pipeline's
+        # (MEAN, STD; e.g. an exported torchvision model): the input is renormalised to it
+        self.normalisation = (
+            None
+            if normalisation is None
+            else tuple(tuple(float(v) for v in part) for part in normalisation)
+        )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.normalisation is not None:
+            shape = (1, 3, 1, 1, 1)
+            old_m, old_s = (x.new_tensor(v).view(shape) for v in (MEAN, STD))
+            new_m, new_s = (x.new_tensor(v).view(shape) for v in self.normalisation)
+            x = (x * old_s + old_m - new_m) / new_s
         maps = cast(Any, self.backbone).forward_features(x, self.layers)
         out = {}
         for k, v in maps.items():
