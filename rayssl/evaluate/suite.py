@@ -296,7 +296,8 @@ class FeatureStore:
         self.wanted: dict[str, set[str]] = {}
         self.cache: dict[str, VideoOutputs] = {}
         self.seconds = 0.0
-        self.normalisation = None  # the checkpoint's (mean, std) if not the pipeline's
+        # the checkpoint's (mean, std) if not the pipeline's
+        self.normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def want(self, needs: dict[str, list[str]]) -> None:
         for clips, layers in needs.items():
