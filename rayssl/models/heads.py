@@ -157,19 +157,27 @@ class VideoBackbone(nn.Module):
         """(T', H', W') of "pool5_map" for clips of `clip_shape` = (T, H, W): its tokens
         are that grid in raster order. Found once per shape by a forward pass of a
         blank clip in eval mode (the running statistics are left alone)."""
-        key = tuple(int(v) for v in clip_shape)
-        if key not in self._token_grids:
-            param = next(self.parameters())
-            was_training = self.training
-            self.eval()
-            try:
-                with torch.no_grad():
-                    x = torch.zeros(1, 3, *key, device=param.device, dtype=param.dtype)
-                    t, h, w = self.forward_map(x).shape[2:]
-            finally:
-                self.train(was_training)
-            self._token_grids[key] = (int(t), int(h), int(w))
-        return self._token_grids[key]
+        return map_grid(self, clip_shape, self._token_grids)
+
+
+def map_grid(
+    model: nn.Module, clip_shape: Sequence[int], cache: dict[tuple[int, ...], tuple[int, int, int]]
+) -> tuple[int, int, int]:
+    """(T', H', W') of `model.forward_map` for clips of `clip_shape` = (T, H, W), found once
+    per shape (kept in `cache`) by a blank clip in eval mode (running statistics untouched)."""
+    key = tuple(int(v) for v in clip_shape)
+    if key not in cache:
+        param = next(model.parameters())
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                x = torch.zeros(1, 3, *key, device=param.device, dtype=param.dtype)
+                t, h, w = model.forward_map(x).shape[2:]  # type: ignore[operator]
+        finally:
+            model.train(was_training)
+        cache[key] = (int(t), int(h), int(w))
+    return cache[key]
 
 
 class ClassifierHead(nn.Module):

@@ -29,7 +29,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from rayssl.models.heads import VCOP_POOL, scale_channels
+from rayssl.models.heads import VCOP_POOL, map_grid, scale_channels
 from rayssl.vocabulary import CNN_FEATURE_LAYERS
 
 #: torchvision's Kinetics-400 input normalisation (RGB, after scaling to [0, 1]).
@@ -101,22 +101,7 @@ class _TorchvisionBackbone(nn.Module):
     def token_grid(self, clip_shape: Sequence[int]) -> tuple[int, int, int]:
         """(T', H', W') of "pool5_map" for clips of `clip_shape` = (T, H, W), found once per
         shape by a blank clip in eval mode (as `VideoBackbone.token_grid`)."""
-        grids: dict[tuple[int, ...], tuple[int, int, int]] = self.__dict__.setdefault(
-            "_token_grids", {}
-        )
-        key = tuple(int(v) for v in clip_shape)
-        if key not in grids:
-            param = next(self.parameters())
-            was_training = self.training
-            self.eval()
-            try:
-                with torch.no_grad():
-                    x = torch.zeros(1, 3, *key, device=param.device, dtype=param.dtype)
-                    t, h, w = self.forward_map(x).shape[2:]
-            finally:
-                self.train(was_training)
-            grids[key] = (int(t), int(h), int(w))
-        return grids[key]
+        return map_grid(self, clip_shape, self.__dict__.setdefault("_token_grids", {}))
 
 
 # ------------------------------------------------------------------------- VideoResNet
