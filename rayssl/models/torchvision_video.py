@@ -23,6 +23,7 @@ settings.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -40,7 +41,7 @@ FEATURE_LAYERS = CNN_FEATURE_LAYERS  # pool1..pool5, pool5_vcop, pool5_map: as r
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 
 
-class _TorchvisionBackbone(nn.Module):
+class _TorchvisionBackbone(nn.Module, abc.ABC):
     """Five named stages (`_stage_names`, attributes with torchvision's names), then a
     global average pool: `forward` -> (B, out_dim); `forward_features` -> pool1..pool5."""
 
@@ -49,8 +50,9 @@ class _TorchvisionBackbone(nn.Module):
     input_std = KINETICS_STD
     out_dim: int
 
+    @abc.abstractmethod
     def _stages(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
-        raise NotImplementedError
+        """The five stages in order (each subclass names its own modules)."""
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's output before global pooling, (B, out_dim, T', H', W')."""
