@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
+from rayssl.clips.sampling import draw_pace_clip
 from rayssl.clips.transforms import AugmentConfig, augment_clip, hflip_clip
+from rayssl.pretext.base import ClipPlan, Pretext
 
 #: Draws of a multi-block mask before leaving one token visible (every token masked).
 _MASK_REDRAWS = 20
@@ -143,3 +146,19 @@ def grid_of(clip_shape: Sequence[int]) -> tuple[int, int, int]:
 
     t, h, w = clip_shape[:3]
     return token_grid((t, h, w))
+
+
+class MaskedPretext(Pretext):
+    """What the masked pretexts share: their settings (`pretext.<name>`) and one clip per
+    sample at `frame_stride` (a pace clip at that one pace)."""
+
+    def __init__(self, cfg: Any, clip_len: int, short_video: str = "resample_pace") -> None:
+        super().__init__(cfg, clip_len, short_video)
+        self.settings = getattr(cfg, self.name)
+
+    def plan(self, num_frames: int, rng: np.random.Generator) -> ClipPlan | None:
+        stride = float(self.settings.frame_stride)
+        draw = draw_pace_clip(num_frames, self.clip_len, [stride], rng, self.short_video)
+        if draw is None:
+            return None
+        return ClipPlan(clips=[draw.indices], resampled=draw.resampled)

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rayssl.clips.sampling import draw_pace_clip
 from rayssl.models.vit import PATCH, TUBELET, sincos_table, transformer_blocks
-from rayssl.pretext.base import ClipPlan, Features, Pretext
-from rayssl.pretext.masks import grid_of, masked_clip, masked_per_frame, tube_mask
+from rayssl.pretext.base import Features
+from rayssl.pretext.masks import MaskedPretext, grid_of, masked_clip, masked_per_frame, tube_mask
 
 
 def patch_targets(x: torch.Tensor, normalise: bool = True) -> torch.Tensor:
@@ -100,21 +99,11 @@ class VideoMAEDecoder(nn.Module):
         return self.head(self.norm(h[:, -masked.shape[1] :]))
 
 
-class VideoMAEPretext(Pretext):
+class VideoMAEPretext(MaskedPretext):
     name = "videomae"
     accuracy_name = "acc"
 
-    def __init__(self, cfg: Any, clip_len: int, short_video: str = "resample_pace") -> None:
-        super().__init__(cfg, clip_len, short_video)
-        self.settings = cfg.videomae
-
     # ---------------------------------------------------------------- CPU half
-    def plan(self, num_frames: int, rng: np.random.Generator) -> ClipPlan | None:
-        stride = float(self.settings.frame_stride)
-        draw = draw_pace_clip(num_frames, self.clip_len, [stride], rng, self.short_video)
-        if draw is None:
-            return None
-        return ClipPlan(clips=[draw.indices], resampled=draw.resampled)
 
     def make_sample(self, frames, plan, rng, augment, train=True) -> dict[str, np.ndarray]:
         s = self.settings

@@ -37,10 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayssl.clips.sampling import draw_pace_clip
 from rayssl.models.vit import PATCH, TUBELET, sincos_table, transformer_blocks
-from rayssl.pretext.base import ClipPlan, Features, Pretext
-from rayssl.pretext.masks import grid_of, masked_clip, multiblock_mask
+from rayssl.pretext.base import Features
+from rayssl.pretext.masks import MaskedPretext, grid_of, masked_clip, multiblock_mask
 from rayssl.pretext.videomae import gather_tokens
 
 #: The batch columns of the two masks, in the order the loss averages them.
@@ -119,21 +118,11 @@ def context_and_targets(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return order_ctx[:, :kc], order_tgt[:, :kt]
 
 
-class VJEPAPretext(Pretext):
+class VJEPAPretext(MaskedPretext):
     name = "vjepa"
     accuracy_name = "acc"
 
-    def __init__(self, cfg: Any, clip_len: int, short_video: str = "resample_pace") -> None:
-        super().__init__(cfg, clip_len, short_video)
-        self.settings = cfg.vjepa
-
     # ---------------------------------------------------------------- CPU half
-    def plan(self, num_frames: int, rng: np.random.Generator) -> ClipPlan | None:
-        stride = float(self.settings.frame_stride)
-        draw = draw_pace_clip(num_frames, self.clip_len, [stride], rng, self.short_video)
-        if draw is None:
-            return None
-        return ClipPlan(clips=[draw.indices], resampled=draw.resampled)
 
     def masks(self, grid: tuple[int, int, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
         """The short- and long-range masks of one sample."""
