@@ -53,7 +53,28 @@ PRETEXT_CONFIGS = {
     "statistics": "stats_debug.yaml",
     "pace_contrastive": "pace_ctr_debug.yaml",
     "multitask": "pace_stats_debug.yaml",
+    "pace_vit": "debug.yaml",
+    "videomae": "videomae_vit_debug.yaml",
+    "vjepa": "vjepa_vit_debug.yaml",
 }
+
+#: The rows on the tiny ViT. A ViT takes multiples of 16 pixels and of its 2-frame
+#: tubelet, so its rows use 48 px crops of the same 48x64 frames and 8-frame clips (the
+#: CNN rows: 40 px, 16 frames), and one optimiser for all three (AdamW with the ViT
+#: recipes' betas, warm-up + cosine): the rows differ by their pretext only.
+VIT_ROWS = {"pace_vit", "videomae", "vjepa"}
+VIT_OVERRIDES = [
+    "model.backbone=vit_tiny",
+    "model.width=1.0",
+    "data.clip_len=8",
+    "data.augment.crop=[48,48]",
+    "optim.name=adamw",
+    "optim.lr=5.0e-4",
+    "optim.weight_decay=0.05",
+    "optim.betas=[0.9,0.95]",
+    "optim.schedule=warmup_cosine",
+    "optim.min_lr=1.0e-5",
+]
 
 
 def make_manifest(videos: Path, out: Path, labelled: float, seed: int) -> dict[str, int]:
@@ -94,7 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--pretexts",
         default="pace",
-        help="comma-separated: pace, statistics, pace_contrastive, multitask (one row each)",
+        help="comma-separated: pace, statistics, pace_contrastive, multitask on C3D/4; "
+        "pace_vit, videomae, vjepa on vit_tiny (one row each)",
     )
     ap.add_argument(
         "--reuse", help="transfer.json of an earlier run on the same data: its columns are kept"
@@ -115,9 +137,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def pretrain_config(pretext: str, manifest: Path, args: argparse.Namespace, out: Path, tracking):
+def pretrain_config(
+    pretext: str,
+    manifest: Path,
+    args: argparse.Namespace,
+    out: Path,
+    tracking,
+    pretrain_videos: int = 0,
+):
     """The pre-training config of one row: the pretext's debug config at the benchmark's
-    geometry and schedule, then the command line's overrides."""
+    geometry and schedule (a ViT row: `VIT_OVERRIDES`), then the command line's
+    overrides. `pretrain_videos` sizes vjepa's EMA momentum rise to the whole run, as
+    V-JEPA does."""
+    vit: list[str] = []
+    if pretext in VIT_ROWS:
+        vit = [*VIT_OVERRIDES, f"optim.warmup_epochs={max(1, args.epochs // 10)}"]
+    if pretext == "vjepa" and pretrain_videos:
+        batch = load_config(ROOT / "configs" / PRETEXT_CONFIGS[pretext]).train.batch_size
+        steps = -(-pretrain_videos * args.clips_per_video // batch)
+        vit.append(f"pretext.vjepa.momentum_steps={args.epochs * steps}")
     return load_config(
         ROOT / "configs" / PRETEXT_CONFIGS[pretext],
         [
@@ -134,6 +172,7 @@ def pretrain_config(pretext: str, manifest: Path, args: argparse.Namespace, out:
             f"run.tracking_uri={tracking}",
             f"run.seed={args.seed}",
             "run.experiment=transfer",
+            *vit,
             *args.pretrain_overrides,
         ],
     )
@@ -176,7 +215,7 @@ def main() -> int:
     evals: dict[str, dict] = {}
     cfg = None
     for pretext in args.pretexts.split(","):
-        cfg = pretrain_config(pretext, manifest, args, out, tracking)
+        cfg = pretrain_config(pretext, manifest, args, out, tracking, splits["pretrain"])
         t0 = time.perf_counter()
         result = pretrain(cfg)
         timings[f"pretrain_{pretext}_s"] = time.perf_counter() - t0
@@ -231,9 +270,11 @@ def main() -> int:
 
 
 def _suite(manifest: Path, cfg, args: argparse.Namespace, tracking: str, out: Path):
-    """The evaluation suite at the pre-training's clip geometry."""
+    """The evaluation suite at the pre-training's clip geometry (a ViT's: its layers,
+    the attentive probe on its tokens, fine-tuning at its clip size)."""
+    vit = cfg.model.backbone.startswith("vit")
     return load_suite(
-        ROOT / "configs" / "eval_debug.yaml",
+        ROOT / "configs" / ("eval_vit_debug.yaml" if vit else "eval_debug.yaml"),
         [
             f"data.manifest={manifest}",
             f"data.augment.resize={list(cfg.data.augment.resize)}",
@@ -248,7 +289,18 @@ def _suite(manifest: Path, cfg, args: argparse.Namespace, tracking: str, out: Pa
             "similarity.enabled=false",
             "attention.split=test",
             f"finetune.enabled={'false' if args.skip_finetune else 'true'}",
-            f"finetune.overrides=[optim.epochs={args.finetune_epochs}, finetune.test_split=test]",
+            "knn.query_split=test",
+            "attentive_probe.test_split=test",
+            "finetune.overrides=["
+            + ", ".join(
+                [f"optim.epochs={args.finetune_epochs}", "finetune.test_split=test"]
+                + (
+                    [f"data.clip_len={cfg.data.clip_len}", '"data.augment.crop=[48,48]"']
+                    if vit
+                    else []
+                )
+            )
+            + "]",
             f"run.tracking_uri={tracking}",
             f"run.storage_path={out / 'runs'}",
             f"run.seed={args.seed}",
