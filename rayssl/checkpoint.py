@@ -66,6 +66,7 @@ from rayssl import export as exported
 from rayssl.config import Config, ModelConfig
 from rayssl.io import storage
 from rayssl.models import build_backbone
+from rayssl.pretext import PRETEXTS
 from rayssl.tracking_uri import default_tracking_uri
 
 STATE_FILE = "state.pt"
@@ -541,14 +542,24 @@ def _split_prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, to
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def encoder_prefix(config: dict[str, Any]) -> str:
+    """Where the run's result lives in a training state of `config` (a saved config as
+    data): `Pretext.encoder_prefix` of its pretext (vjepa: the EMA target encoder), the
+    backbone for an unknown or missing pretext name."""
+    name = (config.get("pretext") or {}).get("name") if isinstance(config, dict) else None
+    cls = PRETEXTS.get(name) if isinstance(name, str) else None
+    return cls.encoder_prefix if cls is not None else "backbone."
+
+
 def _from_training_state(spec: str, where: str, state: dict, cfg: Config) -> BackboneSource:
     model_state = state.get("model")
     if not isinstance(model_state, dict):
         raise CheckpointError(f"{where}: a {STATE_FILE} without a model state")
     config = state.get("config") or {}
-    backbone_state = _split_prefixed(model_state, "backbone.")
+    prefix = encoder_prefix(config)
+    backbone_state = _split_prefixed(model_state, prefix)
     if not backbone_state:
-        raise CheckpointError(f"{where}: the model state has no 'backbone.*' weights")
+        raise CheckpointError(f"{where}: the model state has no '{prefix}*' weights")
     return BackboneSource(
         spec=spec,
         kind="ray_checkpoint",

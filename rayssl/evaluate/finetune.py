@@ -184,7 +184,6 @@ def run_test_protocol(cfg: Config, checkpoint: str, mlflow_run_id: str = "") -> 
     `checkpoint` (a Ray Train checkpoint: backbone and classifier). Logs to the MLflow
     run `mlflow_run_id` when given; returns the metrics."""
 
-
     options = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url or None)
     state = read_latest_state(checkpoint, options)
     pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)

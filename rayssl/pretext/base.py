@@ -134,6 +134,12 @@ class Pretext(ABC):
     labels_any_clip: ClassVar[bool] = False
     #: the head reads the spatial feature map, not only the pooled features
     uses_map: ClassVar[bool] = False
+    #: where, in the pre-training model's state (`PretextModel`: `backbone.*`, `head.*`),
+    #: the encoder whose features are the run's result lives: what `backbone.pt`, the
+    #: logged models, the retrieval monitor and a `state.pt` given as `--checkpoint`
+    #: read. The trained backbone, except where the method evaluates another encoder
+    #: (vjepa: its EMA target encoder, `head.target.`).
+    encoder_prefix: ClassVar[str] = "backbone."
 
     def __init__(self, cfg: Any, clip_len: int, short_video: str = "resample_pace") -> None:
         self.cfg = cfg
@@ -184,6 +190,10 @@ class Pretext(ABC):
         any weights are loaded: a task whose head holds a copy of the backbone (vjepa's
         EMA target encoder) makes it here. Default: nothing."""
         return None
+
+    def encoder(self, backbone, head):  # -> torch.nn.Module
+        """The encoder at `encoder_prefix`: the run's result."""
+        return backbone
 
     def inputs(self, batch: dict):
         """The clips the backbone runs on, (N, 3, T, H, W)."""

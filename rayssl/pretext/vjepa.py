@@ -121,6 +121,7 @@ def context_and_targets(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 class VJEPAPretext(MaskedPretext):
     name = "vjepa"
     accuracy_name = "acc"
+    encoder_prefix = "head.target."
 
     # ---------------------------------------------------------------- CPU half
 
@@ -165,6 +166,13 @@ class VJEPAPretext(MaskedPretext):
     def attach(self, backbone: nn.Module, head: VJEPAHead) -> None:  # type: ignore[override]
         """The target encoder starts as a copy of the backbone."""
         head.set_target(backbone)
+
+    def encoder(self, backbone: nn.Module, head: VJEPAHead) -> nn.Module:  # type: ignore[override]
+        """The EMA target encoder: what V-JEPA evaluates (its frozen evaluations load the
+        checkpoint's `target_encoder`), the average of the context encoder's recent
+        weights."""
+        assert head.target is not None, "VJEPAHead.set_target was not called"
+        return head.target
 
     def momentum_at(self, step: int) -> float:
         s = self.settings

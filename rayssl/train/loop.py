@@ -385,8 +385,8 @@ class CheckpointManager:
                 )
                 ckpt = ray.train.Checkpoint.from_directory(d)
                 if state is None and self.cfg.run.log_models == "checkpoints":
-                    backbone = cast(PretextModel, unwrap(trainer.model)).backbone
-                    trainer.tracker.log_model(backbone, self.cfg, step=epoch + 1)
+                    encoder = cast(PretextModel, unwrap(trainer.model)).encoder
+                    trainer.tracker.log_model(encoder, self.cfg, step=epoch + 1)
             ray.train.report({**metrics, "mlflow_run_id": run_id or ""}, checkpoint=ckpt)
 
 
@@ -637,9 +637,9 @@ class Trainer:
             if self.worker.rank == 0:
                 plain = build_model(self.cfg, self.pretext)
                 plain.load_state_dict(model_state)
-                self._log_backbone(plain.backbone)
+                self._log_backbone(plain.encoder)
         elif self.worker.rank == 0:
-            self._log_backbone(cast(PretextModel, unwrap(self.model)).backbone)
+            self._log_backbone(cast(PretextModel, unwrap(self.model)).encoder)
 
     def _log_start(self) -> None:
         if self.worker.rank != 0:
@@ -682,8 +682,8 @@ class Trainer:
             vsums = self.validator.run(self.model, self.data.stream_for(epoch), epoch)
             metrics.update(self.epochs.validation(vsums))
         if self.monitor is not None and self.monitor.due(epoch):
-            backbone = cast(PretextModel, unwrap(self.model)).backbone
-            metrics.update(self.monitor.run(backbone, self.worker.device))
+            encoder = cast(PretextModel, unwrap(self.model)).encoder
+            metrics.update(self.monitor.run(encoder, self.worker.device))
         metrics.update(self.epochs.node_memory(self.steps.sampler))
         self.epochs.publish(epoch, metrics)
         self.checkpoints.report(self, epoch, metrics, None)

@@ -37,6 +37,12 @@ class PretextModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         return self.pretext.compute(self.backbone, self.head, batch)
 
+    @property
+    def encoder(self) -> nn.Module:
+        """The encoder that is the run's result (`Pretext.encoder`): the backbone, or
+        vjepa's EMA target encoder."""
+        return cast(nn.Module, self.pretext.encoder(self.backbone, self.head))
+
 
 def build_model(cfg: Config, pretext: Pretext) -> PretextModel:
     # drop_path only when set: the CNN builders take no such option (config validation

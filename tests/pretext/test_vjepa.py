@@ -198,6 +198,53 @@ def test_the_ema_state_is_checkpointed_and_resumes_exactly(tmp_path) -> None:
     assert int(actual["head.ema_steps"]) == 4
 
 
+def test_the_run_s_result_is_the_target_encoder(tmp_path) -> None:
+    """V-JEPA evaluates its EMA target encoder: a vjepa `state.pt` given as --checkpoint
+    resolves to the target's weights, not the trained context encoder's (they differ
+    once a step has run), and `PretextModel.encoder` (what backbone.pt and the logged
+    models hold) is the target; a pace state still resolves to its backbone."""
+    from rayssl.checkpoint import resolve_checkpoint
+
+    cfg = _cfg("pretext.vjepa.momentum_start=0.5")
+    pretext = build_pretext(cfg.pretext, cfg.data.clip_len)
+    settings = DeviceSettings(torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model(cfg, pretext)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    train_step(model, batch_to_device(_batch(pretext, cfg, 2), settings), opt, settings)
+    assert model.encoder is model.head.target
+    save_training_state(
+        tmp_path / "vjepa",
+        model=model,
+        optimizer=opt,
+        scheduler=torch.optim.lr_scheduler.StepLR(opt, 10),
+        epoch=0,
+        sampler={},
+        config=cfg.to_dict(),
+    )
+    source = resolve_checkpoint(str(tmp_path / "vjepa"), cfg)
+    target, context = model.head.target.state_dict(), model.backbone.state_dict()
+    assert source.backbone_state is not None and source.backbone_state.keys() == target.keys()
+    assert all(torch.equal(source.backbone_state[k], target[k]) for k in target)
+    assert any(not torch.equal(target[k], context[k]) for k in target)
+
+    pace = load_config(ROOT / "configs" / "debug.yaml")
+    pace_model = build_model(pace, build_pretext(pace.pretext, pace.data.clip_len))
+    assert pace_model.encoder is pace_model.backbone
+    save_training_state(
+        tmp_path / "pace",
+        model=pace_model,
+        optimizer=opt,
+        scheduler=torch.optim.lr_scheduler.StepLR(opt, 10),
+        epoch=0,
+        sampler={},
+        config=pace.to_dict(),
+    )
+    source = resolve_checkpoint(str(tmp_path / "pace"), pace)
+    assert source.backbone_state is not None
+    assert source.backbone_state.keys() == pace_model.backbone.state_dict().keys()
+
+
 def test_config_checks() -> None:
     with pytest.raises(ConfigError, match="not a ViT"):
         _cfg("model.backbone=r21d")
@@ -243,3 +290,11 @@ def test_local_mode_run_of_the_debug_config_logs_its_metrics(ray_local, tiny_man
     momenta = [m.value for m in client.get_metric_history(run["run_id"], "train/ema_momentum")]
     assert len(momenta) == 2 and 0.99 <= momenta[0] < momenta[1] <= 1.0
     assert len(client.get_metric_history(run["run_id"], "val/loss")) == 2
+    # the logged backbone.pt holds the EMA target encoder, as the run's state.pt does
+    from rayssl.checkpoint import resolve_checkpoint
+
+    logged = resolve_checkpoint(f"runs:/{run['run_id']}", cfg).backbone_state
+    state = load_training_state(result["checkpoint"])["model"]
+    assert logged is not None and logged.keys()
+    for key, value in logged.items():
+        assert torch.equal(value, state[f"head.target.{key}"]), key
