@@ -5,13 +5,15 @@ browser, whatever the experiment's kind tag; rayssl's commands print the run's a
 with `?workflowType=machine_learning` (`rayssl.tracking_uri.run_view`). This check starts
 `mlflow ui` on a new sqlite store holding one run with distinctive metrics, renders the
 printed URL in headless Chromium (a fresh profile: no remembered view), and reports
-whether the metrics' names appear on the page; the same URL without the query parameter
-is rendered too, for comparison. A screenshot of each is written to --out.
+which view opened (the navigation labels only that view shows) and whether the metrics'
+names appear on the page; the same URL without the query parameter is rendered too, for
+comparison. A screenshot and the DOM of each are written to --out.
 
     python benchmarks/mlflow_view.py [--out DIR] [--browser chromium] [--budget-ms 20000]
 
-Exit 0: the metrics appear in the model-training view; 1: they do not; 2: no Chromium
-(it is not installed by this script) or `mlflow ui` did not start. Not run in CI.
+Exit 0: the page opens in the model-training view and shows the metrics; 1: it does
+not; 2: no Chromium (it is not installed by this script) or `mlflow ui` did not start.
+Not run in CI.
 """
 
 from __future__ import annotations
@@ -36,6 +38,19 @@ from rayssl.tracking_uri import DEFAULT_UI_ADDRESS, run_view  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 METRICS = {"rayssl_view_check_loss": [0.9, 0.5, 0.3], "rayssl_view_check_acc": [0.2, 0.6, 0.8]}
+#: Navigation labels only one of MLflow 3.17's two views shows (its sidebar and the run
+#: page's breadcrumb), as rendered text between tags: a run's page shows its metrics in
+#: both views, so which view opened is told by these.
+VIEW_MARKERS = {
+    "model_training": (">Runs<", ">Model registry<"),
+    "genai": (">Evaluation runs<", ">Judges<"),
+}
+
+
+def which_view(dom: str) -> str:
+    """The view the page shows: model_training, genai, or unknown (both or neither)."""
+    shown = [v for v, marks in VIEW_MARKERS.items() if all(m in dom for m in marks)]
+    return shown[0] if len(shown) == 1 else "unknown"
 
 
 def find_browser(name: str | None) -> str | None:
@@ -139,8 +154,10 @@ def main() -> int:
                 dom = render(
                     browser, page, out / f"{label}.png", args.budget_ms, work / f"p-{label}"
                 )
+                (out / f"{label}.html").write_text(dom)
                 found[label] = {
                     "url": page,
+                    "view": which_view(dom),
                     "metrics_shown": sorted(m for m in METRICS if m in dom),
                     "dom_chars": len(dom),
                     "screenshot": str(out / f"{label}.png"),
@@ -152,7 +169,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
-        ok = set(found["training_view"]["metrics_shown"]) == set(METRICS)
+        shown = found["training_view"]
+        ok = shown["view"] == "model_training" and set(shown["metrics_shown"]) == set(METRICS)
         print(json.dumps({"browser": browser, "metrics_in_training_view": ok, **found}, indent=1))
         return 0 if ok else 1
 
