@@ -392,6 +392,18 @@ def test_progress_line():
         "[rayssl] epoch 3/14 | train loss 1.250 pace_acc 0.500 | val loss 1.500 pace_acc 0.625"
         " | 38.0 clips/s, data wait 5% | retrieval top1 0.400"
     )
+    # a task without an accuracy (masked modelling): the losses only
+    line = progress_line({k: v for k, v in m.items() if "acc" not in k}, 14, None)
+    assert line.startswith("[rayssl] epoch 3/14 | train loss 1.250 | val loss 1.500 | 38.0")
+
+
+def test_epoch_metrics_log_an_accuracy_only_for_a_task_that_has_one():
+    from rayssl.train.loop import _epoch_metrics
+
+    sums = {"loss_sum": 6.0, "correct": 0.0, "num_valid": 4.0, "num_samples": 4.0}
+    assert _epoch_metrics("train", sums, "pace_acc")["train/pace_acc"] == 0.0
+    masked = _epoch_metrics("train", sums, None)
+    assert masked["train/loss"] == 1.5 and not any("acc" in k for k in masked)
 
 
 def test_resource_mappings_are_typed_and_checked():

@@ -129,6 +129,9 @@ class Pretext(ABC):
     """Base class; subclasses set `name` and implement plan / build_head / loss."""
 
     name: ClassVar[str] = ""
+    #: the accuracy the loop logs as `train/<name>`, `val/<name>` (from the loss's
+    #: `correct` sums); None: the task has none (masked modelling), nothing is logged
+    accuracy_name: str | None = "acc"
     #: the task's targets can be computed from the pixels of any clip (`label_clip`),
     #: so a multi-task run can add it to another task's clips
     labels_any_clip: ClassVar[bool] = False

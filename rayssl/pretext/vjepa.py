@@ -120,7 +120,7 @@ def context_and_targets(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 class VJEPAPretext(MaskedPretext):
     name = "vjepa"
-    accuracy_name = "acc"
+    accuracy_name = None  # a regression: no accuracy to log
     encoder_prefix = "head.target."
 
     # ---------------------------------------------------------------- CPU half

@@ -152,11 +152,13 @@ def _all_gather_one(value: float, device: torch.device, world: int) -> list[floa
     return [float(x.item()) for x in out]
 
 
-def _epoch_metrics(prefix: str, sums: dict[str, float], acc_name: str) -> dict[str, float]:
+def _epoch_metrics(prefix: str, sums: dict[str, float], acc_name: str | None) -> dict[str, float]:
+    """An epoch's means; `acc_name` None: the task has no accuracy (masked modelling),
+    none is logged (not a flat 0)."""
     n = max(sums.get("num_valid", 0.0), 1.0)
     out = {
         f"{prefix}/loss": sums.get("loss_sum", 0.0) / n,
-        f"{prefix}/{acc_name}": sums.get("correct", 0.0) / n,
+        **({f"{prefix}/{acc_name}": sums.get("correct", 0.0) / n} if acc_name else {}),
         f"{prefix}/clips": sums.get("num_samples", 0.0),
         f"{prefix}/videos_skipped": sums.get("num_skipped", 0.0),
         f"{prefix}/pace_resampled": sums.get("num_resampled", 0.0),
@@ -274,14 +276,17 @@ def init_tags(source: BackboneSource) -> dict[str, str]:
     return tags
 
 
-def progress_line(metrics: dict[str, Any], epochs: int, acc_name: str) -> str:
+def progress_line(metrics: dict[str, Any], epochs: int, acc_name: str | None) -> str:
     """One line per epoch for a human watching the job log (rank 0 prints it)."""
 
     def part(prefix: str) -> str:
-        loss, acc = metrics.get(f"{prefix}/loss"), metrics.get(f"{prefix}/{acc_name}")
+        loss = metrics.get(f"{prefix}/loss")
         if loss is None:
             return ""
-        return f" | {prefix} loss {loss:.3f} {acc_name} {acc:.3f}"
+        acc = metrics.get(f"{prefix}/{acc_name}") if acc_name else None
+        return f" | {prefix} loss {loss:.3f}" + (
+            f" {acc_name} {acc:.3f}" if acc is not None else ""
+        )
 
     text = f"{PROGRESS_PREFIX} epoch {int(metrics['epoch']) + 1}/{epochs}"
     if "curriculum/stage" in metrics:
@@ -395,7 +400,7 @@ class StepMetrics:
     (rank 0 logs them) with every worker's system sample (a collective: every worker
     samples at the same steps)."""
 
-    def __init__(self, cfg: Config, worker: Worker, tracker: Tracker, acc_name: str) -> None:
+    def __init__(self, cfg: Config, worker: Worker, tracker: Tracker, acc_name: str | None) -> None:
         self.every = cfg.train.log_every_steps
         self.worker = worker
         self.tracker = tracker
@@ -419,7 +424,11 @@ class StepMetrics:
             n = max(float(metrics["num_valid"]), 1.0)
             step = {
                 "step/loss": float(metrics["loss_sum"]) / n,
-                f"step/{self.acc_name}": float(metrics["correct"]) / n,
+                **(
+                    {f"step/{self.acc_name}": float(metrics["correct"]) / n}
+                    if self.acc_name
+                    else {}
+                ),
                 # rank 0's rate times the worker count: an estimate of the global rate
                 "step/clips_per_s": self.clips * self.worker.world / max(now - self.t0, 1e-9),
                 "step/data_wait_frac": wait,
@@ -434,7 +443,7 @@ class EpochMetrics:
     """An epoch's metrics: the workers' sums reduced, the training and validation
     figures, skip counts, the node's Ray memory; rank 0 logs them and prints a line."""
 
-    def __init__(self, cfg: Config, worker: Worker, tracker: Tracker, acc_name: str) -> None:
+    def __init__(self, cfg: Config, worker: Worker, tracker: Tracker, acc_name: str | None) -> None:
         self.cfg = cfg
         self.worker = worker
         self.tracker = tracker
@@ -588,7 +597,7 @@ class Trainer:
         self.cfg = cfg = plan.cfg
         self.worker = _start_worker(cfg)
         self.pretext = build_pretext(cfg.pretext, cfg.data.clip_len, cfg.data.short_video)
-        self.acc_name = getattr(self.pretext, "accuracy_name", "acc")
+        self.acc_name = self.pretext.accuracy_name
         model: torch.nn.Module = build_model(cfg, self.pretext)
         self.checkpoints = CheckpointManager(cfg, self.worker)
         if cfg.train.fsdp:

@@ -257,3 +257,5 @@ def test_local_mode_run_of_the_debug_config_logs_its_metrics(ray_local, tiny_man
     assert len(losses) == 2 and all(np.isfinite(v) and v > 0 for v in losses)
     assert [m.value for m in client.get_metric_history(run["run_id"], "train/clips")][0] == 9
     assert len(client.get_metric_history(run["run_id"], "val/loss")) == 2
+    # a reconstruction has no accuracy: none is logged (not a flat 0)
+    assert not [k for k in run.index if k.startswith("metrics.") and k.endswith("acc")]

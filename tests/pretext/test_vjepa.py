@@ -290,6 +290,7 @@ def test_local_mode_run_of_the_debug_config_logs_its_metrics(ray_local, tiny_man
     momenta = [m.value for m in client.get_metric_history(run["run_id"], "train/ema_momentum")]
     assert len(momenta) == 2 and 0.99 <= momenta[0] < momenta[1] <= 1.0
     assert len(client.get_metric_history(run["run_id"], "val/loss")) == 2
+    assert not [k for k in run.index if k.startswith("metrics.") and k.endswith("acc")]
     # the logged backbone.pt holds the EMA target encoder, as the run's state.pt does
     from rayssl.checkpoint import resolve_checkpoint
 
