@@ -22,9 +22,28 @@ def _config(argv: list[str]):
 def test_every_pretext_builds_at_the_benchmark_geometry():
     for pretext in tr.PRETEXT_CONFIGS:
         cfg = _config(["--pretexts", pretext, "--epochs", "40"])
-        assert cfg.pretext.name == pretext
-        assert list(cfg.data.augment.resize) == [48, 64] and list(cfg.data.augment.crop) == [40, 40]
+        assert cfg.pretext.name == pretext.removesuffix("_vit")
+        crop = [48, 48] if pretext in tr.VIT_ROWS else [40, 40]  # a ViT takes 16 px patches
+        assert list(cfg.data.augment.resize) == [48, 64] and list(cfg.data.augment.crop) == crop
         assert cfg.optim.epochs == 40 and cfg.data.split == "pretrain"
+
+
+def test_the_vit_rows_differ_by_their_pretext_only():
+    """pace, videomae and vjepa on the tiny ViT: one backbone, clip and optimiser; vjepa's
+    EMA momentum rises over the whole run (epochs x steps of the pre-training split)."""
+    cfgs = {p: _config(["--pretexts", p, "--epochs", "40"]) for p in sorted(tr.VIT_ROWS)}
+    for cfg in cfgs.values():
+        assert cfg.model.backbone == "vit_tiny" and cfg.data.clip_len == 8
+        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.schedule) == (
+            "adamw",
+            5e-4,
+            "warmup_cosine",
+        )
+        assert list(cfg.optim.betas) == [0.9, 0.95] and cfg.optim.warmup_epochs == 4
+        assert cfg.train.batch_size == cfgs["pace_vit"].train.batch_size
+    args = tr.parse_args(["--pretexts", "vjepa", "--epochs", "40"])
+    cfg = tr.pretrain_config("vjepa", Path("m.parquet"), args, Path("o"), "sqlite://", 879)
+    assert cfg.pretext.vjepa.momentum_steps == 40 * 55  # ceil(879 / 16) steps an epoch
 
 
 def test_same_pace_row_draws_one_clip_per_video():
