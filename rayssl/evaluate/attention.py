@@ -163,14 +163,17 @@ def attention_grid_png(
     """Write the attention grid of the chosen usable videos of `table` to `path`; returns
     the video ids shown (videos that cannot be read are left out)."""
 
-    clips, titles = [], []
+    clips, titles, unread = [], [], []
     for row in choose_videos(table, video_ids, num_videos, split):
         sample = centre_clip(row, data)
         if sample["valid"]:
             clips.append(sample["clip"])
             titles.append(f"{row['video_id']} ({row.get('label_name') or row.get('label')})")
+        else:
+            unread.append(f"{row['video_id']}: {sample.get('skip_reason') or 'unknown'}")
     if not clips:
-        raise ValueError("attention: none of the chosen videos could be read")
+        why = "; ".join(unread) or "no video chosen"
+        raise ValueError(f"attention: none of the chosen videos could be read ({why})")
     batch = np.stack(clips)
     backbone.eval()
     maps = attention_maps(backbone, clips_to_input(batch, torch.device("cpu")), layer).numpy()

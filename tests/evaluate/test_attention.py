@@ -100,3 +100,16 @@ def test_attention_grid_png_on_real_videos(tiny_manifest, tmp_path):
     ) == [c.split(" ")[0] for c in chosen]
     with pytest.raises(ValueError, match="not usable"):
         attention_grid_png(build_backbone("c3d", 0.0625), table, data, path, video_ids=["nope"])
+
+
+def test_unreadable_chosen_videos_are_named_with_their_reason(tmp_path):
+    """A grid with no readable video is an error naming each video and why (here: a
+    file overwritten after it was indexed)."""
+    video = tmp_path / "c" / "gone.mp4"
+    write_video(video, index_pattern_frames(40, 64, 96), fps=25.0)
+    table = build_manifest(list_entries(str(tmp_path), "folder"), use_ray=False)
+    video.write_bytes(b"\x00" * 4096)
+    data = DataConfig()
+    data.augment.resize, data.augment.crop = [], [64, 96]
+    with pytest.raises(ValueError, match=r"could be read \(c/gone: \w+"):
+        attention_grid_png(build_backbone("c3d", 0.0625), table, data, tmp_path / "a.png")
