@@ -122,6 +122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reuse", help="transfer.json of an earlier run on the same data: its columns are kept"
     )
     ap.add_argument("--tag", default="", help="appended to the pretext in row labels")
+    ap.add_argument(
+        "--pretrained",
+        default="",
+        help="a finished pre-training of the one --pretexts row (a run folder or state.pt "
+        "folder): evaluate it instead of pre-training again (e.g. after an evaluation failed)",
+    )
     ap.add_argument("pretrain_overrides", nargs="*", help="key=value for the pre-training")
     args = ap.parse_args(argv)
     unknown = [p for p in args.pretexts.split(",") if p not in PRETEXT_CONFIGS]
@@ -129,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--pretexts: unknown {unknown}; choose among {sorted(PRETEXT_CONFIGS)}")
     if args.reuse and not Path(args.reuse).is_file():
         ap.error(f"--reuse: no such file {args.reuse}")
+    if args.pretrained and ("," in args.pretexts or not Path(args.pretrained).exists()):
+        ap.error("--pretrained: an existing folder, with exactly one --pretexts row")
     for pretext in args.pretexts.split(","):  # check the overrides now, not after an hour
         try:
             pretrain_config(pretext, Path("manifest.parquet"), args, Path("out"), "sqlite://")
@@ -205,7 +213,7 @@ def main() -> int:
     timings["data_s"] = time.perf_counter() - t0
     print(f"videos: {splits}", flush=True)
 
-    from rayssl.launch import pretrain
+    from rayssl.launch import pretrain, run_training
 
     reused = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
     columns: dict[str, dict] = dict(reused.get("results", {}))
@@ -217,7 +225,7 @@ def main() -> int:
     for pretext in args.pretexts.split(","):
         cfg = pretrain_config(pretext, manifest, args, out, tracking, splits["pretrain"])
         t0 = time.perf_counter()
-        result = pretrain(cfg)
+        result = pretrain(cfg) if not args.pretrained else finished_run(args.pretrained)
         timings[f"pretrain_{pretext}_s"] = time.perf_counter() - t0
         metrics = result["metrics"]
         pretrained[pretext + args.tag] = {"metrics": metrics, "checkpoint": result["checkpoint"]}
@@ -231,7 +239,11 @@ def main() -> int:
         label = f"{pretext}{args.tag} pre-trained"
         t0 = time.perf_counter()
         evals[label] = evaluate_checkpoint(
-            suite, result["checkpoint"], out / label.replace(" ", "_"), ROOT / "configs"
+            suite,
+            result["checkpoint"],
+            out / label.replace(" ", "_"),
+            ROOT / "configs",
+            train=run_training,  # the fine-tuning evaluation's training jobs
         )
         timings[f"eval_{pretext}_s"] = time.perf_counter() - t0
         columns[label] = evals[label]["results"]
@@ -242,7 +254,9 @@ def main() -> int:
         first = next(iter(evals.values()))
         suite = baseline_suite(_suite(manifest, cfg, args, tracking, out), first["source"])
         t0 = time.perf_counter()
-        r = evaluate_checkpoint(suite, "random", out / "random_init", ROOT / "configs")
+        r = evaluate_checkpoint(
+            suite, "random", out / "random_init", ROOT / "configs", train=run_training
+        )
         timings["eval_random_s"] = time.perf_counter() - t0
         columns["random init"] = r["results"]
     # pre-trained columns first, the random-init baseline last (deltas are against it)
@@ -267,6 +281,21 @@ def main() -> int:
     )
     (out / "transfer.txt").write_text(table + "\n")
     return 0
+
+
+def finished_run(folder: str) -> dict:
+    """A finished pre-training as `pretrain` returns it: its checkpoint folder (the run
+    folder's latest) and the held-out metrics its MLflow run logged last."""
+    import mlflow
+
+    from rayssl.checkpoint import latest_state_uri, read
+
+    state_uri = latest_state_uri(folder)
+    state = read(state_uri)  # plain data: weights refused if anything else
+    run_id = str(state.get("extra", {}).get("mlflow_run_id") or "")
+    tracking = state.get("config", {}).get("run", {}).get("tracking_uri", "")
+    metrics = mlflow.MlflowClient(tracking).get_run(run_id).data.metrics if run_id else {}
+    return {"checkpoint": str(Path(state_uri).parent), "metrics": dict(metrics)}
 
 
 def _suite(manifest: Path, cfg, args: argparse.Namespace, tracking: str, out: Path):
