@@ -214,7 +214,11 @@ def run_training(cfg: Config) -> tuple[dict[str, Any], Config]:
         "run_name": cfg.run.name,
         "storage_path": cfg.run.storage_path,
         "tracking_uri": storage.redact(cfg.run.tracking_uri),
-        "checkpoint": _checkpoint_uri(cfg, result.checkpoint.path) if result.checkpoint else None,
+        # local mode (train.num_workers 0) persists no checkpoint: Ray Train hands back the
+        # last reported one, a temporary folder already gone
+        "checkpoint": _checkpoint_uri(cfg, result.checkpoint.path)
+        if result.checkpoint and cfg.train.num_workers > 0
+        else None,
         "mlflow_run_id": str(metrics.get("mlflow_run_id") or ""),
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float | str)},
     }

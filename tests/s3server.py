@@ -366,16 +366,17 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
                 self.close_connection = True
             self.end_headers()
+            # logged before the body goes out: a client that has read the whole answer
+            # finds its entry in the log (logging after the write raced the client)
+            self.server.stats._log(self.command, self.path, -1 if cut else response.status)
             if cut:
                 self.wfile.write(response.read()[: int(length or 0) // 2])
                 self.wfile.flush()
                 self.close_connection = True
-                self.server.stats._log(self.command, self.path, -1)
                 return
             if not no_body:
                 while chunk := response.read(64 * 1024):
                     self.wfile.write(chunk)
-            self.server.stats._log(self.command, self.path, response.status)
         finally:
             upstream.close()
 

@@ -259,3 +259,4 @@ def test_local_mode_run_of_the_debug_config_logs_its_metrics(ray_local, tiny_man
     assert len(client.get_metric_history(run["run_id"], "val/loss")) == 2
     # a reconstruction has no accuracy: none is logged (not a flat 0)
     assert not [k for k in run.index if k.startswith("metrics.") and k.endswith("acc")]
+    assert result["checkpoint"] is None  # local mode persists none (Ray Train keeps it)

@@ -291,11 +291,33 @@ def test_local_mode_run_of_the_debug_config_logs_its_metrics(ray_local, tiny_man
     assert len(momenta) == 2 and 0.99 <= momenta[0] < momenta[1] <= 1.0
     assert len(client.get_metric_history(run["run_id"], "val/loss")) == 2
     assert not [k for k in run.index if k.startswith("metrics.") and k.endswith("acc")]
-    # the logged backbone.pt holds the EMA target encoder, as the run's state.pt does
-    from rayssl.checkpoint import resolve_checkpoint
+    assert result["checkpoint"] is None  # local mode persists none (Ray Train keeps it)
 
-    logged = resolve_checkpoint(f"runs:/{run['run_id']}", cfg).backbone_state
+
+@pytest.mark.slow
+def test_the_logged_backbone_is_the_run_s_target_encoder(ray_local, tiny_manifest, tmp_path):
+    """A run on a Ray Train worker: the backbone.pt it logs to MLflow holds the EMA target
+    encoder, tensor for tensor the `head.target.*` of its last state.pt."""
+    from rayssl.checkpoint import resolve_checkpoint
+    from rayssl.launch import pretrain
+
+    cfg = load_config(
+        DEBUG,
+        [
+            f"data.manifest={tiny_manifest}",
+            f"run.storage_path={tmp_path / 'runs'}",
+            "run.name=vjepa_worker",
+            f"run.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}",
+            "data.clips_per_video=1",
+            "train.batch_size=4",
+            "optim.epochs=1",
+            "pretext.vjepa.momentum_start=0.5",  # the two encoders part after one step
+        ],
+    )
+    result = pretrain(cfg)
+    logged = resolve_checkpoint(f"runs:/{result['mlflow_run_id']}", cfg).backbone_state
     state = load_training_state(result["checkpoint"])["model"]
     assert logged is not None and logged.keys()
     for key, value in logged.items():
         assert torch.equal(value, state[f"head.target.{key}"]), key
+    assert any(not torch.equal(v, state[f"backbone.{k}"]) for k, v in logged.items())

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from rayssl.train.sysmetrics import FIELDS, SystemSampler, as_metrics
 
 
 def test_sample_measures_this_process():
+    import mmap
+
     sampler = SystemSampler(torch.device("cpu"))
     before = sampler.sample()["rss_mb"]
-    block = np.ones(64 * 1024 * 1024, dtype=np.uint8)  # 64 MiB, touched
+    # 64 MiB of new pages, touched: an anonymous mapping of its own (a numpy array could
+    # be served from heap pages an earlier test freed and the allocator kept resident)
+    block = mmap.mmap(-1, 64 * 1024 * 1024)
+    block.write(b"\x01" * len(block))
     after = sampler.sample()
     assert after["rss_mb"] - before > 50
     assert 0 < after["node_mem_pct"] <= 100 and after["cpu_pct"] >= 0
     assert after["gpu_util_pct"] == after["gpu_mem_mb"] == -1.0  # no GPU here
-    del block
+    block.close()
 
 
 def test_ray_node_rss_is_unknown_outside_a_ray_worker():
