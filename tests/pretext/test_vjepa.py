@@ -213,16 +213,16 @@ def test_the_run_s_result_is_the_target_encoder(tmp_path) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     train_step(model, batch_to_device(_batch(pretext, cfg, 2), settings), opt, settings)
     assert model.encoder is model.head.target
-    save_training_state(
-        tmp_path / "vjepa",
-        model=model,
-        optimizer=opt,
-        scheduler=torch.optim.lr_scheduler.StepLR(opt, 10),
-        epoch=0,
-        sampler={},
-        config=cfg.to_dict(),
-    )
-    source = resolve_checkpoint(str(tmp_path / "vjepa"), cfg)
+
+    def resolved(name: str, model, config):
+        """The backbone weights `--checkpoint` finds in a state.pt of `model`."""
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, 10)
+        folder = tmp_path / name
+        state = {"epoch": 0, "sampler": {}, "config": config.to_dict()}
+        save_training_state(folder, model=model, optimizer=opt, scheduler=scheduler, **state)
+        return resolve_checkpoint(str(folder), config)
+
+    source = resolved("vjepa", model, cfg)
     target, context = model.head.target.state_dict(), model.backbone.state_dict()
     assert source.backbone_state is not None and source.backbone_state.keys() == target.keys()
     assert all(torch.equal(source.backbone_state[k], target[k]) for k in target)
@@ -231,16 +231,7 @@ def test_the_run_s_result_is_the_target_encoder(tmp_path) -> None:
     pace = load_config(ROOT / "configs" / "debug.yaml")
     pace_model = build_model(pace, build_pretext(pace.pretext, pace.data.clip_len))
     assert pace_model.encoder is pace_model.backbone
-    save_training_state(
-        tmp_path / "pace",
-        model=pace_model,
-        optimizer=opt,
-        scheduler=torch.optim.lr_scheduler.StepLR(opt, 10),
-        epoch=0,
-        sampler={},
-        config=pace.to_dict(),
-    )
-    source = resolve_checkpoint(str(tmp_path / "pace"), pace)
+    source = resolved("pace", pace_model, pace)
     assert source.backbone_state is not None
     assert source.backbone_state.keys() == pace_model.backbone.state_dict().keys()
 
