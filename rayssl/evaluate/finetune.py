@@ -163,6 +163,11 @@ def finetune(cfg: Config, checkpoint: str | None, train: TrainingRunner) -> dict
     """Fine-tune with `train` (`rayssl.launch.run_training`: Ray Train), then run the test
     protocol; returns metrics and locations. The launcher is passed in, since it sits
     above the evaluations (it builds the trainer from the run plan)."""
+    if cfg.finetune.test_split and cfg.train.num_workers == 0:
+        raise ConfigError(
+            "finetune.test_split: the test protocol reads the fine-tuned checkpoint, and local "
+            "mode (train.num_workers=0) persists none; set train.num_workers >= 1"
+        )
     summary, cfg = train(finetune_config(cfg, checkpoint))
     if cfg.finetune.test_split and summary["checkpoint"]:
         summary["test"] = run_test_protocol(cfg, summary["checkpoint"], summary["mlflow_run_id"])

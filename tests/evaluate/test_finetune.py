@@ -104,6 +104,22 @@ def test_finetune_refuses_a_manifest_without_labels(tiny_manifest, tmp_path):
     assert prepare_config(finetune_config(labelled, "random")).pretext.num_classes == 4
 
 
+def test_a_test_protocol_in_local_mode_is_refused_before_training():
+    """Local mode persists no checkpoint for the test protocol to read: refused up front,
+    not skipped after the training."""
+    from rayssl.config import ConfigError
+    from rayssl.evaluate.finetune import finetune
+
+    cfg = load_config(ROOT / "configs" / "finetune_debug.yaml", ["train.num_workers=0"])
+    assert cfg.finetune.test_split
+
+    def never(_cfg):
+        raise AssertionError("trained")
+
+    with pytest.raises(ConfigError, match="train.num_workers >= 1"):
+        finetune(cfg, "random", never)
+
+
 @pytest.mark.slow
 def test_finetune_from_checkpoint_end_to_end(ray_local, tiny_manifest, tmp_path):
     """Fine-tune (1 Ray Train worker) from a backbone.pt; the test protocol logs to MLflow."""
