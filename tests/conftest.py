@@ -183,6 +183,37 @@ def tiny_manifest(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("tiny"))
 
 
+def run_vit_debug(config: Path, manifest: Path, tmp_path: Path, name: str, *overrides: str):
+    """A masked pretext's ViT debug config on the tiny manifest (one clip a video, batch 4,
+    2 epochs, then `overrides`): (pretrain's result, the run's row of `mlflow.search_runs`,
+    an MlflowClient on the run's sqlite store)."""
+    import mlflow
+
+    from rayssl.config import load_config
+    from rayssl.launch import pretrain
+
+    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    cfg = load_config(
+        config,
+        [
+            f"data.manifest={manifest}",
+            f"run.storage_path={tmp_path / 'runs'}",
+            f"run.name={name}",
+            f"run.tracking_uri={tracking}",
+            "data.clips_per_video=1",
+            "train.batch_size=4",
+            "optim.epochs=2",
+            *overrides,
+        ],
+    )
+    result = pretrain(cfg)
+    mlflow.set_tracking_uri(tracking)
+    runs = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.run_name = '{name}'"
+    )
+    return result, runs.iloc[0], mlflow.MlflowClient(tracking)
+
+
 def tiny_overrides(manifest: Path, storage: Path, name: str, tracking: str) -> list[str]:
     """Config overrides for a pre-training run that takes seconds on a CPU."""
     return [

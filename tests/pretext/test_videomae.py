@@ -15,7 +15,7 @@ from rayssl.pretext import build_pretext
 from rayssl.pretext.masks import masked_per_frame, multiscale_crop_flip, tube_mask
 from rayssl.pretext.videomae import patch_targets, split_tokens
 from rayssl.train.step import DeviceSettings, batch_to_device, build_model, train_step
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_vit_debug
 
 DEBUG = ROOT / "configs" / "videomae_vit_debug.yaml"
 
@@ -226,33 +226,11 @@ def test_config_checks() -> None:
 
 @pytest.mark.slow
 def test_local_mode_run_of_the_debug_config_logs_its_metrics(ray_local, tiny_manifest, tmp_path):
-    import mlflow
-
-    from rayssl.launch import pretrain
-
-    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    cfg = load_config(
-        DEBUG,
-        [
-            f"data.manifest={tiny_manifest}",
-            f"run.storage_path={tmp_path / 'runs'}",
-            "run.name=videomae_local",
-            f"run.tracking_uri={tracking}",
-            "data.clips_per_video=1",
-            "train.batch_size=4",
-            "optim.epochs=2",
-            "train.num_workers=0",
-        ],
+    result, run, client = run_vit_debug(
+        DEBUG, tiny_manifest, tmp_path, "videomae_local", "train.num_workers=0"
     )
-    result = pretrain(cfg)
     assert result["metrics"]["epoch"] == 1
-    mlflow.set_tracking_uri(tracking)
-    runs = mlflow.search_runs(
-        search_all_experiments=True, filter_string="tags.run_name = 'videomae_local'"
-    )
-    run = runs.iloc[0]
     assert run["status"] == "FINISHED" and run["tags.pretext"] == "videomae"
-    client = mlflow.MlflowClient(tracking)
     losses = [m.value for m in client.get_metric_history(run["run_id"], "train/loss")]
     assert len(losses) == 2 and all(np.isfinite(v) and v > 0 for v in losses)
     assert [m.value for m in client.get_metric_history(run["run_id"], "train/clips")][0] == 9

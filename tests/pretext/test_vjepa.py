@@ -16,7 +16,7 @@ from rayssl.pretext import build_pretext
 from rayssl.pretext.masks import block_shape, multiblock_mask
 from rayssl.pretext.vjepa import context_and_targets, momentum
 from rayssl.train.step import DeviceSettings, batch_to_device, build_model, train_step
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_vit_debug
 
 DEBUG = ROOT / "configs" / "vjepa_vit_debug.yaml"
 
@@ -249,33 +249,11 @@ def test_config_checks() -> None:
 
 @pytest.mark.slow
 def test_local_mode_run_of_the_debug_config_logs_its_metrics(ray_local, tiny_manifest, tmp_path):
-    import mlflow
-
-    from rayssl.launch import pretrain
-
-    tracking = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    cfg = load_config(
-        DEBUG,
-        [
-            f"data.manifest={tiny_manifest}",
-            f"run.storage_path={tmp_path / 'runs'}",
-            "run.name=vjepa_local",
-            f"run.tracking_uri={tracking}",
-            "data.clips_per_video=1",
-            "train.batch_size=4",
-            "optim.epochs=2",
-            "train.num_workers=0",
-        ],
+    result, run, client = run_vit_debug(
+        DEBUG, tiny_manifest, tmp_path, "vjepa_local", "train.num_workers=0"
     )
-    result = pretrain(cfg)
     assert result["metrics"]["epoch"] == 1
-    mlflow.set_tracking_uri(tracking)
-    runs = mlflow.search_runs(
-        search_all_experiments=True, filter_string="tags.run_name = 'vjepa_local'"
-    )
-    run = runs.iloc[0]
     assert run["status"] == "FINISHED" and run["tags.pretext"] == "vjepa"
-    client = mlflow.MlflowClient(tracking)
     losses = [m.value for m in client.get_metric_history(run["run_id"], "train/loss")]
     assert len(losses) == 2 and all(np.isfinite(v) and v > 0 for v in losses)
     momenta = [m.value for m in client.get_metric_history(run["run_id"], "train/ema_momentum")]
@@ -290,22 +268,17 @@ def test_the_logged_backbone_is_the_run_s_target_encoder(ray_local, tiny_manifes
     """A run on a Ray Train worker: the backbone.pt it logs to MLflow holds the EMA target
     encoder, tensor for tensor the `head.target.*` of its last state.pt."""
     from rayssl.checkpoint import resolve_checkpoint
-    from rayssl.launch import pretrain
 
-    cfg = load_config(
+    # the two encoders part after one step at momentum 0.5
+    result, _, _ = run_vit_debug(
         DEBUG,
-        [
-            f"data.manifest={tiny_manifest}",
-            f"run.storage_path={tmp_path / 'runs'}",
-            "run.name=vjepa_worker",
-            f"run.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}",
-            "data.clips_per_video=1",
-            "train.batch_size=4",
-            "optim.epochs=1",
-            "pretext.vjepa.momentum_start=0.5",  # the two encoders part after one step
-        ],
+        tiny_manifest,
+        tmp_path,
+        "vjepa_worker",
+        "optim.epochs=1",
+        "pretext.vjepa.momentum_start=0.5",
     )
-    result = pretrain(cfg)
+    cfg = _cfg(f"run.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}")
     logged = resolve_checkpoint(f"runs:/{result['mlflow_run_id']}", cfg).backbone_state
     state = load_training_state(result["checkpoint"])["model"]
     assert logged is not None and logged.keys()
